@@ -1,0 +1,3 @@
+"""Stockroom: an async inventory service."""
+
+__version__ = "0.1.0"

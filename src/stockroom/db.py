@@ -1,0 +1,165 @@
+"""Database plumbing: the table metadata, the engine and session factories.
+
+Only the application lifespan (and the CLI) creates an engine; nothing here runs at import
+time. The same code serves PostgreSQL (asyncpg) and SQLite (aiosqlite); the few places where
+they differ are in this module.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import DateTime, MetaData, event
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.types import TypeDecorator
+
+from stockroom.settings import Settings
+
+__all__ = [
+    "NAMING_CONVENTION",
+    "Base",
+    "UTCDateTime",
+    "begin_write",
+    "create_engine",
+    "create_session_factory",
+    "is_unique_violation",
+    "utcnow",
+]
+
+# Explicit constraint names, so that migrations are stable and revertable on both databases.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite waits this long for another writer's lock before it answers "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+
+# Execution option that asks for a write transaction; on SQLite it becomes BEGIN IMMEDIATE.
+_WRITE_OPTION = "stockroom_write"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC timestamp on both databases.
+
+    PostgreSQL stores ``timestamptz``; SQLite has no time zones, so values are stored as UTC
+    text and given their zone back when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """The one engine of a process. Its pool is bounded so overload is a 503, not a pile-up."""
+    if settings.is_sqlite:
+        return _create_sqlite_engine(settings)
+    statement_ms = int(settings.database_statement_timeout * 1000)
+    return create_async_engine(
+        settings.database,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout,
+        # A connection the server closed (restart, failover, idle kill) is noticed and
+        # replaced before a request uses it, instead of failing that request.
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "timeout": settings.database_connect_timeout,
+            "command_timeout": settings.database_statement_timeout + 5,
+            "server_settings": {
+                "statement_timeout": str(statement_ms),
+                "application_name": "stockroom",
+            },
+        },
+    )
+
+
+def _create_sqlite_engine(settings: Settings) -> AsyncEngine:
+    engine = create_async_engine(
+        settings.database,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+        pool_timeout=settings.database_pool_timeout,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+    )
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Let SQLAlchemy, not the driver, decide when a transaction begins (see _on_begin).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # A write transaction takes SQLite's write lock up front (BEGIN IMMEDIATE): two
+        # writers then queue on busy_timeout instead of one failing half-way with
+        # "database is locked" when it upgrades a read lock.
+        if connection.get_execution_options().get(_WRITE_OPTION):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    # expire_on_commit=False: objects stay readable after the service commits, without a
+    # lazy reload that async sessions cannot do.
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def begin_write(session: AsyncSession) -> None:
+    """Start the session's transaction as a write transaction (BEGIN IMMEDIATE on SQLite).
+
+    Call it first in a service function that writes, before any read of the same
+    transaction, so that the read and the write see the same state.
+    """
+    await session.connection(execution_options={_WRITE_OPTION: True})
+
+
+def is_unique_violation(exc: IntegrityError) -> bool:
+    """Whether an integrity error is a unique-constraint violation, on either database."""
+    original = exc.orig
+    if getattr(original, "sqlstate", None) == "23505":  # asyncpg: unique_violation
+        return True
+    return "UNIQUE constraint failed" in str(original)  # sqlite3

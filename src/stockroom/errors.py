@@ -1,0 +1,212 @@
+"""Domain errors and the one place that turns any error into ``application/problem+json``.
+
+The tree::
+
+    StockroomError                 base; carries the problem type, title and HTTP status
+    ├── NotFoundError              404  not-found
+    ├── ConflictError              409  conflict
+    │   └── DuplicateError         409  duplicate (a unique value is taken)
+    ├── PreconditionFailedError    412  precondition-failed (If-Match)
+    ├── InvalidRequestError        422  invalid-request (a rule beyond the schema)
+    └── UnavailableError           503  service-unavailable (database down, pool exhausted)
+
+Services raise these; they know nothing of HTTP. ``install_error_handlers`` maps them, and
+the framework's own errors, to problem documents (RFC 9457) at the edge. No problem ever
+carries a traceback, SQL or a driver's message: those go to the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from sqlalchemy import exc as sa_exc
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+__all__ = [
+    "PROBLEM_CONTENT_TYPE",
+    "ConflictError",
+    "DuplicateError",
+    "InvalidRequestError",
+    "NotFoundError",
+    "PreconditionFailedError",
+    "StockroomError",
+    "UnavailableError",
+    "install_error_handlers",
+    "problem_response",
+]
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_PREFIX = "/problems/"
+
+log = structlog.get_logger("stockroom.errors")
+
+
+class StockroomError(Exception):
+    """Base of every error a service raises on purpose."""
+
+    status: int = 500
+    slug: str = "internal-error"
+    title: str = "Internal server error"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class NotFoundError(StockroomError):
+    status, slug, title = 404, "not-found", "Not found"
+
+
+class ConflictError(StockroomError):
+    status, slug, title = 409, "conflict", "Conflict"
+
+
+class DuplicateError(ConflictError):
+    slug, title = "duplicate", "Already exists"
+
+
+class PreconditionFailedError(StockroomError):
+    status, slug, title = 412, "precondition-failed", "Precondition failed"
+
+
+class InvalidRequestError(StockroomError):
+    status, slug, title = 422, "invalid-request", "Invalid request"
+
+    def __init__(self, detail: str, *, loc: Sequence[str | int] = ()) -> None:
+        super().__init__(detail)
+        self.errors = [{"loc": list(loc), "msg": detail}]
+
+
+class UnavailableError(StockroomError):
+    status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+
+# Statuses the framework raises itself (routing, body limits) and the slug each gets.
+_HTTP_SLUGS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    406: "not-acceptable",
+    413: "content-too-large",
+    415: "unsupported-media-type",
+    422: "invalid-request",
+    429: "too-many-requests",
+}
+
+
+def problem_response(
+    status: int,
+    slug: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> Response:
+    body = {
+        "type": PROBLEM_TYPE_PREFIX + slug,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **extra,
+    }
+    return Response(
+        orjson.dumps(body),
+        status_code=status,
+        media_type=PROBLEM_CONTENT_TYPE,
+        headers=headers,
+    )
+
+
+def internal_error_response() -> Response:
+    return problem_response(
+        500, "internal-error", "An unexpected error occurred; it has been logged."
+    )
+
+
+def _unavailable_response() -> Response:
+    return problem_response(
+        503,
+        UnavailableError.slug,
+        "The database is unavailable or busy; retry shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def _on_stockroom_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StockroomError)
+    extra = {"errors": exc.errors} if isinstance(exc, InvalidRequestError) else {}
+    return problem_response(
+        exc.status, exc.slug, exc.detail, title=exc.title, headers=exc.headers, **extra
+    )
+
+
+async def _on_http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    slug = _HTTP_SLUGS.get(exc.status_code, "http-error")
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = "No such resource."
+    if exc.status_code == 405:
+        detail = "This resource does not support that method."
+    return problem_response(exc.status_code, slug, detail, headers=dict(exc.headers or {}))
+
+
+async def _on_validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    errors = [_validation_item(error) for error in exc.errors()]
+    return problem_response(
+        422,
+        "invalid-request",
+        _summary(errors),
+        title="Invalid request",
+        errors=errors,
+    )
+
+
+def _validation_item(error: Any) -> dict[str, Any]:
+    loc = [part if isinstance(part, int) else str(part) for part in error.get("loc", ())]
+    if error.get("type") == "json_invalid":
+        return {"loc": loc[:1], "msg": "The body is not valid JSON."}
+    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    return {"loc": loc, "msg": msg}
+
+
+def _summary(errors: list[dict[str, Any]]) -> str:
+    shown = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in errors[:3]]
+    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+    return "; ".join(shown) + more if shown else "The request is invalid."
+
+
+async def _on_database_unavailable(_request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable", error=type(exc).__name__)
+    return _unavailable_response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register the problem+json renderers once. Unexpected exceptions are rendered by the
+    request-context middleware, so that they too carry the request id."""
+    app.add_exception_handler(StockroomError, _on_stockroom_error)
+    app.add_exception_handler(StarletteHTTPException, _on_http_error)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    # The pool could not hand out a connection in time, the server refused or dropped the
+    # connection, or a statement ran past its timeout: the request may succeed later.
+    for exc_type in (
+        sa_exc.TimeoutError,
+        sa_exc.OperationalError,
+        sa_exc.InterfaceError,
+        ConnectionError,
+        asyncio.TimeoutError,
+    ):
+        app.add_exception_handler(exc_type, _on_database_unavailable)

@@ -1,0 +1,1 @@
+"""Items: the catalogue of things kept in stock."""

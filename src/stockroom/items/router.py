@@ -1,0 +1,136 @@
+"""HTTP endpoints of items: headers, status codes and wire schemas; the work is in ``service``."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Header, Path, Query, Response, status
+
+from stockroom.deps import SessionDep
+from stockroom.errors import InvalidRequestError
+from stockroom.http import Page, etag_matches
+from stockroom.items import service
+from stockroom.items.models import Item
+from stockroom.items.repository import ItemFilter
+from stockroom.items.schemas import MAX_PRICE, ItemCreate, ItemPublic, ItemUpdate, SortKey
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/items", tags=["items"])
+
+ItemId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The item's id.")]
+IfMatch = Annotated[
+    str | None,
+    Header(description="Apply only if the item's current ETag is one of these (or `*`)."),
+]
+PriceBound = Annotated[Decimal | None, Query(ge=0, le=MAX_PRICE, decimal_places=2)]
+
+
+def _public(item: Item) -> ItemPublic:
+    return ItemPublic(
+        id=item.id,
+        sku=item.sku,
+        name=item.name,
+        description=item.description,
+        price=Decimal(item.price_cents) / 100,
+        quantity=item.quantity,
+        version=item.version,
+        created_at=item.created_at,
+        updated_at=item.updated_at,
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ItemPublic,
+    responses={409: {"description": "An item with this sku already exists."}},
+)
+async def create_item(session: SessionDep, body: ItemCreate, response: Response) -> ItemPublic:
+    item = await service.create_item(session, body)
+    response.headers["Location"] = f"/items/{item.id}"
+    response.headers["ETag"] = service.etag_of(item)
+    return _public(item)
+
+
+@router.get("", response_model=Page[ItemPublic])
+async def list_items(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    q: Annotated[
+        str | None, Query(max_length=200, description="Case-insensitive part of sku or name.")
+    ] = None,
+    min_price: PriceBound = None,
+    max_price: PriceBound = None,
+    in_stock: bool | None = None,
+    sort: SortKey = "id",
+    count: bool = False,
+) -> Page[ItemPublic]:
+    if min_price is not None and max_price is not None and min_price > max_price:
+        raise InvalidRequestError(
+            "min_price is greater than max_price.", loc=("query", "min_price")
+        )
+    where = ItemFilter(
+        q=q,
+        min_price_cents=None if min_price is None else service.to_cents(min_price),
+        max_price_cents=None if max_price is None else service.to_cents(max_price),
+        in_stock=in_stock,
+    )
+    page = await service.list_items(
+        session, where, sort=sort, cursor=cursor, limit=limit, count=count
+    )
+    return Page(
+        data=[_public(item) for item in page.items],
+        next_cursor=page.next_cursor,
+        total=page.total,
+    )
+
+
+@router.get(
+    "/{item_id}",
+    response_model=ItemPublic,
+    responses={304: {"description": "Not modified: `If-None-Match` matched the ETag."}},
+)
+async def get_item(
+    session: SessionDep,
+    item_id: ItemId,
+    response: Response,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> ItemPublic | Response:
+    item = await service.get_item(session, item_id)
+    etag = service.etag_of(item)
+    if if_none_match is not None and etag_matches(if_none_match, etag, weak=True):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+    response.headers["ETag"] = etag
+    return _public(item)
+
+
+@router.patch(
+    "/{item_id}",
+    response_model=ItemPublic,
+    responses={
+        409: {"description": "Another item has this sku."},
+        412: {"description": "`If-Match` does not match the current ETag."},
+    },
+)
+async def update_item(
+    session: SessionDep,
+    item_id: ItemId,
+    body: Annotated[ItemUpdate, Body()],
+    response: Response,
+    if_match: IfMatch = None,
+) -> ItemPublic:
+    item = await service.update_item(session, item_id, body, if_match=if_match)
+    response.headers["ETag"] = service.etag_of(item)
+    return _public(item)
+
+
+@router.delete(
+    "/{item_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={412: {"description": "`If-Match` does not match the current ETag."}},
+)
+async def delete_item(session: SessionDep, item_id: ItemId, if_match: IfMatch = None) -> None:
+    await service.delete_item(session, item_id, if_match=if_match)

@@ -1,0 +1,125 @@
+"""Wire schemas of items: what clients send and receive (storage lives in ``models``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "MAX_PRICE",
+    "SORT_KEYS",
+    "ItemCreate",
+    "ItemPublic",
+    "ItemUpdate",
+    "Money",
+    "SortKey",
+]
+
+MAX_PRICE = Decimal("9999999999.99")
+MAX_QUANTITY = 2_147_483_647
+SORT_KEYS = ("id", "name", "price", "created_at", "updated_at")
+SortKey = Literal[
+    "id", "-id", "name", "-name", "price", "-price",
+    "created_at", "-created_at", "updated_at", "-updated_at",
+]  # fmt: skip
+
+_MONEY_PATTERN = r"^\d{1,10}\.\d{2}$"
+
+
+def _two_places(value: Decimal) -> Decimal:
+    if not value.is_finite():
+        raise PydanticCustomError("money", "must be a finite amount")
+    exponent = value.as_tuple().exponent
+    assert isinstance(exponent, int)
+    if exponent < -2:
+        raise PydanticCustomError("money", "must have at most two decimal places")
+    return value.quantize(Decimal("0.01"))
+
+
+# Money in: a JSON number or a string, 0.00 to 9999999999.99, at most two places.
+# Money out: a string with exactly two places ("12.50").
+Money = Annotated[
+    Decimal,
+    Field(ge=0, le=MAX_PRICE, allow_inf_nan=False),
+    AfterValidator(_two_places),
+    PlainSerializer(lambda value: f"{value:.2f}", return_type=str, when_used="json"),
+]
+MoneyOut = Annotated[
+    Decimal,
+    PlainSerializer(lambda value: f"{value:.2f}", return_type=str),
+    WithJsonSchema({"type": "string", "pattern": _MONEY_PATTERN, "examples": ["49.90"]}),
+]
+
+Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
+Description = Annotated[str, StringConstraints(max_length=10_000)]
+Quantity = Annotated[int, Field(ge=0, le=MAX_QUANTITY)]
+
+
+class ItemCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    sku: Sku
+    name: Name
+    description: Description | None = None
+    price: Money
+    quantity: Quantity = 0
+
+
+class ItemUpdate(BaseModel):
+    """A partial update; fields left out stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sku: Sku | None = None
+    name: Name | None = None
+    description: Description | None = None
+    price: Money | None = None
+
+    # Not part of the schema: present only to answer a clear 422 that points to the ledger.
+    quantity: SkipJsonSchema[Any] = Field(None, exclude=True)
+
+    @field_validator("quantity")
+    @classmethod
+    def _quantity_is_not_patchable(cls, _value: Any) -> Any:
+        raise PydanticCustomError(
+            "quantity_not_patchable",
+            "quantity cannot be set directly; change stock with POST /items/{id}/adjustments",
+        )
+
+    @model_validator(mode="after")
+    def _no_null_for_required(self) -> ItemUpdate:
+        for field in ("sku", "name", "price"):
+            if field in self.model_fields_set and getattr(self, field) is None:
+                raise PydanticCustomError("not_nullable", "{field} cannot be null", {"field": field})
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        return {field: getattr(self, field) for field in self.model_fields_set - {"quantity"}}
+
+
+class ItemPublic(BaseModel):
+    id: int
+    sku: str
+    name: str
+    description: str | None
+    price: MoneyOut
+    quantity: int
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime

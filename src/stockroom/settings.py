@@ -1,0 +1,123 @@
+"""Typed settings, read from ``STOCKROOM_*`` environment variables and a ``.env`` file.
+
+Every setting is checked when it is read: a bad value raises :class:`SettingsError`, whose
+message is one line naming the variable, so start-up can stop with a clear word instead of
+a traceback. This module imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = ["DEFAULT_DATABASE_URL", "ENV_PREFIX", "Settings", "SettingsError", "load_settings"]
+
+ENV_PREFIX = "STOCKROOM_"
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./stockroom.db"
+
+# Plain driver names that we rewrite to the async driver we ship, so that a URL copied from
+# another tool (``postgresql://``, ``postgres://``, ``sqlite:///``) just works.
+_DRIVER_ALIASES = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class SettingsError(Exception):
+    """A setting has a value Stockroom cannot use. ``str()`` is one line naming it."""
+
+
+class Settings(BaseSettings):
+    """Stockroom's settings. Each field is ``STOCKROOM_<FIELD NAME IN CAPITALS>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB.",
+    )
+    database_pool_size: int = Field(10, ge=1, le=1000, description="Connections kept in the pool.")
+    database_max_overflow: int = Field(
+        10, ge=0, le=1000, description="Extra connections allowed above the pool size."
+    )
+    database_pool_timeout: Seconds = Field(
+        5.0, description="Seconds a request waits for a pooled connection before a 503."
+    )
+    database_connect_timeout: Seconds = Field(
+        5.0, description="Seconds allowed to open a new database connection."
+    )
+    database_statement_timeout: Seconds = Field(
+        30.0, description="Seconds a single SQL statement may run (PostgreSQL) before a 503."
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, le=1_073_741_824, description="Largest JSON request body in bytes."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level of log lines written (JSON, one object a line)."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        return normalise_database_url(value).render_as_string(hide_password=False)
+
+    @property
+    def database(self) -> URL:
+        return make_url(self.database_url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database.get_backend_name() == "sqlite"
+
+    @property
+    def log_level_number(self) -> int:
+        return logging.getLevelNamesMapping()[self.log_level.upper()]
+
+
+def normalise_database_url(value: str) -> URL:
+    """Parse a database URL and pin it to the async driver Stockroom uses."""
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        raise ValueError("not a database URL (expected e.g. postgresql+asyncpg://HOST/DB)") from None
+    driver = _DRIVER_ALIASES.get(url.drivername)
+    if driver is None:
+        raise ValueError(
+            f"unsupported scheme {url.drivername!r} (use postgresql+asyncpg:// or sqlite+aiosqlite://)"
+        )
+    if driver.startswith("postgresql") and not url.database:
+        raise ValueError("a PostgreSQL URL needs a database name")
+    return url.set(drivername=driver)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's report into one line per bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{ENV_PREFIX}{field.upper()}: {message}")
+    return "invalid setting " + "; ".join(parts)

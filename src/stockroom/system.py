@@ -1,0 +1,93 @@
+"""Service endpoints: liveness, readiness and the offline API docs."""
+
+from __future__ import annotations
+
+import asyncio
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.staticfiles import StaticFiles
+
+from stockroom.errors import PROBLEM_CONTENT_TYPE, UnavailableError
+
+__all__ = ["DOCS_ASSETS_PATH", "docs_assets", "router"]
+
+# /readyz answers within this many seconds even when the database does not.
+READINESS_TIMEOUT = 1.5
+DOCS_ASSETS_PATH = "/docs-assets"
+
+router = APIRouter(tags=["service"])
+
+_problem_503: dict[int | str, dict[str, Any]] = {
+    503: {"description": "The database is unreachable.", "content": {PROBLEM_CONTENT_TYPE: {}}}
+}
+
+
+class Pong(BaseModel):
+    ping: str = "pong"
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class Readiness(BaseModel):
+    status: str = "ok"
+    database: str = "ok"
+
+
+@router.get("/ping")
+async def ping() -> Pong:
+    return Pong()
+
+
+@router.get("/healthz")
+async def healthz() -> Health:
+    """The process is up. Makes no database call."""
+    return Health()
+
+
+@router.get("/readyz", responses=_problem_503)
+async def readyz(request: Request) -> Readiness:
+    """The database answers a trivial query within 1.5 s."""
+    engine: AsyncEngine = request.app.state.engine
+    try:
+        async with asyncio.timeout(READINESS_TIMEOUT), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception as exc:
+        raise UnavailableError("The database is not answering.") from exc
+    return Readiness()
+
+
+def docs_assets() -> StaticFiles:
+    """Swagger UI and ReDoc files shipped in a package, so /docs works with no internet."""
+    return StaticFiles(directory=str(resources.files("fastapi_offline") / "static"))
+
+
+@router.get("/docs", include_in_schema=False)
+async def swagger_ui(request: Request) -> HTMLResponse:
+    return get_swagger_ui_html(
+        openapi_url=str(request.app.openapi_url),
+        title="Stockroom API",
+        swagger_js_url=f"{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+        swagger_css_url=f"{DOCS_ASSETS_PATH}/swagger-ui.css",
+        swagger_favicon_url=f"{DOCS_ASSETS_PATH}/favicon.png",
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+
+
+@router.get("/redoc", include_in_schema=False)
+async def redoc(request: Request) -> HTMLResponse:
+    return get_redoc_html(
+        openapi_url=str(request.app.openapi_url),
+        title="Stockroom API",
+        redoc_js_url=f"{DOCS_ASSETS_PATH}/redoc.standalone.js",
+        redoc_favicon_url=f"{DOCS_ASSETS_PATH}/favicon.png",
+        with_google_fonts=False,
+    )
