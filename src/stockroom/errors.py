@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 __all__ = [
     "PROBLEM_CONTENT_TYPE",
@@ -41,6 +42,7 @@ __all__ = [
     "UnavailableError",
     "install_error_handlers",
     "problem_response",
+    "problem_responses",
 ]
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -105,6 +107,62 @@ _HTTP_SLUGS = {
 }
 
 
+_PROBLEM_PROPERTIES: dict[str, Any] = {
+    "type": {"type": "string", "description": "URI reference naming the kind of problem."},
+    "title": {"type": "string"},
+    "status": {"type": "integer"},
+    "detail": {"type": "string", "description": "What went wrong, for a human."},
+}
+_PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": _PROBLEM_PROPERTIES,
+}
+_VALIDATION_PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "errors"],
+    "properties": {
+        **_PROBLEM_PROPERTIES,
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["loc", "msg"],
+                "properties": {
+                    "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                    "msg": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+_DESCRIPTIONS = {
+    400: "The body could not be decoded.",
+    404: "No such resource.",
+    409: "Conflict with the current state.",
+    412: "`If-Match` does not match the current ETag.",
+    413: "The request body is too large.",
+    422: "The request is invalid; `errors` lists each problem.",
+    500: "Unexpected error (logged with the request id).",
+    503: "The database is unavailable or busy; retry shortly.",
+}
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` documenting problem+json answers with these statuses."""
+    return {
+        status: {
+            "description": _DESCRIPTIONS.get(status, HTTPStatus(status).phrase),
+            "content": {
+                PROBLEM_CONTENT_TYPE: {
+                    "schema": _VALIDATION_PROBLEM_SCHEMA if status == 422 else _PROBLEM_SCHEMA
+                }
+            },
+        }
+        for status in statuses
+    }
+
+
 def problem_response(
     status: int,
     slug: str,
@@ -152,15 +210,27 @@ async def _on_stockroom_error(_request: Request, exc: Exception) -> Response:
     )
 
 
-async def _on_http_error(_request: Request, exc: Exception) -> Response:
+async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     slug = _HTTP_SLUGS.get(exc.status_code, "http-error")
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and detail == "Not Found":
         detail = "No such resource."
     if exc.status_code == 405:
         detail = "This resource does not support that method."
-    return problem_response(exc.status_code, slug, detail, headers=dict(exc.headers or {}))
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return problem_response(exc.status_code, slug, detail, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method of every route on this path (the router's 405 names only one route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _on_validation_error(_request: Request, exc: Exception) -> Response:

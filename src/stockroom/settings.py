@@ -95,7 +95,9 @@ def normalise_database_url(value: str) -> URL:
     try:
         url = make_url(value)
     except ArgumentError:
-        raise ValueError("not a database URL (expected e.g. postgresql+asyncpg://HOST/DB)") from None
+        raise ValueError(
+            "not a database URL (expected e.g. postgresql+asyncpg://HOST/DB)"
+        ) from None
     driver = _DRIVER_ALIASES.get(url.drivername)
     if driver is None:
         raise ValueError(

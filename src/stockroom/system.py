@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from importlib import resources
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -14,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.staticfiles import StaticFiles
 
-from stockroom.errors import PROBLEM_CONTENT_TYPE, UnavailableError
+from stockroom.errors import UnavailableError, problem_responses
 
 __all__ = ["DOCS_ASSETS_PATH", "docs_assets", "router"]
 
@@ -22,11 +21,7 @@ __all__ = ["DOCS_ASSETS_PATH", "docs_assets", "router"]
 READINESS_TIMEOUT = 1.5
 DOCS_ASSETS_PATH = "/docs-assets"
 
-router = APIRouter(tags=["service"])
-
-_problem_503: dict[int | str, dict[str, Any]] = {
-    503: {"description": "The database is unreachable.", "content": {PROBLEM_CONTENT_TYPE: {}}}
-}
+router = APIRouter(tags=["service"], responses=problem_responses(500))
 
 
 class Pong(BaseModel):
@@ -53,7 +48,7 @@ async def healthz() -> Health:
     return Health()
 
 
-@router.get("/readyz", responses=_problem_503)
+@router.get("/readyz", responses=problem_responses(503))
 async def readyz(request: Request) -> Readiness:
     """The database answers a trivial query within 1.5 s."""
     engine: AsyncEngine = request.app.state.engine

@@ -88,7 +88,7 @@ class Keyset:
         """The condition for rows after the cursor ``payload``; a foreign cursor is a 422."""
         if len(payload) != 3 or payload[0] != self.sort or not _is_int(payload[2]):
             raise invalid_cursor()
-        value, last_id = self._parse_value(payload[1]), payload[2]
+        value, last_id = self._parse_value(payload[1]), int(payload[2])
         column = _SORT_COLUMNS[self.key]
         if self.key == "id":
             return Item.id < last_id if self.descending else Item.id > last_id
@@ -156,4 +156,3 @@ class ItemRepository:
     async def count(self, where: ItemFilter) -> int:
         stmt = select(func.count()).select_from(Item).where(and_(true(), *where.clauses()))
         return int((await self.session.execute(stmt)).scalar_one())
-

@@ -8,23 +8,25 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Header, Path, Query, Response, status
 
 from stockroom.deps import SessionDep
-from stockroom.errors import InvalidRequestError
+from stockroom.errors import InvalidRequestError, problem_responses
 from stockroom.http import Page, etag_matches
 from stockroom.items import service
 from stockroom.items.models import Item
 from stockroom.items.repository import ItemFilter
-from stockroom.items.schemas import MAX_PRICE, ItemCreate, ItemPublic, ItemUpdate, SortKey
+from stockroom.items.schemas import ItemCreate, ItemPublic, ItemUpdate, Money, SortKey
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/items", tags=["items"])
+router = APIRouter(
+    prefix="/items", tags=["items"], responses=problem_responses(400, 413, 422, 500, 503)
+)
 
 ItemId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The item's id.")]
 IfMatch = Annotated[
     str | None,
     Header(description="Apply only if the item's current ETag is one of these (or `*`)."),
 ]
-PriceBound = Annotated[Decimal | None, Query(ge=0, le=MAX_PRICE, decimal_places=2)]
+PriceBound = Annotated[Money | None, Query()]
 
 
 def _public(item: Item) -> ItemPublic:
@@ -45,7 +47,7 @@ def _public(item: Item) -> ItemPublic:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ItemPublic,
-    responses={409: {"description": "An item with this sku already exists."}},
+    responses=problem_responses(409),
 )
 async def create_item(session: SessionDep, body: ItemCreate, response: Response) -> ItemPublic:
     item = await service.create_item(session, body)
@@ -91,7 +93,10 @@ async def list_items(
 @router.get(
     "/{item_id}",
     response_model=ItemPublic,
-    responses={304: {"description": "Not modified: `If-None-Match` matched the ETag."}},
+    responses={
+        304: {"description": "Not modified: `If-None-Match` matched the ETag."},
+        **problem_responses(404),
+    },
 )
 async def get_item(
     session: SessionDep,
@@ -110,10 +115,7 @@ async def get_item(
 @router.patch(
     "/{item_id}",
     response_model=ItemPublic,
-    responses={
-        409: {"description": "Another item has this sku."},
-        412: {"description": "`If-Match` does not match the current ETag."},
-    },
+    responses=problem_responses(404, 409, 412),
 )
 async def update_item(
     session: SessionDep,
@@ -130,7 +132,7 @@ async def update_item(
 @router.delete(
     "/{item_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={412: {"description": "`If-Match` does not match the current ETag."}},
+    responses=problem_responses(404, 412),
 )
 async def delete_item(session: SessionDep, item_id: ItemId, if_match: IfMatch = None) -> None:
     await service.delete_item(session, item_id, if_match=if_match)

@@ -39,6 +39,14 @@ SortKey = Literal[
 ]  # fmt: skip
 
 _MONEY_PATTERN = r"^\d{1,10}\.\d{2}$"
+_MONEY_INPUT_SCHEMA = {
+    "anyOf": [
+        {"type": "number", "minimum": 0, "maximum": 9999999999.99, "multipleOf": 0.01},
+        {"type": "string", "pattern": r"^\d{1,10}(\.\d{1,2})?$"},
+    ],
+    "description": "Amount with at most two decimal places, as a number or a string.",
+    "examples": ["49.90"],
+}
 
 
 def _two_places(value: Decimal) -> Decimal:
@@ -58,6 +66,7 @@ Money = Annotated[
     Field(ge=0, le=MAX_PRICE, allow_inf_nan=False),
     AfterValidator(_two_places),
     PlainSerializer(lambda value: f"{value:.2f}", return_type=str, when_used="json"),
+    WithJsonSchema(_MONEY_INPUT_SCHEMA, mode="validation"),
 ]
 MoneyOut = Annotated[
     Decimal,
@@ -86,10 +95,11 @@ class ItemUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    sku: Sku | None = None
-    name: Name | None = None
+    # `| SkipJsonSchema[None]`: optional, but not nullable in the schema; null is a 422.
+    sku: Sku | SkipJsonSchema[None] = None
+    name: Name | SkipJsonSchema[None] = None
     description: Description | None = None
-    price: Money | None = None
+    price: Money | SkipJsonSchema[None] = None
 
     # Not part of the schema: present only to answer a clear 422 that points to the ledger.
     quantity: SkipJsonSchema[Any] = Field(None, exclude=True)
@@ -106,7 +116,9 @@ class ItemUpdate(BaseModel):
     def _no_null_for_required(self) -> ItemUpdate:
         for field in ("sku", "name", "price"):
             if field in self.model_fields_set and getattr(self, field) is None:
-                raise PydanticCustomError("not_nullable", "{field} cannot be null", {"field": field})
+                raise PydanticCustomError(
+                    "not_nullable", "{field} cannot be null", {"field": field}
+                )
         return self
 
     def changes(self) -> dict[str, Any]:

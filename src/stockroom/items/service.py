@@ -80,7 +80,7 @@ async def update_item(
     item = await _locked(session, item_id, if_match)
     changed = _apply(item, data.changes())
     if not changed:
-        await session.rollback()
+        await session.commit()  # ends the transaction (and the row lock), keeps `item` loaded
         return item
     item.version += 1
     item.updated_at = utcnow()

@@ -1,0 +1,58 @@
+# Stockroom: `make run` serves on SQLite at 127.0.0.1:8000; `make test` runs every check.
+# Both create .venv with Python 3.11 and install pinned requirements first.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run migrate test pytest schemathesis lint fmt ensure-postgres install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Stockroom needs Python 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Stamps: reinstall only when the pinned requirements or the project metadata change.
+$(VENV)/.installed: $(BIN)/python requirements.txt pyproject.toml
+	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(BIN)/pip install --quiet -r requirements-test.txt
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+migrate: install
+	$(BIN)/stockroom migrate
+
+run: install
+	@echo "Stockroom on http://$(HOST):$(PORT)/docs (SQLite file ./stockroom.db; Ctrl-C stops)"
+	$(BIN)/stockroom serve --host $(HOST) --port $(PORT)
+
+test: install-test ensure-postgres lint pytest schemathesis
+
+pytest: install-test
+	$(BIN)/pytest
+
+schemathesis: install-test
+	BIN=$(BIN) scripts/schemathesis.sh
+
+lint: install-test
+	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+fmt: install-test
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+ensure-postgres:
+	scripts/ensure-postgres.sh
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis src/*.egg-info
