@@ -13,7 +13,14 @@ from stockroom.http import Page, etag_matches
 from stockroom.items import service
 from stockroom.items.models import Item
 from stockroom.items.repository import ItemFilter
-from stockroom.items.schemas import ItemCreate, ItemPublic, ItemUpdate, Money, SortKey
+from stockroom.items.schemas import (
+    NO_NUL_PATTERN,
+    ItemCreate,
+    ItemPublic,
+    ItemUpdate,
+    Money,
+    SortKey,
+)
 
 __all__ = ["router"]
 
@@ -62,7 +69,12 @@ async def list_items(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
     q: Annotated[
-        str | None, Query(max_length=200, description="Case-insensitive part of sku or name.")
+        str | None,
+        Query(
+            max_length=200,
+            pattern=NO_NUL_PATTERN,
+            description="Case-insensitive part of sku or name.",
+        ),
     ] = None,
     min_price: PriceBound = None,
     max_price: PriceBound = None,

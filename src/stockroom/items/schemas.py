@@ -22,6 +22,7 @@ from pydantic_core import PydanticCustomError
 
 __all__ = [
     "MAX_PRICE",
+    "NO_NUL_PATTERN",
     "SORT_KEYS",
     "ItemCreate",
     "ItemPublic",
@@ -75,8 +76,12 @@ MoneyOut = Annotated[
 ]
 
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
-Description = Annotated[str, StringConstraints(max_length=10_000)]
+# Names are one line of text with something visible in it: no control characters.
+NAME_PATTERN = r"^[^\x00-\x1F\x7F]*[^\s\x00-\x1F\x7F][^\x00-\x1F\x7F]*$"
+# Any text but NUL, which PostgreSQL cannot store in a text column.
+NO_NUL_PATTERN = r"^[^\x00]*$"
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+Description = Annotated[str, StringConstraints(max_length=10_000, pattern=NO_NUL_PATTERN)]
 Quantity = Annotated[int, Field(ge=0, le=MAX_QUANTITY)]
 
 

@@ -1,0 +1,177 @@
+"""Shared fixtures: the same API tests run against real PostgreSQL and real SQLite.
+
+Each backend gets a fresh database, migrated with Alembic once per test session; tables are
+emptied after every test. In CI (CI=true) a PostgreSQL that cannot be reached is a failure,
+never a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from stockroom.app import create_app
+from stockroom.db import Base
+from stockroom.migrations import upgrade_async
+from stockroom.settings import Settings
+
+BACKENDS = ("sqlite", "postgresql")
+# Where tests create their throwaway PostgreSQL databases (an admin connection).
+PG_ADMIN_URL = os.environ.get(
+    "STOCKROOM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+async def _admin_connection() -> asyncpg.Connection:
+    return await asyncpg.connect(PG_ADMIN_URL, timeout=5)
+
+
+async def create_pg_database() -> str:
+    """A new empty PostgreSQL database; returns its SQLAlchemy URL."""
+    name = f"stockroom_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = await _admin_connection()
+    except (OSError, asyncpg.PostgresError) as exc:
+        message = f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {exc!r}"
+        if IN_CI:
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+asyncpg", database=name)
+    return url.render_as_string(hide_password=False)
+
+
+async def drop_pg_database(url: str) -> None:
+    name = make_url(url).database
+    admin = await _admin_connection()
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+async def database_url(
+    backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[str]:
+    """A migrated, empty database of the backend under test."""
+    if backend == "sqlite":
+        path = tmp_path_factory.mktemp("sqlite") / "stockroom.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        await upgrade_async(url)
+        yield url
+        return
+    url = await create_pg_database()
+    try:
+        await upgrade_async(url)
+        yield url
+    finally:
+        await drop_pg_database(url)
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {"database_url": database_url, "log_level": "warning"}
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def start_app(settings: Settings) -> tuple[FastAPI, Any]:
+    """Build an app and run its lifespan start-up; returns the app and its lifespan context."""
+    app = create_app(settings)
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    return app, lifespan
+
+
+@pytest.fixture(scope="session")
+async def app(database_url: str) -> AsyncIterator[FastAPI]:
+    application, lifespan = await start_app(make_settings(database_url))
+    try:
+        yield application
+    finally:
+        await lifespan.__aexit__(None, None, None)
+
+
+def client_for(application: FastAPI) -> httpx.AsyncClient:
+    # raise_app_exceptions=False: an unhandled error reaches the test as the 500 a client sees.
+    transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+    return httpx.AsyncClient(transport=transport, base_url="http://stockroom.test")
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    async with client_for(app) as http:
+        yield http
+    await empty_tables(app)
+
+
+async def empty_tables(application: FastAPI) -> None:
+    async with application.state.engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            await connection.execute(table.delete())
+        if connection.dialect.name == "postgresql":
+            for table in Base.metadata.sorted_tables:
+                for column in table.primary_key.columns:
+                    if column.autoincrement is True or column.autoincrement == "auto":
+                        seq = await connection.scalar(
+                            text("SELECT pg_get_serial_sequence(:t, :c)"),
+                            {"t": table.name, "c": column.name},
+                        )
+                        if seq:
+                            await connection.execute(text(f"ALTER SEQUENCE {seq} RESTART"))
+
+
+ItemFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def new_item(client: httpx.AsyncClient) -> ItemFactory:
+    """POST an item (defaults filled in) and return its JSON; fails the test unless 201."""
+    counter = iter(range(1, 1_000_000))
+
+    async def make(**fields: Any) -> dict[str, Any]:
+        n = next(counter)
+        body = {"sku": f"SKU-{n:05d}", "name": f"Item {n}", "price": "10.00", **fields}
+        response = await client.post("/items", json=body)
+        assert response.status_code == 201, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    return make
+
+
+def problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    """Assert ``response`` is a problem+json with ``status`` and no leaked internals."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert {"type", "title", "status", "detail"} <= body.keys()
+    assert body["status"] == status
+    lowered = response.text.lower()
+    for leak in ("traceback", "sqlalchemy", "asyncpg", "sqlite3", "select ", "insert ", 'file "'):
+        assert leak not in lowered, f"problem leaks {leak!r}: {response.text}"
+    return body
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
