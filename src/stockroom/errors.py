@@ -92,6 +92,8 @@ class UnavailableError(StockroomError):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
 # Statuses the framework raises itself (routing, body limits) and the slug each gets.
 _HTTP_SLUGS = {
     400: "bad-request",
@@ -224,13 +226,15 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 
 
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method of every route on this path (the router's 405 names only one route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """Every method some route serves on this path (the router's 405 names only one route's)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
+        )
+    ]
 
 
 async def _on_validation_error(_request: Request, exc: Exception) -> Response:

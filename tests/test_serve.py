@@ -1,0 +1,103 @@
+"""`stockroom serve` as a real process on a free port, talked to over TCP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[str], port: int, log: Path) -> None:
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+
+    def log_lines(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+
+def start_server(database_url: str, tmp_path: Path, *args: str) -> Server:
+    port = free_port()
+    log = tmp_path / f"server-{port}.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")}
+    env.update(STOCKROOM_DATABASE_URL=database_url, STOCKROOM_LOG_LEVEL="info")
+    with log.open("w") as sink:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [sys.executable, "-m", "stockroom", "serve", "--port", str(port), *args],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            text=True,
+        )
+    server = Server(process, port, log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.1)
+    process.kill()
+    raise AssertionError(f"server did not start: {log.read_text()}")
+
+
+@pytest.fixture
+def server(database_url: str, tmp_path: Path, client: httpx.AsyncClient) -> Iterator[Server]:
+    # `client` is requested only so that the tables are emptied afterwards.
+    running = start_server(database_url, tmp_path, "--workers", "2")
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.wait()
+
+
+async def test_serve_over_tcp_logs_json_and_stops_cleanly(server: Server) -> None:
+    request_id = f"smoke-{uuid.uuid4().hex}"
+    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+        created = await http.post("/items", json={"sku": "TCP-1", "name": "Over TCP", "price": 3})
+        assert created.status_code == 201, created.text
+        fetched = await http.get(created.headers["location"], headers={"X-Request-ID": request_id})
+        assert fetched.status_code == 200
+        assert fetched.json()["sku"] == "TCP-1"
+        assert fetched.headers["x-request-id"] == request_id
+        assert (await http.get("/readyz")).json() == {"status": "ok", "database": "ok"}
+        docs = await http.get("/docs")
+        assert docs.status_code == 200
+
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=30) == 0
+
+    lines = server.log_lines()  # every line is one JSON object, or json.loads fails here
+    access = [
+        line
+        for line in lines
+        if line.get("logger") == "stockroom.access" and line.get("request_id") == request_id
+    ]
+    assert len(access) == 1
+    assert access[0]["method"] == "GET"
+    assert access[0]["route"] == "/items/{item_id}"
+    assert access[0]["status"] == 200
+    assert isinstance(access[0]["duration_ms"], float)
+    assert any(line.get("event") == "stopped" for line in lines)

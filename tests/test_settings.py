@@ -1,0 +1,87 @@
+"""A bad setting stops start-up with exit status 2 and one line naming it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stockroom.settings import DEFAULT_DATABASE_URL, SettingsError, load_settings
+
+
+def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "stockroom", *args],
+        env={**clean, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "reason"),
+    [
+        ("STOCKROOM_DATABASE_URL", "not a url at all", "not a database URL"),
+        ("STOCKROOM_DATABASE_URL", "mysql://root@localhost/db", "unsupported scheme"),
+        ("STOCKROOM_DATABASE_URL", "postgresql+asyncpg://localhost", "needs a database name"),
+        ("STOCKROOM_DATABASE_POOL_SIZE", "abc", "valid integer"),
+        ("STOCKROOM_DATABASE_POOL_SIZE", "0", "greater than or equal to 1"),
+        ("STOCKROOM_DATABASE_POOL_TIMEOUT", "-1", "greater than 0"),
+        ("STOCKROOM_MAX_BODY_BYTES", "lots", "valid integer"),
+        ("STOCKROOM_LOG_LEVEL", "loud", "Input should be"),
+    ],
+)
+@pytest.mark.parametrize("command", ["migrate", "serve"])
+def test_bad_setting_stops_start_up(
+    tmp_path: Path, command: str, variable: str, value: str, reason: str
+) -> None:
+    result = run_cli([command, "--port", "0"] if command == "serve" else [command],
+                     {variable: value}, tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert reason in lines[0]
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "stockroom.db").exists()
+
+
+def test_dotenv_file_is_read(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("STOCKROOM_DATABASE_POOL_SIZE=many\n")
+    result = run_cli(["migrate"], {}, tmp_path)
+    assert result.returncode == 2
+    assert "STOCKROOM_DATABASE_POOL_SIZE" in result.stderr
+
+
+def test_default_database_is_an_sqlite_file_in_the_working_folder(tmp_path: Path) -> None:
+    result = run_cli(["migrate"], {}, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "stockroom.db").is_file()
+
+
+def test_plain_driver_urls_are_pinned_to_async_drivers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKROOM_DATABASE_URL", "postgres://u:p@db.example:5433/stock")
+    assert load_settings().database_url == "postgresql+asyncpg://u:p@db.example:5433/stock"
+    monkeypatch.setenv("STOCKROOM_DATABASE_URL", "sqlite:///./x.db")
+    assert load_settings().database_url == "sqlite+aiosqlite:///./x.db"
+    monkeypatch.delenv("STOCKROOM_DATABASE_URL")
+    assert load_settings(_env_file=None).database_url == DEFAULT_DATABASE_URL
+
+
+def test_several_bad_settings_are_named_on_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STOCKROOM_DATABASE_POOL_SIZE", "x")
+    monkeypatch.setenv("STOCKROOM_DATABASE_MAX_OVERFLOW", "y")
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "STOCKROOM_DATABASE_POOL_SIZE" in message
+    assert "STOCKROOM_DATABASE_MAX_OVERFLOW" in message
