@@ -21,7 +21,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from stockroom.app import create_app
-from stockroom.db import Base
+from stockroom.auth import service as keys
+from stockroom.models import Base
 from stockroom.migrations import upgrade_async
 from stockroom.settings import Settings
 
@@ -111,25 +112,46 @@ async def app(database_url: str) -> AsyncIterator[FastAPI]:
         await lifespan.__aexit__(None, None, None)
 
 
-def client_for(application: FastAPI) -> httpx.AsyncClient:
+def client_for(application: FastAPI, key: str | None = None) -> httpx.AsyncClient:
     # raise_app_exceptions=False: an unhandled error reaches the test as the 500 a client sees.
     transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
-    return httpx.AsyncClient(transport=transport, base_url="http://stockroom.test")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(
+        transport=transport, base_url="http://stockroom.test", headers=headers
+    )
+
+
+async def create_key(application: FastAPI, name: str, scopes: list[str]) -> str:
+    """A real API key, made the way `stockroom apikey create` makes it."""
+    async with application.state.sessions() as session:
+        _record, secret = await keys.create_key(session, name, scopes)
+    return secret
 
 
 @pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with client_for(app) as http:
+async def admin_key(app: FastAPI) -> str:
+    return await create_key(app, f"admin-{uuid.uuid4().hex[:8]}", ["admin"])
+
+
+@pytest.fixture
+async def client(app: FastAPI, admin_key: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the app holding an `admin` key; the tables are emptied afterwards."""
+    async with client_for(app, admin_key) as http:
         yield http
     await empty_tables(app)
 
 
+# API keys stay: each test makes its own, with a unique name.
+_KEPT_TABLES = {"api_keys"}
+
+
 async def empty_tables(application: FastAPI) -> None:
+    tables = [t for t in Base.metadata.sorted_tables if t.name not in _KEPT_TABLES]
     async with application.state.engine.begin() as connection:
-        for table in reversed(Base.metadata.sorted_tables):
+        for table in reversed(tables):
             await connection.execute(table.delete())
         if connection.dialect.name == "postgresql":
-            for table in Base.metadata.sorted_tables:
+            for table in tables:
                 for column in table.primary_key.columns:
                     if column.autoincrement is True or column.autoincrement == "auto":
                         seq = await connection.scalar(

@@ -30,10 +30,11 @@ async def tiny_pool_app(database_url: str) -> AsyncIterator[FastAPI]:
 
 
 async def test_exhausted_pool_answers_503_then_recovers(
-    tiny_pool_app: FastAPI, client: httpx.AsyncClient, new_item: ItemFactory
+    tiny_pool_app: FastAPI, client: httpx.AsyncClient, new_item: ItemFactory, admin_key: str
 ) -> None:
     item = await new_item()
-    async with client_for(tiny_pool_app) as http:
+    async with client_for(tiny_pool_app, admin_key) as http:
+        assert (await http.get(f"/items/{item['id']}")).status_code == 200  # key now cached
         async with tiny_pool_app.state.engine.connect():  # holds the only connection
             started = time.monotonic()
             response = await http.get(f"/items/{item['id']}")

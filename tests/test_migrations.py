@@ -11,7 +11,7 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from stockroom.db import Base
+from stockroom.models import Base
 from stockroom.migrations import alembic_config
 from tests.conftest import create_pg_database, drop_pg_database
 

@@ -24,6 +24,30 @@ def free_port() -> int:
         return port
 
 
+def stockroom_env(database_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")}
+    env.update(STOCKROOM_DATABASE_URL=database_url, STOCKROOM_LOG_LEVEL="info")
+    return env
+
+
+def cli_create_key(database_url: str, cwd: Path, scopes: str) -> str:
+    """`stockroom apikey create`, as an operator runs it; returns the printed key."""
+    result = subprocess.run(
+        [sys.executable, "-m", "stockroom", "apikey", "create",
+         "--name", f"cli-{uuid.uuid4().hex[:8]}", "--scopes", scopes],
+        env=stockroom_env(database_url),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )  # fmt: skip
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    assert lines[0].startswith("sr_")
+    return lines[0]
+
+
 class Server:
     def __init__(self, process: subprocess.Popen[str], port: int, log: Path) -> None:
         self.process = process
@@ -37,8 +61,7 @@ class Server:
 def start_server(database_url: str, tmp_path: Path, *args: str) -> Server:
     port = free_port()
     log = tmp_path / f"server-{port}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")}
-    env.update(STOCKROOM_DATABASE_URL=database_url, STOCKROOM_LOG_LEVEL="info")
+    env = stockroom_env(database_url)
     with log.open("w") as sink:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             [sys.executable, "-m", "stockroom", "serve", "--port", str(port), *args],
@@ -73,9 +96,13 @@ def server(database_url: str, tmp_path: Path, client: httpx.AsyncClient) -> Iter
             running.process.wait()
 
 
-async def test_serve_over_tcp_logs_json_and_stops_cleanly(server: Server) -> None:
+async def test_serve_over_tcp_logs_json_and_stops_cleanly(
+    server: Server, database_url: str, tmp_path: Path
+) -> None:
+    key = cli_create_key(database_url, tmp_path, "write")
     request_id = f"smoke-{uuid.uuid4().hex}"
-    async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=server.url, timeout=10, headers=headers) as http:
         created = await http.post("/items", json={"sku": "TCP-1", "name": "Over TCP", "price": 3})
         assert created.status_code == 201, created.text
         fetched = await http.get(created.headers["location"], headers={"X-Request-ID": request_id})

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stockroom import __version__
+from stockroom.auth.router import router as auth_router
+from stockroom.auth.service import Authenticator
 from stockroom.db import create_engine, create_session_factory
 from stockroom.errors import install_error_handlers
+from stockroom.idempotency.service import InFlightKeys, purge_expired
 from stockroom.items.router import router as items_router
+from stockroom.ledger.router import router as ledger_router
 from stockroom.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from stockroom.observability import configure_logging
 from stockroom.settings import Settings, load_settings
@@ -21,6 +28,9 @@ from stockroom.system import router as system_router
 __all__ = ["create_app"]
 
 log = structlog.get_logger("stockroom.app")
+
+# How often expired idempotency records are deleted, in small batches between requests.
+IDEMPOTENCY_PURGE_INTERVAL = 600.0
 
 DESCRIPTION = """\
 An async inventory service: items and their stock.
@@ -36,12 +46,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
+        sessions = create_session_factory(engine)
         app.state.engine = engine
-        app.state.sessions = create_session_factory(engine)
+        app.state.sessions = sessions
+        app.state.authenticator = Authenticator(
+            sessions, enabled=settings.auth, ttl=settings.auth_cache_seconds
+        )
+        app.state.in_flight_keys = InFlightKeys()
+        if not settings.auth:
+            log.warning(
+                "AUTHENTICATION IS OFF (STOCKROOM_AUTH=off): every endpoint is open to anyone "
+                "who can reach this port. Use this for local play only."
+            )
+        purger = asyncio.create_task(_purge_idempotency_keys(sessions), name="idempotency-purge")
         log.info("started", database=settings.database.get_backend_name(), version=__version__)
         try:
             yield
         finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
             await engine.dispose()
             log.info("stopped")
 
@@ -57,8 +81,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(system_router)
     app.include_router(items_router)
+    app.include_router(ledger_router)
+    app.include_router(auth_router)
     app.mount(DOCS_ASSETS_PATH, docs_assets(), name="docs-assets")
     # Added last = outermost: the request id is set before anything else runs.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     return app
+
+
+async def _purge_idempotency_keys(sessions: async_sessionmaker[AsyncSession]) -> None:
+    """Delete expired idempotency records now and then, a batch per short transaction, so
+    that the cleanup never holds a lock for long."""
+    while True:
+        try:
+            deleted = 0
+            while True:
+                async with sessions() as session:
+                    batch = await purge_expired(session)
+                deleted += batch
+                if batch == 0:
+                    break
+                await asyncio.sleep(0)  # let requests in between batches
+            if deleted:
+                log.info("purged expired idempotency keys", count=deleted)
+        except Exception:
+            log.exception("idempotency purge failed; will retry")
+        await asyncio.sleep(IDEMPOTENCY_PURGE_INTERVAL)

@@ -1,20 +1,28 @@
-"""The ``stockroom`` command: serve | migrate."""
+"""The ``stockroom`` command: serve | migrate | apikey."""
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import typer
 import uvicorn
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from stockroom.auth import service as keys
+from stockroom.db import create_engine, create_session_factory
+from stockroom.errors import StockroomError
 from stockroom.migrations import upgrade
 from stockroom.observability import configure_logging
 from stockroom.settings import Settings, SettingsError, load_settings
 
 __all__ = ["main"]
 
+EXIT_FAILED = 1
 EXIT_BAD_SETTING = 2
+T = TypeVar("T")
 
 cli = typer.Typer(
     name="stockroom",
@@ -63,9 +71,68 @@ def serve(
     )
 
 
+apikey = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
+cli.add_typer(apikey, name="apikey")
+
+
+def _with_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Migrate, then run ``work`` in a session of a short-lived engine."""
+    settings = _settings()
+    upgrade(settings.database_url)
+
+    async def run() -> T:
+        engine = create_engine(settings)
+        try:
+            async with create_session_factory(engine)() as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _scopes(value: str) -> list[str]:
+    scopes = [s.strip() for s in value.split(",") if s.strip()]
+    unknown = sorted(set(scopes) - set(keys.SCOPES))
+    if unknown:
+        raise typer.BadParameter(f"unknown scope {unknown[0]!r}; use {', '.join(keys.SCOPES)}")
+    return scopes
+
+
+@apikey.command("create")
+def apikey_create(
+    name: Annotated[str, typer.Option(help="A unique name for the key, e.g. ci or alice.")],
+    scopes: Annotated[
+        str, typer.Option(help="Comma-separated: read, write (implies read), admin (all).")
+    ] = "read",
+) -> None:
+    """Create a key and print it, the only line on standard output. It is not shown again."""
+    scope_list = _scopes(scopes)
+    _record, secret = _with_session(lambda session: keys.create_key(session, name, scope_list))
+    print(secret)  # noqa: T201
+
+
+@apikey.command("list")
+def apikey_list() -> None:
+    """List keys (never their secrets)."""
+    for record in _with_session(keys.list_keys):
+        state = f"revoked {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}" if record.revoked_at else "active"
+        created = f"{record.created_at:%Y-%m-%dT%H:%M:%SZ}"
+        print(f"{record.name}\t{record.scopes or '-'}\t{created}\t{state}")  # noqa: T201
+
+
+@apikey.command("revoke")
+def apikey_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+    """Revoke a key. Running services refuse it within STOCKROOM_AUTH_CACHE_SECONDS."""
+    _with_session(lambda session: keys.revoke_key(session, name))
+
+
 def main() -> None:
     try:
         cli()
     except SettingsError as exc:
         print(f"stockroom: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(EXIT_BAD_SETTING)
+    except StockroomError as exc:
+        print(f"stockroom: {exc.detail}", file=sys.stderr)  # noqa: T201
+        sys.exit(EXIT_FAILED)

@@ -159,7 +159,8 @@ async def begin_write(session: AsyncSession) -> None:
     Call it first in a service function that writes, before any read of the same
     transaction, so that the read and the write see the same state.
     """
-    await session.connection(execution_options={_WRITE_OPTION: True})
+    if not session.in_transaction():
+        await session.connection(execution_options={_WRITE_OPTION: True})
 
 
 def is_unique_violation(exc: IntegrityError) -> bool:

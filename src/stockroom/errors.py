@@ -3,6 +3,8 @@
 The tree::
 
     StockroomError                 base; carries the problem type, title and HTTP status
+    ├── UnauthorizedError          401  unauthorized (with WWW-Authenticate: Bearer)
+    ├── ForbiddenError             403  forbidden (the key lacks a scope)
     ├── NotFoundError              404  not-found
     ├── ConflictError              409  conflict
     │   └── DuplicateError         409  duplicate (a unique value is taken)
@@ -35,10 +37,12 @@ __all__ = [
     "PROBLEM_CONTENT_TYPE",
     "ConflictError",
     "DuplicateError",
+    "ForbiddenError",
     "InvalidRequestError",
     "NotFoundError",
     "PreconditionFailedError",
     "StockroomError",
+    "UnauthorizedError",
     "UnavailableError",
     "install_error_handlers",
     "problem_response",
@@ -58,10 +62,12 @@ class StockroomError(Exception):
     slug: str = "internal-error"
     title: str = "Internal server error"
 
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.detail = detail
         self.headers = headers or {}
+        # Extra members of the problem document (RFC 9457 §3.2), e.g. ``available``.
+        self.extra = extra
 
 
 class NotFoundError(StockroomError):
@@ -86,6 +92,17 @@ class InvalidRequestError(StockroomError):
     def __init__(self, detail: str, *, loc: Sequence[str | int] = ()) -> None:
         super().__init__(detail)
         self.errors = [{"loc": list(loc), "msg": detail}]
+
+
+class UnauthorizedError(StockroomError):
+    status, slug, title = 401, "unauthorized", "Unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class ForbiddenError(StockroomError):
+    status, slug, title = 403, "forbidden", "Forbidden"
 
 
 class UnavailableError(StockroomError):
@@ -140,6 +157,8 @@ _VALIDATION_PROBLEM_SCHEMA: dict[str, Any] = {
 }
 _DESCRIPTIONS = {
     400: "The body could not be decoded.",
+    401: "No API key, or an unknown or revoked one.",
+    403: "The API key lacks the scope this needs.",
     404: "No such resource.",
     409: "Conflict with the current state.",
     412: "`If-Match` does not match the current ETag.",
@@ -206,7 +225,9 @@ def _unavailable_response() -> Response:
 
 async def _on_stockroom_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StockroomError)
-    extra = {"errors": exc.errors} if isinstance(exc, InvalidRequestError) else {}
+    extra = dict(exc.extra)
+    if isinstance(exc, InvalidRequestError):
+        extra["errors"] = exc.errors
     return problem_response(
         exc.status, exc.slug, exc.detail, title=exc.title, headers=exc.headers, **extra
     )

@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, le=1_073_741_824, description="Largest JSON request body in bytes."
     )
+    auth: bool = Field(
+        True,
+        description="Require API keys (on). off opens every endpoint to anyone: local play only.",
+    )
+    auth_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        description="Seconds a verified key is trusted without asking the database; a revoked "
+        "key stops working on every instance within this time (0: ask every time).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level of log lines written (JSON, one object a line)."
     )

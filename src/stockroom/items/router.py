@@ -7,9 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Path, Query, Response, status
 
+from stockroom.auth.deps import READ, WRITE
 from stockroom.deps import SessionDep
 from stockroom.errors import InvalidRequestError, problem_responses
 from stockroom.http import Page, etag_matches
+from stockroom.idempotency.deps import IdempotencyDep
+from stockroom.idempotency.service import StoredAnswer
 from stockroom.items import service
 from stockroom.items.models import Item
 from stockroom.items.repository import ItemFilter
@@ -25,7 +28,9 @@ from stockroom.items.schemas import (
 __all__ = ["router"]
 
 router = APIRouter(
-    prefix="/items", tags=["items"], responses=problem_responses(400, 413, 422, 500, 503)
+    prefix="/items",
+    tags=["items"],
+    responses=problem_responses(400, 401, 403, 413, 422, 500, 503),
 )
 
 ItemId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The item's id.")]
@@ -50,20 +55,35 @@ def _public(item: Item) -> ItemPublic:
     )
 
 
+def _created(item: Item) -> StoredAnswer:
+    return StoredAnswer(
+        status_code=status.HTTP_201_CREATED,
+        headers={
+            "Content-Type": "application/json",
+            "Location": f"/items/{item.id}",
+            "ETag": service.etag_of(item),
+        },
+        body=_public(item).model_dump_json().encode(),
+    )
+
+
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ItemPublic,
     responses=problem_responses(409),
+    dependencies=[WRITE],
 )
-async def create_item(session: SessionDep, body: ItemCreate, response: Response) -> ItemPublic:
-    item = await service.create_item(session, body)
-    response.headers["Location"] = f"/items/{item.id}"
-    response.headers["ETag"] = service.etag_of(item)
-    return _public(item)
+async def create_item(
+    session: SessionDep, body: ItemCreate, idempotency: IdempotencyDep
+) -> Response:
+    return await idempotency.execute(
+        lambda before_commit: service.create_item(session, body, before_commit=before_commit),
+        _created,
+    )
 
 
-@router.get("", response_model=Page[ItemPublic])
+@router.get("", response_model=Page[ItemPublic], dependencies=[READ])
 async def list_items(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -109,6 +129,7 @@ async def list_items(
         304: {"description": "Not modified: `If-None-Match` matched the ETag."},
         **problem_responses(404),
     },
+    dependencies=[READ],
 )
 async def get_item(
     session: SessionDep,
@@ -128,6 +149,7 @@ async def get_item(
     "/{item_id}",
     response_model=ItemPublic,
     responses=problem_responses(404, 409, 412),
+    dependencies=[WRITE],
 )
 async def update_item(
     session: SessionDep,
@@ -144,7 +166,8 @@ async def update_item(
 @router.delete(
     "/{item_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses=problem_responses(404, 412),
+    responses=problem_responses(404, 409, 412),
+    dependencies=[WRITE],
 )
 async def delete_item(session: SessionDep, item_id: ItemId, if_match: IfMatch = None) -> None:
     await service.delete_item(session, item_id, if_match=if_match)

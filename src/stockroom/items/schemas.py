@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    Strict,
     StringConstraints,
     WithJsonSchema,
     field_validator,
@@ -82,7 +83,8 @@ NAME_PATTERN = r"^[^\x00-\x1F\x7F]*[^\s\x00-\x1F\x7F][^\x00-\x1F\x7F]*$"
 NO_NUL_PATTERN = r"^[^\x00]*$"
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NAME_PATTERN)]
 Description = Annotated[str, StringConstraints(max_length=10_000, pattern=NO_NUL_PATTERN)]
-Quantity = Annotated[int, Field(ge=0, le=MAX_QUANTITY)]
+# Strict: a JSON integer, not "3", 3.0 or true.
+Quantity = Annotated[int, Strict(), Field(ge=0, le=MAX_QUANTITY)]
 
 
 class ItemCreate(BaseModel):

@@ -3,7 +3,7 @@ failed commit is an error response, never a silent 2xx."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -13,14 +13,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stockroom.db import begin_write, is_unique_violation, utcnow
-from stockroom.errors import DuplicateError, NotFoundError, PreconditionFailedError
+from stockroom.errors import ConflictError, DuplicateError, NotFoundError, PreconditionFailedError
 from stockroom.http import decode_cursor, encode_cursor, etag_matches, make_etag
 from stockroom.items.models import Item, fold_name
 from stockroom.items.repository import ItemFilter, ItemRepository, Keyset
 from stockroom.items.schemas import ItemCreate, ItemUpdate
+from stockroom.ledger import service as ledger
 
 __all__ = [
     "ItemPage",
+    "StockNotZeroError",
     "create_item",
     "delete_item",
     "etag_of",
@@ -29,6 +31,10 @@ __all__ = [
     "to_cents",
     "update_item",
 ]
+
+
+class StockNotZeroError(ConflictError):
+    slug, title = "stock-not-zero", "Item still in stock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +59,13 @@ async def get_item(session: AsyncSession, item_id: int) -> Item:
     return item
 
 
-async def create_item(session: AsyncSession, data: ItemCreate) -> Item:
+async def create_item(
+    session: AsyncSession,
+    data: ItemCreate,
+    *,
+    before_commit: Callable[[Item], Awaitable[None]] | None = None,
+) -> Item:
+    """Create an item; a starting quantity is written to the ledger as ``initial``."""
     await begin_write(session)
     now = utcnow()
     item = Item(
@@ -69,7 +81,10 @@ async def create_item(session: AsyncSession, data: ItemCreate) -> Item:
     )
     async with _unique_sku(session, data.sku):
         await ItemRepository(session).add(item)
-        await session.commit()
+    ledger.record_initial(session, item)
+    if before_commit is not None:
+        await before_commit(item)
+    await session.commit()
     return item
 
 
@@ -93,6 +108,12 @@ async def update_item(
 async def delete_item(session: AsyncSession, item_id: int, *, if_match: str | None) -> None:
     await begin_write(session)
     item = await _locked(session, item_id, if_match)
+    if item.quantity != 0:
+        raise StockNotZeroError(
+            f"Item {item_id} still has {item.quantity} in stock; adjust it to 0 before "
+            "deleting it, so that the ledger accounts for the stock that left.",
+            quantity=item.quantity,
+        )
     await ItemRepository(session).delete(item)
     await session.commit()
 

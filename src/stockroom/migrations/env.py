@@ -9,8 +9,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from stockroom.db import Base
-from stockroom.items import models as _items_models  # noqa: F401  (registers the table)
+from stockroom.models import Base  # every table, registered
 from stockroom.settings import load_settings, normalise_database_url
 
 config = context.config

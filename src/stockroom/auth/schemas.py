@@ -1,0 +1,36 @@
+"""Wire schemas of API keys."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = ["KeyCreate", "KeyCreated", "KeyPublic", "ScopeName"]
+
+ScopeName = Literal["read", "write", "admin"]
+KeyName = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+]
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: KeyName
+    scopes: list[ScopeName] = Field(max_length=3)
+
+
+class KeyPublic(BaseModel):
+    name: str
+    scopes: list[ScopeName]
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+class KeyCreated(BaseModel):
+    name: str
+    scopes: list[ScopeName]
+    key: str = Field(description="The secret; shown only in this answer.")
+    created_at: dt.datetime

@@ -1,0 +1,72 @@
+"""HTTP endpoints of the ledger: ``/items/{id}/adjustments``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, status
+from starlette.responses import Response
+
+from stockroom.auth.deps import READ, WRITE
+from stockroom.deps import SessionDep
+from stockroom.errors import problem_responses
+from stockroom.http import Page
+from stockroom.idempotency.deps import IdempotencyDep
+from stockroom.idempotency.service import StoredAnswer
+from stockroom.ledger import service
+from stockroom.ledger.models import Adjustment
+from stockroom.ledger.schemas import AdjustmentCreate, AdjustmentPublic
+
+__all__ = ["router"]
+
+router = APIRouter(
+    prefix="/items/{item_id}/adjustments",
+    tags=["stock"],
+    responses=problem_responses(400, 401, 403, 404, 413, 422, 500, 503),
+)
+
+ItemId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The item's id.")]
+
+
+def _public(adjustment: Adjustment) -> AdjustmentPublic:
+    return AdjustmentPublic.model_validate(adjustment, from_attributes=True)
+
+
+def _created(adjustment: Adjustment) -> StoredAnswer:
+    return StoredAnswer(
+        status_code=status.HTTP_201_CREATED,
+        headers={"Content-Type": "application/json"},
+        body=_public(adjustment).model_dump_json().encode(),
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AdjustmentPublic,
+    responses=problem_responses(409),
+    dependencies=[WRITE],
+)
+async def create_adjustment(
+    session: SessionDep, item_id: ItemId, body: AdjustmentCreate, idempotency: IdempotencyDep
+) -> Response:
+    """Change an item's stock. Removing more than is in stock is a 409 `insufficient-stock`
+    whose `available` member says how much there was; nothing changes."""
+    return await idempotency.execute(
+        lambda before_commit: service.adjust(
+            session, item_id, body.delta, body.reason, before_commit=before_commit
+        ),
+        _created,
+    )
+
+
+@router.get("", response_model=Page[AdjustmentPublic], dependencies=[READ])
+async def list_adjustments(
+    session: SessionDep,
+    item_id: ItemId,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> Page[AdjustmentPublic]:
+    """The item's ledger, newest first."""
+    page = await service.list_adjustments(session, item_id, cursor=cursor, limit=limit)
+    return Page(data=[_public(a) for a in page.adjustments], next_cursor=page.next_cursor)
