@@ -32,6 +32,9 @@ migrate: install
 
 run: install
 	@echo "Stockroom on http://$(HOST):$(PORT)/docs (SQLite file ./stockroom.db; Ctrl-C stops)"
+	@echo "Every endpoint but /ping, /healthz, /readyz and the docs needs an API key. Make one:"
+	@echo "    $(BIN)/stockroom apikey create --name me --scopes admin"
+	@echo "and send it as 'Authorization: Bearer <key>'."
 	$(BIN)/stockroom serve --host $(HOST) --port $(PORT)
 
 test: install-test ensure-postgres lint pytest schemathesis

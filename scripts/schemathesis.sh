@@ -8,6 +8,8 @@ port=$("$BIN/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 
 export STOCKROOM_DATABASE_URL="sqlite+aiosqlite:///$workdir/schemathesis.db"
 export STOCKROOM_LOG_LEVEL=warning
 
+key=$("$BIN/stockroom" apikey create --name schemathesis --scopes admin 2>>"$workdir/server.log")
+
 "$BIN/stockroom" serve --host 127.0.0.1 --port "$port" 2>"$workdir/server.log" &
 server=$!
 cleanup() {
@@ -26,6 +28,7 @@ done
     --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-60}" \
     --seed "${SCHEMATHESIS_SEED:-20261125}" \
     --request-timeout 10 \
+    --header "Authorization: Bearer $key" \
     --workers 1 || {
     status=$?
     echo "--- server log ---"

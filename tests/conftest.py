@@ -22,8 +22,8 @@ from sqlalchemy.engine import make_url
 
 from stockroom.app import create_app
 from stockroom.auth import service as keys
-from stockroom.models import Base
 from stockroom.migrations import upgrade_async
+from stockroom.models import Base
 from stockroom.settings import Settings
 
 BACKENDS = ("sqlite", "postgresql")
@@ -116,9 +116,7 @@ def client_for(application: FastAPI, key: str | None = None) -> httpx.AsyncClien
     # raise_app_exceptions=False: an unhandled error reaches the test as the 500 a client sees.
     transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.AsyncClient(
-        transport=transport, base_url="http://stockroom.test", headers=headers
-    )
+    return httpx.AsyncClient(transport=transport, base_url="http://stockroom.test", headers=headers)
 
 
 async def create_key(application: FastAPI, name: str, scopes: list[str]) -> str:

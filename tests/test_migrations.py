@@ -11,8 +11,8 @@ from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from stockroom.models import Base
 from stockroom.migrations import alembic_config
+from stockroom.models import Base
 from tests.conftest import create_pg_database, drop_pg_database
 
 

@@ -58,10 +58,12 @@ class Server:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
 
-def start_server(database_url: str, tmp_path: Path, *args: str) -> Server:
+def start_server(
+    database_url: str, tmp_path: Path, *args: str, env_extra: dict[str, str] | None = None
+) -> Server:
     port = free_port()
     log = tmp_path / f"server-{port}.log"
-    env = stockroom_env(database_url)
+    env = {**stockroom_env(database_url), **(env_extra or {})}
     with log.open("w") as sink:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
             [sys.executable, "-m", "stockroom", "serve", "--port", str(port), *args],

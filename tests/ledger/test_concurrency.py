@@ -97,9 +97,7 @@ def report(name: str, figures: dict[str, int]) -> None:
     print(f"\n{name}: {json.dumps(figures)}")
 
 
-async def test_one_process(
-    backend: str, client: httpx.AsyncClient, new_item: ItemFactory
-) -> None:
+async def test_one_process(backend: str, client: httpx.AsyncClient, new_item: ItemFactory) -> None:
     clients, per_client = (64, 100) if backend == "postgresql" else (16, 25)
     item = await new_item(quantity=INITIAL)
     url = f"/items/{item['id']}/adjustments"
