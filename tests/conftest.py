@@ -148,6 +148,8 @@ async def empty_tables(application: FastAPI) -> None:
     async with application.state.engine.begin() as connection:
         for table in reversed(tables):
             await connection.execute(table.delete())
+        if connection.dialect.name == "sqlite":
+            await connection.execute(text("DELETE FROM sqlite_sequence"))
         if connection.dialect.name == "postgresql":
             for table in tables:
                 for column in table.primary_key.columns:

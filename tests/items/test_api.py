@@ -353,3 +353,21 @@ async def test_bad_list_parameters_are_422(
     client: httpx.AsyncClient, params: dict[str, object]
 ) -> None:
     problem(await client.get("/items", params=params), 422)
+
+
+async def test_a_deleted_items_id_is_never_given_to_a_new_item(
+    client: httpx.AsyncClient,
+) -> None:
+    """Otherwise the new item has the old one's URL and ETag (`"<id>-1"`): a client's stale
+    `If-Match` applies to the wrong item, a cached `If-None-Match` gets a false 304."""
+    old = await client.post("/items", json={"sku": "OLD", "name": "Old", "price": "1.00"})
+    assert old.status_code == 201, old.text
+    assert (await client.delete(old.headers["location"])).status_code == 204
+    new = await client.post("/items", json={"sku": "NEW", "name": "New", "price": "9.00"})
+    assert new.status_code == 201, new.text
+    assert new.json()["id"] != old.json()["id"]
+    assert new.headers["etag"] != old.headers["etag"]
+    stale = await client.get(
+        new.headers["location"], headers={"If-None-Match": old.headers["etag"]}
+    )
+    assert stale.status_code == 200

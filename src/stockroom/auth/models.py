@@ -14,6 +14,7 @@ __all__ = ["ApiKey"]
 
 class ApiKey(Base):
     __tablename__ = "api_keys"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     # Names stay taken after revocation, so a name always means one key in logs and records.

@@ -32,6 +32,9 @@ class Item(Base):
         Index(None, "price_cents", "id"),
         Index(None, "created_at", "id"),
         Index(None, "updated_at", "id"),
+        # SQLite reuses the largest freed rowid without AUTOINCREMENT: a new row would get a
+        # deleted one's id (and URL and ETag).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -18,6 +18,9 @@ class Adjustment(Base):
         CheckConstraint("delta <> 0", name="delta_not_zero"),
         CheckConstraint("quantity_after >= 0", name="quantity_after_not_negative"),
         Index(None, "item_id", "id"),
+        # SQLite reuses the largest freed rowid without AUTOINCREMENT: a new row would get a
+        # deleted one's id (and URL and ETag).
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

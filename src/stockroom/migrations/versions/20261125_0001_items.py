@@ -39,6 +39,7 @@ def upgrade() -> None:
         sa.CheckConstraint("version >= 1", name=op.f("ck_items_version_positive")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_items")),
         sa.UniqueConstraint("sku", name=op.f("uq_items_sku")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_items_name_key_id"), "items", ["name_key", "id"])
     op.create_index(op.f("ix_items_price_cents_id"), "items", ["price_cents", "id"])

@@ -36,6 +36,7 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_adjustments")),
+        sqlite_autoincrement=True,
     )
     op.create_index(op.f("ix_adjustments_item_id_id"), "adjustments", ["item_id", "id"])
     op.create_table(
@@ -49,6 +50,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_keys")),
         sa.UniqueConstraint("key_hash", name=op.f("uq_api_keys_key_hash")),
         sa.UniqueConstraint("name", name=op.f("uq_api_keys_name")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "idempotency_keys",
