@@ -46,11 +46,10 @@ async def test_exhausted_pool_answers_503_then_recovers(
         assert (await http.get(f"/items/{item['id']}")).status_code == 200
 
 
+@pytest.mark.postgresql_only
 async def test_dead_pooled_connections_are_replaced(
-    backend: str, app: FastAPI, client: httpx.AsyncClient, new_item: ItemFactory
+    app: FastAPI, client: httpx.AsyncClient, new_item: ItemFactory
 ) -> None:
-    if backend != "postgresql":
-        pytest.skip("only a server can kill its connections")
     item = await new_item()
     assert (await client.get(f"/items/{item['id']}")).status_code == 200
     database = make_url(str(app.state.engine.url)).database

@@ -114,10 +114,8 @@ async def test_one_process(backend: str, client: httpx.AsyncClient, new_item: It
 
 @pytest.fixture
 def two_servers(
-    backend: str, database_url: str, tmp_path: Path, client: httpx.AsyncClient
+    database_url: str, tmp_path: Path, client: httpx.AsyncClient
 ) -> Iterator[list[Server]]:
-    if backend != "postgresql":
-        pytest.skip("several processes on one database is a PostgreSQL deployment")
     servers = [start_server(database_url, tmp_path) for _ in range(2)]
     try:
         yield servers
@@ -128,6 +126,7 @@ def two_servers(
             server.process.wait(timeout=30)
 
 
+@pytest.mark.postgresql_only
 async def test_two_processes(
     two_servers: list[Server],
     database_url: str,
