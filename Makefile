@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run migrate test pytest schemathesis lint fmt ensure-postgres install install-test clean
+.PHONY: run migrate test pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Stockroom needs Python 3.11"'
@@ -37,7 +37,7 @@ run: install
 	@echo "and send it as 'Authorization: Bearer <key>'."
 	$(BIN)/stockroom serve --host $(HOST) --port $(PORT)
 
-test: install-test ensure-postgres lint pytest schemathesis
+test: install-test ensure-postgres ensure-pgbouncer lint pytest schemathesis
 
 pytest: install-test
 	$(BIN)/pytest
@@ -56,6 +56,15 @@ fmt: install-test
 
 ensure-postgres:
 	scripts/ensure-postgres.sh
+
+# The PgBouncer tests need Debian's pgbouncer package; install it once if it is missing.
+ensure-pgbouncer:
+	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
+		{ apt-get update && apt-get install -y pgbouncer; }
+
+# Regenerates the settings table of docs/operations.md from the settings model.
+docs: install
+	$(BIN)/python scripts/settings-reference.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis src/*.egg-info

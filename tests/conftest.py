@@ -25,8 +25,14 @@ from stockroom.auth import service as keys
 from stockroom.migrations import upgrade_async
 from stockroom.models import Base
 from stockroom.settings import Settings
+from tests.pgbouncer import start_pgbouncer
 
-BACKENDS = ("sqlite", "postgresql")
+# "pgbouncer": PostgreSQL behind a real PgBouncer in transaction mode; only the items and
+# ledger API tests (and tests marked `pgbouncer`) run on it, see pytest_collection_modifyitems.
+BACKENDS = ("sqlite", "postgresql", "pgbouncer")
+_PGBOUNCER_FOLDERS = ("tests/items/", "tests/ledger/")
+# Database URLs that lead through PgBouncer: settings made for them say so.
+PGBOUNCER_URLS: set[str] = set()
 # Where tests create their throwaway PostgreSQL databases (an admin connection).
 PG_ADMIN_URL = os.environ.get(
     "STOCKROOM_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -66,12 +72,23 @@ async def drop_pg_database(url: str) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `postgresql_only` are not collected for SQLite (rather than skipped)."""
+    """Tests marked `postgresql_only` are not collected for SQLite (rather than skipped);
+    only the items and ledger tests, and tests marked `pgbouncer`, run through PgBouncer."""
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        on_sqlite = callspec is not None and callspec.params.get("backend") == "sqlite"
-        (drop if on_sqlite and item.get_closest_marker("postgresql_only") else keep).append(item)
+        backend = callspec.params.get("backend") if callspec is not None else None
+        sqlite_but_postgresql_only = backend == "sqlite" and item.get_closest_marker(
+            "postgresql_only"
+        )
+        # The stress runs (stateful, several processes) are left out: they add minutes
+        # and no PgBouncer path the API tests do not already take.
+        stress = item.get_closest_marker("slow") or item.get_closest_marker("postgresql_only")
+        pgbouncer_but_not_for_it = backend == "pgbouncer" and not (
+            (item.nodeid.startswith(_PGBOUNCER_FOLDERS) and not stress)
+            or item.get_closest_marker("pgbouncer")
+        )
+        (drop if sqlite_but_postgresql_only or pgbouncer_but_not_for_it else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -94,15 +111,28 @@ async def database_url(
         yield url
         return
     url = await create_pg_database()
+    bouncer = None
     try:
         await upgrade_async(url)
-        yield url
+        if backend == "pgbouncer":
+            bouncer = start_pgbouncer(PG_ADMIN_URL, in_ci=IN_CI)
+            proxied = make_url(url).set(port=bouncer.port).render_as_string(hide_password=False)
+            PGBOUNCER_URLS.add(proxied)
+            yield proxied
+        else:
+            yield url
     finally:
+        if bouncer is not None:
+            bouncer.stop()
         await drop_pg_database(url)
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {"database_url": database_url, "log_level": "warning"}
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "log_level": "warning",
+        "database_pgbouncer": database_url in PGBOUNCER_URLS,
+    }
     values.update(overrides)
     return Settings(**values)
 

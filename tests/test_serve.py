@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import PGBOUNCER_URLS
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -27,6 +29,8 @@ def free_port() -> int:
 def stockroom_env(database_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")}
     env.update(STOCKROOM_DATABASE_URL=database_url, STOCKROOM_LOG_LEVEL="info")
+    if database_url in PGBOUNCER_URLS:
+        env["STOCKROOM_DATABASE_PGBOUNCER"] = "true"
     return env
 
 

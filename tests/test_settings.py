@@ -36,6 +36,11 @@ def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Compl
         ("STOCKROOM_DATABASE_POOL_TIMEOUT", "-1", "greater than 0"),
         ("STOCKROOM_MAX_BODY_BYTES", "lots", "valid integer"),
         ("STOCKROOM_LOG_LEVEL", "loud", "Input should be"),
+        ("STOCKROOM_RATE_LIMIT", "lots", "not one rate limit"),
+        ("STOCKROOM_RATE_LIMIT", "10/second;600/minute", "not one rate limit"),
+        ("STOCKROOM_REDIS_URL", "http://127.0.0.1:6379", "not a Redis URL"),
+        ("STOCKROOM_SHUTDOWN_TIMEOUT", "0", "greater than 0"),
+        ("STOCKROOM_DATABASE_PGBOUNCER", "maybe", "valid boolean"),
     ],
 )
 @pytest.mark.parametrize("command", ["migrate", "serve"])

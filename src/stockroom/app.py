@@ -19,8 +19,14 @@ from stockroom.errors import install_error_handlers
 from stockroom.idempotency.service import InFlightKeys, purge_expired
 from stockroom.items.router import router as items_router
 from stockroom.ledger.router import router as ledger_router
-from stockroom.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from stockroom.observability import configure_logging
+from stockroom.middleware import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    RateLimitHeadersMiddleware,
+    RequestContextMiddleware,
+)
+from stockroom.observability import Metrics, configure_logging, watch_event_loop
+from stockroom.ratelimit import RateLimiter
 from stockroom.settings import Settings, load_settings
 from stockroom.system import DOCS_ASSETS_PATH, docs_assets
 from stockroom.system import router as system_router
@@ -58,15 +64,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "AUTHENTICATION IS OFF (STOCKROOM_AUTH=off): every endpoint is open to anyone "
                 "who can reach this port. Use this for local play only."
             )
+        limit = settings.rate_limit_item
+        limiter = RateLimiter(limit, settings.redis_url) if limit else None
+        app.state.rate_limiter = limiter
+        metrics: Metrics = app.state.metrics
         purger = asyncio.create_task(_purge_idempotency_keys(sessions), name="idempotency-purge")
+        watcher = asyncio.create_task(
+            watch_event_loop(
+                metrics, lambda: metrics.sample_pool(engine.pool, settings.database_max_overflow)
+            ),
+            name="event-loop-watch",
+        )
         log.info("started", database=settings.database.get_backend_name(), version=__version__)
         try:
             yield
         finally:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            for task in (purger, watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if limiter is not None:
+                await limiter.close()
             await engine.dispose()
+            metrics.forget_this_process()
             log.info("stopped")
 
     app = FastAPI(
@@ -78,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics()
     install_error_handlers(app)
     app.include_router(system_router)
     app.include_router(items_router)
@@ -86,7 +107,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount(DOCS_ASSETS_PATH, docs_assets(), name="docs-assets")
     # Added last = outermost: the request id is set before anything else runs.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.rate_limit:
+        app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware)
+    # Outermost of all: counts every request with the status its client got.
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 
 

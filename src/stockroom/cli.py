@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import math
+import os
+import shutil
+import signal
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import FrameType
 from typing import Annotated, TypeVar
 
 import typer
@@ -15,7 +23,7 @@ from stockroom.auth import service as keys
 from stockroom.db import create_engine, create_session_factory
 from stockroom.errors import StockroomError
 from stockroom.migrations import upgrade
-from stockroom.observability import configure_logging
+from stockroom.observability import MULTIPROC_DIR_VARIABLE, configure_logging
 from stockroom.settings import Settings, SettingsError, load_settings
 
 __all__ = ["main"]
@@ -55,6 +63,12 @@ def serve(
     """Apply migrations, then serve HTTP (uvicorn with uvloop and httptools)."""
     settings = _settings()
     upgrade(settings.database_url)
+    if workers > 1:
+        _share_metrics_between_workers()
+    # After a graceful shutdown uvicorn raises the signal it caught again, for the previous
+    # handler; the default handler would end the process with status -15. A stop asked for
+    # by SIGTERM that went well is a success: exit 0.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         "stockroom.app:create_app",
         factory=True,
@@ -67,8 +81,32 @@ def serve(
         log_config=None,
         access_log=False,
         proxy_headers=False,
-        timeout_graceful_shutdown=30,
+        # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long,
+        # then cancels the rest (each answered 503), and runs the lifespan's shutdown.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
     )
+
+
+def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def _share_metrics_between_workers() -> None:
+    """Workers write their metrics to files in one folder, so that /metrics on any worker
+    answers for all (prometheus-client's multiprocess mode). An operator's own
+    PROMETHEUS_MULTIPROC_DIR is used if set; otherwise a fresh temporary folder. Values of
+    an earlier run are removed: the folder must start empty."""
+    folder = os.environ.get(MULTIPROC_DIR_VARIABLE)
+    if folder:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+    else:
+        folder = tempfile.mkdtemp(prefix="stockroom-metrics-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    # Inherited by the worker processes, which read it when they import prometheus-client.
+    os.environ[MULTIPROC_DIR_VARIABLE] = folder
 
 
 apikey = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)

@@ -8,6 +8,7 @@ they differ are in this module.
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
@@ -27,6 +28,7 @@ from stockroom.settings import Settings
 
 __all__ = [
     "NAMING_CONVENTION",
+    "PGBOUNCER_CONNECT_ARGS",
     "Base",
     "UTCDateTime",
     "begin_write",
@@ -93,7 +95,21 @@ def create_engine(settings: Settings) -> AsyncEngine:
     if settings.is_sqlite:
         return _create_sqlite_engine(settings)
     statement_ms = int(settings.database_statement_timeout * 1000)
-    return create_async_engine(
+    connect_args: dict[str, Any] = {
+        "timeout": settings.database_connect_timeout,
+        # The client-side backstop if the server never answers (a dead network).
+        "command_timeout": settings.database_statement_timeout + 5,
+        "server_settings": {
+            "statement_timeout": str(statement_ms),
+            "application_name": "stockroom",
+        },
+    }
+    if settings.database_pgbouncer:
+        connect_args.update(PGBOUNCER_CONNECT_ARGS)
+        # PgBouncer refuses unknown startup parameters, and a session SET would stick to
+        # one server connection only; the timeout is set in every transaction instead.
+        connect_args["server_settings"] = {"application_name": "stockroom"}
+    engine = create_async_engine(
         settings.database,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
@@ -102,15 +118,31 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # replaced before a request uses it, instead of failing that request.
         pool_pre_ping=True,
         pool_recycle=1800,
-        connect_args={
-            "timeout": settings.database_connect_timeout,
-            "command_timeout": settings.database_statement_timeout + 5,
-            "server_settings": {
-                "statement_timeout": str(statement_ms),
-                "application_name": "stockroom",
-            },
-        },
+        connect_args=connect_args,
     )
+    if settings.database_pgbouncer:
+        set_timeout = f"SET LOCAL statement_timeout = {statement_ms}"
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            connection.exec_driver_sql(set_timeout)
+
+    return engine
+
+
+def _unique_statement_name() -> str:
+    return f"__stockroom_{uuid.uuid4().hex}__"
+
+
+# PgBouncer in transaction mode hands each transaction to whichever server connection is
+# free, so a statement prepared in one transaction may be missing in the next, or its name
+# taken by another client: no prepared statement cache (asyncpg's nor SQLAlchemy's), and
+# unique names for the statements asyncpg still prepares within one transaction.
+PGBOUNCER_CONNECT_ARGS: dict[str, Any] = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": _unique_statement_name,
+}
 
 
 def _create_sqlite_engine(settings: Settings) -> AsyncEngine:

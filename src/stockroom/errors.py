@@ -10,6 +10,7 @@ The tree::
     │   └── DuplicateError         409  duplicate (a unique value is taken)
     ├── PreconditionFailedError    412  precondition-failed (If-Match)
     ├── InvalidRequestError        422  invalid-request (a rule beyond the schema)
+    ├── TooManyRequestsError       429  too-many-requests (rate limit; with Retry-After)
     └── UnavailableError           503  service-unavailable (database down, pool exhausted)
 
 Services raise these; they know nothing of HTTP. ``install_error_handlers`` maps them, and
@@ -42,11 +43,13 @@ __all__ = [
     "NotFoundError",
     "PreconditionFailedError",
     "StockroomError",
+    "TooManyRequestsError",
     "UnauthorizedError",
     "UnavailableError",
     "install_error_handlers",
     "problem_response",
     "problem_responses",
+    "unavailable_response",
 ]
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -103,6 +106,10 @@ class UnauthorizedError(StockroomError):
 
 class ForbiddenError(StockroomError):
     status, slug, title = 403, "forbidden", "Forbidden"
+
+
+class TooManyRequestsError(StockroomError):
+    status, slug, title = 429, "too-many-requests", "Too many requests"
 
 
 class UnavailableError(StockroomError):
@@ -164,15 +171,32 @@ _DESCRIPTIONS = {
     412: "`If-Match` does not match the current ETag.",
     413: "The request body is too large.",
     422: "The request is invalid; `errors` lists each problem.",
+    429: "The API key (or, with authentication off, the client address) has used up its "
+    "rate limit; retry after `Retry-After` seconds.",
     500: "Unexpected error (logged with the request id).",
     503: "The database is unavailable or busy; retry shortly.",
 }
 
 
+_INTEGER_HEADER: dict[str, Any] = {"schema": {"type": "integer", "minimum": 0}}
+_RATE_LIMIT_HEADERS: dict[str, Any] = {
+    "Retry-After": {"description": "Seconds to wait before retrying.", **_INTEGER_HEADER},
+    "RateLimit-Limit": {"description": "Requests allowed per window.", **_INTEGER_HEADER},
+    "RateLimit-Remaining": {"description": "Requests left in the window.", **_INTEGER_HEADER},
+    "RateLimit-Reset": {"description": "Seconds until the budget grows.", **_INTEGER_HEADER},
+}
+
+
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` documenting problem+json answers with these statuses."""
-    return {
-        status: {
+    """OpenAPI ``responses`` documenting problem+json answers with these statuses.
+
+    A route that needs an API key (401) may also be rate limited, so 429 comes with it.
+    """
+    if 401 in statuses and 429 not in statuses:
+        statuses = (*statuses, 429)
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        response: dict[str, Any] = {
             "description": _DESCRIPTIONS.get(status, HTTPStatus(status).phrase),
             "content": {
                 PROBLEM_CONTENT_TYPE: {
@@ -180,8 +204,10 @@ def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
                 }
             },
         }
-        for status in statuses
-    }
+        if status == 429:
+            response["headers"] = _RATE_LIMIT_HEADERS
+        responses[status] = response
+    return responses
 
 
 def problem_response(
@@ -214,13 +240,10 @@ def internal_error_response() -> Response:
     )
 
 
-def _unavailable_response() -> Response:
-    return problem_response(
-        503,
-        UnavailableError.slug,
-        "The database is unavailable or busy; retry shortly.",
-        headers={"Retry-After": "1"},
-    )
+def unavailable_response(
+    detail: str = "The database is unavailable or busy; retry shortly.",
+) -> Response:
+    return problem_response(503, UnavailableError.slug, detail, headers={"Retry-After": "1"})
 
 
 async def _on_stockroom_error(_request: Request, exc: Exception) -> Response:
@@ -286,7 +309,22 @@ def _summary(errors: list[dict[str, Any]]) -> str:
 
 async def _on_database_unavailable(_request: Request, exc: Exception) -> Response:
     log.warning("database unavailable", error=type(exc).__name__)
-    return _unavailable_response()
+    return unavailable_response()
+
+
+# SQLSTATEs that mean "try again later": a statement cancelled by statement_timeout (57014),
+# too many connections (53300), a server shutting down or starting (57P01-57P03), and every
+# connection exception (class 08).
+_TRANSIENT_SQLSTATES = ("57014", "53300", "57P01", "57P02", "57P03", "08")
+
+
+async def _on_database_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, sa_exc.DBAPIError)
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATES):
+        log.warning("database unavailable", error=type(exc).__name__, sqlstate=sqlstate)
+        return unavailable_response()
+    raise exc  # anything else is a bug: the request-context middleware answers 500
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -295,6 +333,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StockroomError, _on_stockroom_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(sa_exc.DBAPIError, _on_database_error)
     # The pool could not hand out a connection in time, the server refused or dropped the
     # connection, or a statement ran past its timeout: the request may succeed later.
     for exc_type in (

@@ -1,18 +1,53 @@
-"""Logging: JSON lines (one object a line) from structlog and the standard library alike.
+"""Logging and metrics.
 
-Each line of a request carries its ``request_id``, bound in a context variable by the
+Logging: JSON lines (one object a line) from structlog and the standard library alike. Each
+line of a request carries its ``request_id``, bound in a context variable by the
 request-context middleware. Uvicorn's own loggers go through the same renderer.
+
+Metrics: Prometheus, served at ``/metrics``. Each app has its own :class:`Metrics` (its own
+registry, so several apps in one process, as in the tests, do not collide). With
+``PROMETHEUS_MULTIPROC_DIR`` set (``stockroom serve --workers N`` sets it), every worker
+writes its values to files there and ``/metrics`` on any worker answers for all of them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 import structlog
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
+from sqlalchemy.pool import Pool, QueuePool
 
-__all__ = ["configure_logging"]
+__all__ = [
+    "LOOP_LAG_INTERVAL",
+    "METRICS_CONTENT_TYPE",
+    "MULTIPROC_DIR_VARIABLE",
+    "Metrics",
+    "configure_logging",
+    "watch_event_loop",
+]
+
+METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+# How often the event-loop probe wakes up; its lateness is the loop's lag.
+LOOP_LAG_INTERVAL = 0.5
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 _SHARED_PROCESSORS: list[structlog.types.Processor] = [
     structlog.contextvars.merge_contextvars,
@@ -58,3 +93,108 @@ def configure_logging(level: int) -> None:
         logger.propagate = True
     # Stockroom writes its own access line (with route template and request id).
     logging.getLogger("uvicorn.access").disabled = True
+
+
+class Metrics:
+    """The service's Prometheus metrics. Labels are route templates, never raw paths, so
+    their number stays bounded whatever clients send."""
+
+    def __init__(self) -> None:
+        # No "<name>_created" series: they double the output and no dashboard uses them.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = os.environ.get(MULTIPROC_DIR_VARIABLE) or None
+        registry = self.registry
+        self.requests = Counter(
+            "stockroom_http_requests",
+            "HTTP requests answered, by route template, method and status.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "stockroom_http_request_duration_seconds",
+            "Time from a request's arrival to the end of its response, by route template "
+            "and method.",
+            ["route", "method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        # Gauges of several workers add up: the whole instance's figure.
+        self.in_flight = Gauge(
+            "stockroom_http_requests_in_flight",
+            "Requests being handled now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.pool_size = Gauge(
+            "stockroom_db_pool_size",
+            "Connections the database pool keeps open.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.pool_max = Gauge(
+            "stockroom_db_pool_max",
+            "Most connections the pool may open (size plus overflow).",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.pool_checked_out = Gauge(
+            "stockroom_db_pool_checked_out",
+            "Pooled connections in use by requests now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.pool_overflow = Gauge(
+            "stockroom_db_pool_overflow",
+            "Connections open above the pool size now.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.loop_lag = Histogram(
+            "stockroom_event_loop_lag_seconds",
+            f"How late a task scheduled every {LOOP_LAG_INTERVAL} s runs: time the event "
+            "loop was blocked or saturated.",
+            buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.latency.labels(route, method).observe(seconds)
+
+    def sample_pool(self, pool: Pool, max_overflow: int) -> None:
+        if not isinstance(pool, QueuePool):
+            return
+        self.pool_size.set(pool.size())
+        self.pool_max.set(pool.size() + max_overflow)
+        self.pool_checked_out.set(pool.checkedout())
+        # QueuePool counts overflow from -size up; below zero means "not overflowing".
+        self.pool_overflow.set(max(0, pool.overflow()))
+
+    def render(self) -> bytes:
+        """The text exposition. In multiprocess mode it reads every worker's files, so
+        call it off the event loop (``asyncio.to_thread``)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def forget_this_process(self) -> None:
+        """Drop this worker's live gauges from the shared files (at shutdown)."""
+        if self.multiprocess_dir is not None and Path(self.multiprocess_dir).is_dir():
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
+
+async def watch_event_loop(
+    metrics: Metrics, sample: Callable[[], None], interval: float = LOOP_LAG_INTERVAL
+) -> None:
+    """Sleep ``interval`` again and again; every wake-up later than asked is time the loop
+    could not run ready tasks (a blocking call, a CPU-bound handler, overload). Also
+    refreshes the pool gauges, so that every worker's figures stay current."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval)
+        metrics.loop_lag.observe(max(0.0, loop.time() - started - interval))
+        sample()

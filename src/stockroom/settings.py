@@ -8,14 +8,23 @@ a traceback. This module imports nothing from the rest of the package.
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args, get_origin
 
+import limits
 from pydantic import Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-__all__ = ["DEFAULT_DATABASE_URL", "ENV_PREFIX", "Settings", "SettingsError", "load_settings"]
+__all__ = [
+    "DEFAULT_DATABASE_URL",
+    "ENV_PREFIX",
+    "Settings",
+    "SettingsError",
+    "load_settings",
+    "reference_table",
+]
 
 ENV_PREFIX = "STOCKROOM_"
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./stockroom.db"
@@ -29,6 +38,8 @@ _DRIVER_ALIASES = {
     "sqlite": "sqlite+aiosqlite",
     "sqlite+aiosqlite": "sqlite+aiosqlite",
 }
+
+_REDIS_SCHEMES = ("redis://", "rediss://")
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 
@@ -82,11 +93,57 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level of log lines written (JSON, one object a line)."
     )
+    database_pgbouncer: bool = Field(
+        False,
+        description="PostgreSQL is reached through PgBouncer in transaction mode: no "
+        "server-side prepared statement cache, unique statement names, and the statement "
+        "timeout set per transaction.",
+    )
+    shutdown_timeout: Seconds = Field(
+        30.0,
+        description="Seconds in-flight requests get to finish after SIGTERM; any still "
+        "running then is answered 503 and rolled back.",
+    )
+    rate_limit: str = Field(
+        "",
+        description="Requests allowed per API key (per client address when auth is off), "
+        "in the limits library's notation, e.g. 600/minute or 10/second; empty: no limit.",
+    )
+    redis_url: str = Field(
+        "",
+        description="Redis that keeps rate limit budgets, shared by every instance "
+        "(redis://HOST:6379/0); empty: each process counts in its own memory.",
+    )
 
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
         return normalise_database_url(value).render_as_string(hide_password=False)
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            try:
+                parsed = limits.parse_many(value)
+            except ValueError:
+                parsed = []
+            if len(parsed) != 1 or parsed[0].amount < 1:
+                raise ValueError(f"{value!r} is not one rate limit (expected e.g. 600/minute)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith(_REDIS_SCHEMES):
+            raise ValueError("not a Redis URL (expected redis://HOST:PORT/DB or rediss://...)")
+        return value
+
+    @property
+    def rate_limit_item(self) -> limits.RateLimitItem | None:
+        return limits.parse(self.rate_limit) if self.rate_limit else None
 
     @property
     def database(self) -> URL:
@@ -134,3 +191,45 @@ def _describe(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         parts.append(f"{ENV_PREFIX}{field.upper()}: {message}")
     return "invalid setting " + "; ".join(parts)
+
+
+def reference_table() -> str:
+    """Every setting as a Markdown table (variable, type and limits, default, meaning),
+    made from the model so that docs/operations.md cannot drift from it."""
+    rows = [
+        "| variable | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "(empty)" if default == "" else f"`{_env_value(default)}`"
+        rows.append(
+            f"| `{ENV_PREFIX}{name.upper()}` | {_type_of(field)} | {shown} "
+            f"| {field.description or ''} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _env_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _type_of(field: FieldInfo) -> str:
+    annotation = field.annotation
+    if get_origin(annotation) is Literal:
+        return " / ".join(f"`{choice}`" for choice in get_args(annotation))
+    kind = {bool: "on/off", int: "integer", float: "seconds", str: "text"}.get(
+        annotation,  # type: ignore[arg-type]
+        str(annotation),
+    )
+    bounds = []
+    for rule in field.metadata:
+        for attribute, symbol in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            bound = getattr(rule, attribute, None)
+            if bound is not None:
+                bounds.append(f"{symbol} {_env_value(bound)}")
+    return f"{kind} ({', '.join(bounds)})" if bounds else kind

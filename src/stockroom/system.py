@@ -1,4 +1,4 @@
-"""Service endpoints: liveness, readiness and the offline API docs."""
+"""Service endpoints: liveness, readiness, metrics and the offline API docs."""
 
 from __future__ import annotations
 
@@ -7,13 +7,14 @@ from importlib import resources
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.staticfiles import StaticFiles
 
 from stockroom.errors import UnavailableError, problem_responses
+from stockroom.observability import METRICS_CONTENT_TYPE, Metrics
 
 __all__ = ["DOCS_ASSETS_PATH", "docs_assets", "router"]
 
@@ -58,6 +59,27 @@ async def readyz(request: Request) -> Readiness:
     except Exception as exc:
         raise UnavailableError("The database is not answering.") from exc
     return Readiness()
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text format (see docs/operations.md for every metric).",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics of this instance (all its workers). Open: no key needed."""
+    collected: Metrics = request.app.state.metrics
+    collected.sample_pool(
+        request.app.state.engine.pool, request.app.state.settings.database_max_overflow
+    )
+    # With several workers this reads their files: keep that off the event loop.
+    body = await asyncio.to_thread(collected.render)
+    return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
 def docs_assets() -> StaticFiles:

@@ -19,7 +19,7 @@ from stockroom.auth.models import ApiKey
 from tests.conftest import client_for, create_key, make_settings, problem, start_app
 from tests.test_serve import start_server
 
-OPEN = {"/ping", "/healthz", "/readyz", "/docs", "/redoc", "/openapi.json"}
+OPEN = {"/ping", "/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json"}
 BELOW = {"read": [], "write": ["read"], "admin": ["write"]}
 
 

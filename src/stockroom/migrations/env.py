@@ -9,6 +9,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from stockroom.db import PGBOUNCER_CONNECT_ARGS
 from stockroom.models import Base  # every table, registered
 from stockroom.settings import load_settings, normalise_database_url
 
@@ -41,7 +42,11 @@ def _run_sync(connection: Connection) -> None:
 
 
 async def _run_online() -> None:
-    engine = create_async_engine(_database_url(), poolclass=pool.NullPool)
+    url = _database_url()
+    # Migrations run rarely, on one short-lived connection: skipping the prepared statement
+    # cache costs nothing and lets them run through PgBouncer in transaction mode too.
+    connect_args = PGBOUNCER_CONNECT_ARGS if url.startswith("postgresql") else {}
+    engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)

@@ -1,0 +1,135 @@
+"""GET /metrics: Prometheus text, labelled by route template, open without a key; pool,
+in-flight and event-loop figures; one answer for all workers of `serve --workers 2`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ItemFactory, client_for, make_settings, start_app
+from tests.test_serve import start_server
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def parse(text: str) -> Samples:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape(http: httpx.AsyncClient) -> Samples:
+    response = await http.get("/metrics", headers={"Authorization": ""})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
+
+
+async def test_metrics_count_requests_by_route_template(
+    app: FastAPI, client: httpx.AsyncClient, new_item: ItemFactory
+) -> None:
+    items = [await new_item() for _ in range(2)]
+    before = await scrape(client)
+    for item in items:
+        assert (await client.get(f"/items/{item['id']}")).status_code == 200
+    assert (await client.get("/items/99999")).status_code == 404
+    assert (await client.get("/no/such/path")).status_code == 404
+    after = await scrape(client)
+
+    route = {"route": "/items/{item_id}", "method": "GET"}
+    total = "stockroom_http_requests_total"
+    assert (
+        value(after, total, **route, status="200") - value(before, total, **route, status="200")
+        == 2
+    )
+    assert (
+        value(after, total, **route, status="404") - value(before, total, **route, status="404")
+        == 1
+    )
+    unmatched = {"route": "<unmatched>", "method": "GET", "status": "404"}
+    assert value(after, total, **unmatched) - value(before, total, **unmatched) == 1
+    count = "stockroom_http_request_duration_seconds_count"
+    assert value(after, count, **route) - value(before, count, **route) == 3
+    # Never the raw path: no label anywhere holds an item id or the unknown path.
+    for _name, labels in after:
+        for _key, label in labels:
+            assert label not in {f"/items/{items[0]['id']}", "/no/such/path"}
+    # The scrape itself is in flight while it is answered.
+    assert value(after, "stockroom_http_requests_in_flight") >= 1
+
+
+async def test_pool_gauges_follow_checked_out_connections(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    settings = app.state.settings
+    idle = await scrape(client)
+    assert value(idle, "stockroom_db_pool_size") == settings.database_pool_size
+    assert value(idle, "stockroom_db_pool_max") == (
+        settings.database_pool_size + settings.database_max_overflow
+    )
+    async with app.state.engine.connect(), app.state.engine.connect():
+        busy = await scrape(client)
+    assert value(busy, "stockroom_db_pool_checked_out") >= 2
+    assert value(busy, "stockroom_db_pool_checked_out") > value(
+        idle, "stockroom_db_pool_checked_out"
+    )
+
+
+@pytest.fixture
+async def fresh_app(database_url: str) -> AsyncIterator[FastAPI]:
+    application, lifespan = await start_app(make_settings(database_url))
+    try:
+        yield application
+    finally:
+        await lifespan.__aexit__(None, None, None)
+
+
+async def test_a_blocked_event_loop_shows_as_lag(fresh_app: FastAPI) -> None:
+    async with client_for(fresh_app) as http:
+        await asyncio.sleep(0.6)  # at least one probe at rest
+        time.sleep(1.0)  # noqa: ASYNC251 -- the blocking call a careless handler makes
+        await asyncio.sleep(0.6)  # let the probe wake up (late) and record it
+        samples = await scrape(http)
+    observed = value(samples, "stockroom_event_loop_lag_seconds_count")
+    at_most_quarter = value(samples, "stockroom_event_loop_lag_seconds_bucket", le="0.25")
+    assert observed >= 2
+    assert observed - at_most_quarter >= 1  # the blocked second shows as ≥ 0.25 s of lag
+
+
+@pytest.mark.postgresql_only
+async def test_workers_report_together(
+    database_url: str, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    server = start_server(database_url, tmp_path, "--workers", "2")
+    try:
+        for _ in range(40):  # a new connection each time, so both workers take some
+            async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+                response = await http.get("/ping", headers={"X-Request-ID": "count-me"})
+                assert response.status_code == 200
+        async with httpx.AsyncClient(base_url=server.url, timeout=10) as http:
+            for _ in range(4):  # whichever worker answers, it answers for both
+                samples = await scrape(http)
+                count = value(
+                    samples,
+                    "stockroom_http_requests_total",
+                    route="/ping",
+                    method="GET",
+                    status="200",
+                )
+                assert count == 40
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=30)

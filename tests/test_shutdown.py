@@ -1,0 +1,172 @@
+"""Graceful shutdown of a real `stockroom serve`: SIGTERM during 50 slow requests.
+
+The requests are stock adjustments on two items whose rows the test holds locked from its
+own PostgreSQL connection, so all 50 are really in flight (each waiting inside its
+transaction) when the signal arrives. The lock on item A is released a moment after the
+signal: its 25 requests must complete (201). Item B stays locked past
+STOCKROOM_SHUTDOWN_TIMEOUT: its 25 requests must get a clean 503 problem and apply nothing.
+No response may be cut, the process must stop accepting at once and exit 0, and the ledger
+must explain both items' quantities exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import problem
+from tests.test_serve import cli_create_key, start_server
+
+pytestmark = pytest.mark.postgresql_only
+
+PER_ITEM = 25
+SHUTDOWN_TIMEOUT = 3
+
+
+def asyncpg_dsn(database_url: str) -> str:
+    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
+
+
+async def lock_row(dsn: str, item_id: int) -> asyncpg.Connection:
+    connection = await asyncpg.connect(dsn)
+    await connection.execute("BEGIN")
+    await connection.execute("SELECT 1 FROM items WHERE id = $1 FOR UPDATE", item_id)
+    return connection
+
+
+async def waiting_on_locks(dsn: str, database: str) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = $1 AND application_name = 'stockroom' AND wait_event_type = 'Lock'",
+            database,
+        )
+        return count
+    finally:
+        await connection.close()
+
+
+def refuses_connections(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return True
+    return False
+
+
+async def test_sigterm_finishes_in_flight_requests_and_503s_the_rest(
+    database_url: str, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    # `client` is requested only so that the tables are emptied afterwards.
+    server = start_server(
+        database_url,
+        tmp_path,
+        env_extra={
+            "STOCKROOM_SHUTDOWN_TIMEOUT": str(SHUTDOWN_TIMEOUT),
+            "STOCKROOM_DATABASE_POOL_SIZE": "60",
+        },
+    )
+    port = int(server.url.rsplit(":", 1)[1])
+    key = cli_create_key(database_url, tmp_path, "write")
+    dsn = asyncpg_dsn(database_url)
+    database = str(make_url(database_url).database)
+    limits = httpx.Limits(max_connections=2 * PER_ITEM + 5)
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        async with httpx.AsyncClient(
+            base_url=server.url, headers=headers, timeout=30, limits=limits
+        ) as http:
+            items = []
+            for name in ("A", "B"):
+                body = {"sku": f"DRAIN-{name}-{uuid.uuid4().hex[:6]}", "name": name, "price": 1}
+                created = await http.post("/items", json={**body, "quantity": 10})
+                assert created.status_code == 201, created.text
+                items.append(created.json()["id"])
+            item_a, item_b = items
+            lock_a, lock_b = await lock_row(dsn, item_a), await lock_row(dsn, item_b)
+
+            async def adjust(item_id: int, n: int) -> httpx.Response:
+                payload = {"delta": 1, "reason": f"drain {n}"}
+                return await http.post(f"/items/{item_id}/adjustments", json=payload)
+
+            tasks = [
+                asyncio.create_task(adjust(item_id, n))
+                for item_id in (item_a, item_b)
+                for n in range(PER_ITEM)
+            ]
+            for _ in range(200):  # until every request waits on a row lock in PostgreSQL
+                if await waiting_on_locks(dsn, database) == 2 * PER_ITEM:
+                    break
+                await asyncio.sleep(0.05)
+            assert await waiting_on_locks(dsn, database) == 2 * PER_ITEM
+
+            server.process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            while not refuses_connections(port):
+                assert time.monotonic() - signalled < 2, "still accepting after SIGTERM"
+                await asyncio.sleep(0.05)
+            stopped_accepting = time.monotonic() - signalled
+
+            await asyncio.sleep(0.5)
+            await lock_a.execute("ROLLBACK")  # A's requests may now finish
+            responses_a = await asyncio.gather(*tasks[:PER_ITEM])
+            # B's stay locked until the shutdown timeout cancels them.
+            responses_b = await asyncio.gather(*tasks[PER_ITEM:])
+            answered_b = time.monotonic() - signalled
+            await lock_b.execute("ROLLBACK")
+            await lock_a.close()
+            await lock_b.close()
+
+        exit_code = await asyncio.to_thread(server.process.wait, 30)
+        exited = time.monotonic() - signalled
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()
+
+    assert exit_code == 0, server.log.read_text()[-3000:]
+    for response in responses_a:
+        assert response.status_code == 201, response.text
+        assert response.json()["item_id"] == item_a
+    for response in responses_b:
+        body = problem(response, 503)
+        assert body["type"].endswith("service-unavailable")
+        assert response.headers["retry-after"] == "1"
+    # The 503s came when the shutdown timeout ended, not before.
+    assert answered_b >= SHUTDOWN_TIMEOUT - 0.5
+
+    # Nothing half-applied: A got exactly its 25 adjustments, B none, and each ledger
+    # explains its quantity.
+    connection = await asyncpg.connect(dsn)
+    try:
+        for item_id, expected in ((item_a, 10 + PER_ITEM), (item_b, 10)):
+            quantity = await connection.fetchval(
+                "SELECT quantity FROM items WHERE id = $1", item_id
+            )
+            ledger = await connection.fetchval(
+                "SELECT sum(delta) FROM adjustments WHERE item_id = $1", item_id
+            )
+            assert quantity == ledger == expected
+        reasons = await connection.fetch(
+            "SELECT reason FROM adjustments WHERE item_id = $1 AND reason LIKE 'drain %'", item_a
+        )
+        assert sorted(r["reason"] for r in reasons) == sorted(f"drain {n}" for n in range(PER_ITEM))
+    finally:
+        await connection.close()
+    lines = server.log_lines()
+    assert any(line.get("event") == "stopped" for line in lines)
+    print(
+        f"\nshutdown: stopped accepting {stopped_accepting:.2f} s after SIGTERM; "
+        f"{PER_ITEM} finished 201; {PER_ITEM} answered 503 at {answered_b:.2f} s "
+        f"(timeout {SHUTDOWN_TIMEOUT} s); exit 0 at {exited:.2f} s"
+    )
