@@ -16,6 +16,7 @@ from stockroom.auth.router import router as auth_router
 from stockroom.auth.service import Authenticator
 from stockroom.db import create_engine, create_session_factory
 from stockroom.errors import install_error_handlers
+from stockroom.files.router import router as files_router
 from stockroom.idempotency.service import InFlightKeys, purge_expired
 from stockroom.items.router import router as items_router
 from stockroom.ledger.router import router as ledger_router
@@ -101,12 +102,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     install_error_handlers(app)
     app.include_router(system_router)
+    # Before the items router: /items/import and /items/export are not /items/{item_id}.
+    app.include_router(files_router)
     app.include_router(items_router)
     app.include_router(ledger_router)
     app.include_router(auth_router)
     app.mount(DOCS_ASSETS_PATH, docs_assets(), name="docs-assets")
     # Added last = outermost: the request id is set before anything else runs.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        per_path={"/items/import": settings.import_max_bytes},
+    )
     if settings.rate_limit:
         app.add_middleware(RateLimitHeadersMiddleware)
     app.add_middleware(RequestContextMiddleware)

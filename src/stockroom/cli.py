@@ -1,4 +1,4 @@
-"""The ``stockroom`` command: serve | migrate | apikey."""
+"""The ``stockroom`` command: serve | migrate | apikey | import | export."""
 
 from __future__ import annotations
 
@@ -10,18 +10,25 @@ import shutil
 import signal
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 import uvicorn
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from stockroom.auth import service as keys
 from stockroom.db import create_engine, create_session_factory
 from stockroom.errors import StockroomError
+from stockroom.files import service as files
+from stockroom.files.formats import CsvReader, NdjsonReader
+from stockroom.files.schemas import ImportReport
+from stockroom.files.service import ImportOptions
+from stockroom.items.repository import ItemFilter, Keyset
+from stockroom.items.schemas import SORT_KEYS
 from stockroom.migrations import upgrade
 from stockroom.observability import MULTIPROC_DIR_VARIABLE, configure_logging
 from stockroom.settings import Settings, SettingsError, load_settings
@@ -163,6 +170,110 @@ def apikey_list() -> None:
 def apikey_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
     """Revoke a key. Running services refuse it within STOCKROOM_AUTH_CACHE_SECONDS."""
     _with_session(lambda session: keys.revoke_key(session, name))
+
+
+_FILE_CHUNK = 262_144
+
+
+class _Progress:
+    """Rows and rows/s on standard error, when it is a terminal; silent otherwise."""
+
+    def __init__(self, verb: str) -> None:
+        self.verb = verb
+        self.enabled = sys.stderr.isatty()
+        self.started = time.monotonic()
+        self.shown = 0.0
+        self.rows = 0
+
+    def __call__(self, rows: int) -> None:
+        self.rows = rows
+        now = time.monotonic()
+        if self.enabled and now - self.shown >= 0.25:
+            self.shown = now
+            rate = rows / max(now - self.started, 1e-9)
+            sys.stderr.write(f"\r{self.verb} {rows:,} rows, {rate:,.0f} rows/s ")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self(self.rows)
+            sys.stderr.write("\n")
+
+
+def _run_with_engine(
+    work: Callable[[AsyncEngine, async_sessionmaker[AsyncSession]], Awaitable[T]],
+) -> T:
+    settings = _settings()
+    upgrade(settings.database_url)
+
+    async def run() -> T:
+        engine = create_engine(settings)
+        try:
+            return await work(engine, create_session_factory(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@cli.command("import")
+def import_file(
+    path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or NDJSON file.")],
+    atomic: Annotated[bool, typer.Option(help="All rows or none.")] = False,
+    format: Annotated[
+        str | None, typer.Option(help="csv or ndjson (default: from the file name).")
+    ] = None,
+) -> None:
+    """Import items from a file, through the same code as POST /items/import; prints the
+    report as JSON. Exit status 1 if any row failed."""
+    kind = format or ("ndjson" if path.suffix.lower() in (".ndjson", ".jsonl") else "csv")
+    reader: files.Reader = NdjsonReader() if kind == "ndjson" else CsvReader()
+    progress = _Progress("imported")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        with path.open("rb") as stream:  # read in a worker thread, chunk by chunk
+            while chunk := await asyncio.to_thread(stream.read, _FILE_CHUNK):
+                yield chunk
+
+    async def work(engine: AsyncEngine, _sessions: Any) -> ImportReport:
+        options = ImportOptions(atomic=atomic, progress=progress)
+        return await files.import_items(engine, chunks(), reader, options)
+
+    try:
+        report = _run_with_engine(work)
+    except files.ImportRejectedError as exc:
+        progress.done()
+        print(exc.report.model_dump_json(), file=sys.stderr)  # noqa: T201
+        raise StockroomError(exc.detail) from None
+    progress.done()
+    print(report.model_dump_json())  # noqa: T201
+    if report.failed:
+        sys.exit(EXIT_FAILED)
+
+
+@cli.command("export")
+def export_file(
+    format: Annotated[str, typer.Option(help="csv or ndjson.")] = "csv",
+    sort: Annotated[str, typer.Option(help="As the list's sort, e.g. -price.")] = "id",
+) -> None:
+    """Write every item to standard output, through the same code as GET /items/export."""
+    if format not in files.EXPORT_FORMATS:
+        raise typer.BadParameter("use csv or ndjson", param_hint="--format")
+    if sort.removeprefix("-") not in SORT_KEYS:
+        raise typer.BadParameter(f"use one of {', '.join(SORT_KEYS)}", param_hint="--sort")
+    progress = _Progress("exported")
+    out = sys.stdout.buffer
+
+    async def work(_engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+        lines = 0
+        async for chunk in files.export_chunks(sessions, ItemFilter(), Keyset(sort), format):
+            await asyncio.to_thread(out.write, chunk)
+            lines += chunk.count(b"\n")
+            progress(lines)
+        await asyncio.to_thread(out.flush)
+
+    _run_with_engine(work)
+    progress.done()
 
 
 def main() -> None:

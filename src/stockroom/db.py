@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
@@ -36,6 +39,7 @@ __all__ = [
     "create_session_factory",
     "is_unique_violation",
     "utcnow",
+    "write_connection",
 ]
 
 # Explicit constraint names, so that migrations are stable and revertable on both databases.
@@ -163,6 +167,8 @@ def _create_sqlite_engine(settings: Settings) -> AsyncEngine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        # Temporary tables (an import's list of skus seen) on disk, not in memory.
+        cursor.execute("PRAGMA temp_store=FILE")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
 
@@ -193,6 +199,15 @@ async def begin_write(session: AsyncSession) -> None:
     """
     if not session.in_transaction():
         await session.connection(execution_options={_WRITE_OPTION: True})
+
+
+@asynccontextmanager
+async def write_connection(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection whose every transaction is a write transaction (BEGIN IMMEDIATE on
+    SQLite), held for a long unit of work such as an import."""
+    async with engine.connect() as connection:
+        await connection.execution_options(**{_WRITE_OPTION: True})
+        yield connection
 
 
 def is_unique_violation(exc: IntegrityError) -> bool:

@@ -9,6 +9,7 @@ The tree::
     ├── ConflictError              409  conflict
     │   └── DuplicateError         409  duplicate (a unique value is taken)
     ├── PreconditionFailedError    412  precondition-failed (If-Match)
+    ├── UnsupportedMediaTypeError  415  unsupported-media-type
     ├── InvalidRequestError        422  invalid-request (a rule beyond the schema)
     ├── TooManyRequestsError       429  too-many-requests (rate limit; with Retry-After)
     └── UnavailableError           503  service-unavailable (database down, pool exhausted)
@@ -46,6 +47,7 @@ __all__ = [
     "TooManyRequestsError",
     "UnauthorizedError",
     "UnavailableError",
+    "UnsupportedMediaTypeError",
     "install_error_handlers",
     "problem_response",
     "problem_responses",
@@ -89,12 +91,16 @@ class PreconditionFailedError(StockroomError):
     status, slug, title = 412, "precondition-failed", "Precondition failed"
 
 
+class UnsupportedMediaTypeError(StockroomError):
+    status, slug, title = 415, "unsupported-media-type", "Unsupported media type"
+
+
 class InvalidRequestError(StockroomError):
     status, slug, title = 422, "invalid-request", "Invalid request"
 
     def __init__(self, detail: str, *, loc: Sequence[str | int] = ()) -> None:
         super().__init__(detail)
-        self.errors = [{"loc": list(loc), "msg": detail}]
+        self.errors: list[dict[str, Any]] = [{"loc": list(loc), "msg": detail}]
 
 
 class UnauthorizedError(StockroomError):
@@ -170,6 +176,7 @@ _DESCRIPTIONS = {
     409: "Conflict with the current state.",
     412: "`If-Match` does not match the current ETag.",
     413: "The request body is too large.",
+    415: "The body's Content-Type is not one this accepts.",
     422: "The request is invalid; `errors` lists each problem.",
     429: "The API key (or, with authentication off, the client address) has used up its "
     "rate limit; retry after `Retry-After` seconds.",

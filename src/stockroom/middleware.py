@@ -103,20 +103,26 @@ class RequestContextMiddleware:
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies over ``max_bytes``: at once when ``Content-Length`` says so,
-    otherwise as soon as the streamed body passes the limit."""
+    """Refuses request bodies over the limit: at once when ``Content-Length`` says so,
+    otherwise as soon as the streamed body passes it. ``per_path`` gives some paths (file
+    imports) a limit of their own."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, *, max_bytes: int, per_path: dict[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.per_path = per_path or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.per_path.get(scope["path"], self.max_bytes)
+        detail = f"The request body is larger than the limit of {limit} bytes."
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await problem_response(413, "content-too-large", self._detail)(scope, receive, send)
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await problem_response(413, "content-too-large", detail)(scope, receive, send)
             return
         received = 0
 
@@ -125,16 +131,12 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     # Raised inside the body read, so the app's error handlers render it.
-                    raise HTTPException(413, detail=self._detail)
+                    raise HTTPException(413, detail=detail)
             return message
 
         await self.app(scope, limited_receive, send)
-
-    @property
-    def _detail(self) -> str:
-        return f"The request body is larger than the limit of {self.max_bytes} bytes."
 
 
 class MetricsMiddleware:

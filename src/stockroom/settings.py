@@ -90,6 +90,12 @@ class Settings(BaseSettings):
         description="Seconds a verified key is trusted without asking the database; a revoked "
         "key stops working on every instance within this time (0: ask every time).",
     )
+    import_max_bytes: int = Field(
+        1_073_741_824,
+        ge=1024,
+        le=1_099_511_627_776,
+        description="Largest file POST /items/import reads, in bytes; larger is 413.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level of log lines written (JSON, one object a line)."
     )

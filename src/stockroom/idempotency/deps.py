@@ -21,7 +21,7 @@ from stockroom.idempotency.service import (
     take,
 )
 
-__all__ = ["BeforeCommit", "IdempotencyDep", "IdempotentRequest"]
+__all__ = ["BeforeCommit", "IdempotencyDep", "IdempotentRequest", "answer_response"]
 
 T = TypeVar("T")
 BeforeCommit = Callable[[T], Awaitable[None]]
@@ -34,8 +34,8 @@ class IdempotentRequest:
 
     def __init__(self, session: Any, scope: Scope | None, in_flight: InFlightKeys) -> None:
         self._session = session
-        self._scope = scope
-        self._in_flight = in_flight
+        self.scope = scope
+        self.in_flight = in_flight
 
     async def execute(
         self,
@@ -44,7 +44,7 @@ class IdempotentRequest:
     ) -> Response:
         """``action(before_commit)`` performs the write and calls ``before_commit(result)``
         inside its transaction; ``render`` turns the result into the answer."""
-        scope = self._scope
+        scope = self.scope
         answer: StoredAnswer | None = None
 
         async def before_commit(result: T) -> None:
@@ -53,19 +53,19 @@ class IdempotentRequest:
             if scope is not None:
                 await save(self._session, scope, answer)
 
-        with self._in_flight.hold(scope) if scope is not None else nullcontext():
+        with self.in_flight.hold(scope) if scope is not None else nullcontext():
             if scope is not None:
                 await begin_write(self._session)
                 stored = await take(self._session, scope)
                 if stored is not None:
                     await self._session.rollback()
-                    return _response(stored, replayed=True)
+                    return answer_response(stored, replayed=True)
             await action(before_commit)
         assert answer is not None, "the action did not call before_commit"
-        return _response(answer, replayed=False)
+        return answer_response(answer, replayed=False)
 
 
-def _response(answer: StoredAnswer, *, replayed: bool) -> Response:
+def answer_response(answer: StoredAnswer, *, replayed: bool) -> Response:
     headers = dict(answer.headers)
     if replayed:
         headers[REPLAYED_HEADER] = "true"

@@ -29,6 +29,8 @@ __all__ = [
     "InFlightKeys",
     "Scope",
     "StoredAnswer",
+    "answer_for",
+    "lock",
     "purge_expired",
     "request_hash",
     "save",
@@ -101,6 +103,13 @@ async def take(session: AsyncSession, scope: Scope) -> StoredAnswer | None:
 
     Must run first in the write transaction (after ``begin_write``).
     """
+    record = await lock(session, scope)
+    return None if record is None else answer_for(record, scope)
+
+
+async def lock(session: AsyncSession, scope: Scope) -> IdempotencyRecord | None:
+    """Lock the key (owner and key; the request hash may not be known yet) for this
+    transaction; return its unexpired record, if any."""
     if session.get_bind().dialect.name == "postgresql":
         locked = await session.scalar(
             text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": scope.lock_id}
@@ -115,9 +124,11 @@ async def take(session: AsyncSession, scope: Scope) -> StoredAnswer | None:
             IdempotencyRecord.expires_at <= now,
         )
     )
-    record = await session.get(IdempotencyRecord, (scope.owner, scope.key))
-    if record is None:
-        return None
+    return await session.get(IdempotencyRecord, (scope.owner, scope.key))
+
+
+def answer_for(record: IdempotencyRecord, scope: Scope) -> StoredAnswer:
+    """The stored answer, if ``scope`` is the same request as the record's; else 422."""
     if (record.method, record.path, record.request_hash) != (
         scope.method,
         scope.path,

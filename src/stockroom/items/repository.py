@@ -147,6 +147,17 @@ class ItemRepository:
             clauses.append(keyset.after(after))
         return select(Item).where(and_(true(), *clauses)).order_by(*keyset.order_by())
 
+    def export_select(
+        self, where: ItemFilter, keyset: Keyset, columns: Sequence[Any] = ()
+    ) -> Select[Any]:
+        """The same selection and order as the list, as plain rows (no ORM objects) of the
+        table's columns, or of ``columns`` (expressions over them)."""
+        return (
+            select(*(columns or Item.__table__.columns))
+            .where(and_(true(), *where.clauses()))
+            .order_by(*keyset.order_by())
+        )
+
     async def page(
         self, where: ItemFilter, keyset: Keyset, after: list[Any] | None, limit: int
     ) -> Sequence[Item]:

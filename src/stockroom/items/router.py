@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Path, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, status
 
 from stockroom.auth.deps import READ, WRITE
 from stockroom.deps import SessionDep
@@ -17,7 +17,7 @@ from stockroom.items import service
 from stockroom.items.models import Item
 from stockroom.items.repository import ItemFilter
 from stockroom.items.schemas import (
-    NO_NUL_PATTERN,
+    SEARCH_PATTERN,
     ItemCreate,
     ItemPublic,
     ItemUpdate,
@@ -25,7 +25,7 @@ from stockroom.items.schemas import (
     SortKey,
 )
 
-__all__ = ["router"]
+__all__ = ["ItemFilterDep", "router"]
 
 router = APIRouter(
     prefix="/items",
@@ -83,35 +83,44 @@ async def create_item(
     )
 
 
-@router.get("", response_model=Page[ItemPublic], dependencies=[READ])
-async def list_items(
-    session: SessionDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+async def item_filter(
     q: Annotated[
         str | None,
         Query(
             max_length=200,
-            pattern=NO_NUL_PATTERN,
+            pattern=SEARCH_PATTERN,
             description="Case-insensitive part of sku or name.",
         ),
     ] = None,
     min_price: PriceBound = None,
     max_price: PriceBound = None,
     in_stock: bool | None = None,
-    sort: SortKey = "id",
-    count: bool = False,
-) -> Page[ItemPublic]:
+) -> ItemFilter:
+    """The list filters, shared by the list and the export."""
     if min_price is not None and max_price is not None and min_price > max_price:
         raise InvalidRequestError(
             "min_price is greater than max_price.", loc=("query", "min_price")
         )
-    where = ItemFilter(
+    return ItemFilter(
         q=q,
         min_price_cents=None if min_price is None else service.to_cents(min_price),
         max_price_cents=None if max_price is None else service.to_cents(max_price),
         in_stock=in_stock,
     )
+
+
+ItemFilterDep = Annotated[ItemFilter, Depends(item_filter)]
+
+
+@router.get("", response_model=Page[ItemPublic], dependencies=[READ])
+async def list_items(
+    session: SessionDep,
+    where: ItemFilterDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    sort: SortKey = "id",
+    count: bool = False,
+) -> Page[ItemPublic]:
     page = await service.list_items(
         session, where, sort=sort, cursor=cursor, limit=limit, count=count
     )

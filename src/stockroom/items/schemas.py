@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+import unicodedata
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
@@ -24,11 +27,16 @@ from pydantic_core import PydanticCustomError
 __all__ = [
     "MAX_PRICE",
     "NO_NUL_PATTERN",
+    "SEARCH_PATTERN",
     "SORT_KEYS",
+    "Description",
     "ItemCreate",
     "ItemPublic",
     "ItemUpdate",
     "Money",
+    "Name",
+    "Quantity",
+    "Sku",
     "SortKey",
 ]
 
@@ -41,6 +49,7 @@ SortKey = Literal[
 ]  # fmt: skip
 
 _MONEY_PATTERN = r"^\d{1,10}\.\d{2}$"
+_MONEY_TEXT = re.compile(r"\d{1,10}(\.\d{1,2})?", re.ASCII)
 _MONEY_INPUT_SCHEMA = {
     "anyOf": [
         {"type": "number", "minimum": 0, "maximum": 9999999999.99, "multipleOf": 0.01},
@@ -49,6 +58,13 @@ _MONEY_INPUT_SCHEMA = {
     "description": "Amount with at most two decimal places, as a number or a string.",
     "examples": ["49.90"],
 }
+
+
+def _plain_number(value: Any) -> Any:
+    """Money as text is plain ASCII digits: no exponent, no other scripts' digits, no "_"."""
+    if isinstance(value, str) and not _MONEY_TEXT.fullmatch(value):
+        raise PydanticCustomError("money", "must be digits with at most two decimals, e.g. 12.50")
+    return value
 
 
 def _two_places(value: Decimal) -> Decimal:
@@ -65,6 +81,7 @@ def _two_places(value: Decimal) -> Decimal:
 # Money out: a string with exactly two places ("12.50").
 Money = Annotated[
     Decimal,
+    BeforeValidator(_plain_number),
     Field(ge=0, le=MAX_PRICE, allow_inf_nan=False),
     AfterValidator(_two_places),
     PlainSerializer(lambda value: f"{value:.2f}", return_type=str, when_used="json"),
@@ -77,12 +94,41 @@ MoneyOut = Annotated[
 ]
 
 Sku = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
-# Names are one line of text with something visible in it: no control characters.
-NAME_PATTERN = r"^[^\x00-\x1F\x7F]*[^\s\x00-\x1F\x7F][^\x00-\x1F\x7F]*$"
+# Names are one line of text: no control characters (C0, DEL, C1) nor line separators.
+NAME_PATTERN = (
+    r"^[^\x00-\x1F\x7F-\x9F\u2028\u2029]*[^\s\x00-\x1F\x7F-\x9F\u2028\u2029]"
+    r"[^\x00-\x1F\x7F-\x9F\u2028\u2029]*$"
+)
+# What a search may contain: no control characters, and no U+FFFD (what an undecodable
+# percent-escape in the URL turns into).
+SEARCH_PATTERN = r"^[^\x00-\x1F\x7F-\x9F\uFFFD]*$"
+# Invisible: white space, separators, format characters (zero-width space, joiners, ...).
+_INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp"})
 # Any text but NUL, which PostgreSQL cannot store in a text column.
 NO_NUL_PATTERN = r"^[^\x00]*$"
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NAME_PATTERN)]
+
+
+def _visible(name: str) -> str:
+    if all(unicodedata.category(char) in _INVISIBLE for char in name):
+        raise PydanticCustomError("name_invisible", "must contain a visible character")
+    return name
+
+
+Name = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=200, pattern=NAME_PATTERN),
+    AfterValidator(_visible),
+]
 Description = Annotated[str, StringConstraints(max_length=10_000, pattern=NO_NUL_PATTERN)]
+
+
+def _empty_is_none(value: Any) -> Any:
+    return None if value == "" else value
+
+
+# An empty description is no description: stored and answered as null. (CSV cannot tell
+# the two apart, and an export must import back unchanged.)
+OptionalDescription = Annotated[Description | None, BeforeValidator(_empty_is_none)]
 # Strict: a JSON integer, not "3", 3.0 or true.
 Quantity = Annotated[int, Strict(), Field(ge=0, le=MAX_QUANTITY)]
 
@@ -92,7 +138,7 @@ class ItemCreate(BaseModel):
 
     sku: Sku
     name: Name
-    description: Description | None = None
+    description: OptionalDescription = None
     price: Money
     quantity: Quantity = 0
 
@@ -105,7 +151,7 @@ class ItemUpdate(BaseModel):
     # `| SkipJsonSchema[None]`: optional, but not nullable in the schema; null is a 422.
     sku: Sku | SkipJsonSchema[None] = None
     name: Name | SkipJsonSchema[None] = None
-    description: Description | None = None
+    description: OptionalDescription = None
     price: Money | SkipJsonSchema[None] = None
 
     # Not part of the schema: present only to answer a clear 422 that points to the ledger.

@@ -1,0 +1,1 @@
+"""Files: streaming CSV / NDJSON import and export of items."""

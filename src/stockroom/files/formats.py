@@ -1,0 +1,265 @@
+"""CSV and NDJSON, read and written incrementally. Pure: no I/O, no database.
+
+Readers take the body chunk by chunk and give back complete records with their line
+numbers; memory is bounded by ``MAX_RECORD_BYTES`` however large the file. Writers turn rows
+into bytes, with spreadsheet formula protection for CSV.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "CSV_COLUMNS",
+    "EXPORT_COLUMNS",
+    "MAX_RECORD_BYTES",
+    "CsvReader",
+    "FileError",
+    "NdjsonReader",
+    "Record",
+    "RecordError",
+    "csv_header",
+    "csv_rows",
+    "ndjson_rows",
+    "unprotect",
+]
+
+# Columns an import reads; the export writes these and more.
+CSV_COLUMNS = ("sku", "name", "description", "price", "quantity")
+EXPORT_COLUMNS = (
+    "id", "sku", "name", "description", "price", "quantity", "version", "created_at", "updated_at",
+)  # fmt: skip
+# One record (a CSV row, possibly over several lines, or an NDJSON line) may be this long.
+MAX_RECORD_BYTES = 1_048_576
+
+_TOO_LONG = f"the line is longer than {MAX_RECORD_BYTES} characters"
+
+# A cell starting with one of these is run as a formula by spreadsheets (OWASP "CSV
+# injection"); the export prefixes it with an apostrophe. A cell that itself starts with an
+# apostrophe gets one too, so that the import can always remove exactly one.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+class FileError(Exception):
+    """The file as a whole cannot be read (bad header, bad encoding): nothing after it is."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    line: int
+    fields: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordError:
+    line: int
+    message: str
+
+
+def protect(cell: str) -> str:
+    return "'" + cell if cell.startswith(_FORMULA_STARTS) else cell
+
+
+def unprotect(cell: str) -> str:
+    return cell[1:] if cell.startswith("'") else cell
+
+
+class _Lines:
+    """Bytes in, complete lines out (split on LF only, endings kept), UTF-8 checked."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self._partial = ""
+        self.line = 0  # lines handed out so far
+        self._skipping = False  # inside an overlong line, dropping it up to its end
+        self.broken = False  # not UTF-8: nothing after the bad bytes can be read
+
+    def feed(
+        self, chunk: bytes, final: bool = False
+    ) -> tuple[list[tuple[int, str]], list[RecordError]]:
+        """Complete lines as (line number, text), and the lines refused."""
+        errors: list[RecordError] = []
+        try:
+            text = self._partial + self._decoder.decode(chunk, final)
+        except UnicodeDecodeError as exc:
+            # Keep the complete lines before the bad bytes; nothing after them is read.
+            text = self._partial + exc.object[: exc.start].decode("utf-8")
+            text = text[: text.rfind("\n") + 1]
+            self.broken = final = True
+            errors.append(
+                RecordError(
+                    self.line + text.count("\n") + 1,
+                    "the file is not valid UTF-8 here; the rest of it was not read",
+                )
+            )
+        pieces = text.split("\n")
+        self._partial = pieces.pop()
+        lines: list[tuple[int, str]] = []
+        for piece in pieces:
+            self.line += 1
+            if self._skipping:
+                self._skipping = False
+            elif len(piece) > MAX_RECORD_BYTES:
+                errors.append(RecordError(self.line, _TOO_LONG))
+            else:
+                lines.append((self.line, piece + "\n"))
+        if len(self._partial) > MAX_RECORD_BYTES:
+            errors.append(RecordError(self.line + 1, _TOO_LONG))
+            self._partial = ""
+            self._skipping = True
+        if final and (self._partial or self._skipping):
+            self.line += 1
+            if not self._skipping:
+                lines.append((self.line, self._partial))
+            self._partial = ""
+            self._skipping = False
+        return lines, errors
+
+
+class CsvReader:
+    """RFC 4180 CSV with a header row; quoted fields may hold commas, quotes and newlines."""
+
+    def __init__(self) -> None:
+        self._lines = _Lines()
+        self._pending: list[str] = []  # lines of a record whose quotes are still open
+        self._pending_size = 0
+        self._quotes = 0
+        self._start = 0
+        self.columns: list[str] | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self._lines.broken
+
+    def feed(self, chunk: bytes, final: bool = False) -> tuple[list[Record], list[RecordError]]:
+        lines, errors = self._lines.feed(chunk, final)
+        complete: list[tuple[int, list[str]]] = []
+        for line_no, text in lines:
+            if not self._pending:
+                self._start = line_no
+            self._pending.append(text)
+            self._pending_size += len(text)
+            self._quotes += text.count('"')
+            if self._quotes % 2 == 0:  # every quote closed: the record is complete
+                complete.append((self._start, self._pending))
+                self._reset()
+            elif self._pending_size > MAX_RECORD_BYTES:
+                errors.append(
+                    RecordError(self._start, f"row is longer than {MAX_RECORD_BYTES} bytes")
+                )
+                self._reset()
+        if final and self._pending:
+            errors.append(RecordError(self._start, "the file ends inside a quoted field"))
+            self._reset()
+        return self._records(complete, errors)
+
+    def _reset(self) -> None:
+        self._pending = []
+        self._pending_size = 0
+        self._quotes = 0
+
+    def _records(
+        self, complete: list[tuple[int, list[str]]], errors: list[RecordError]
+    ) -> tuple[list[Record], list[RecordError]]:
+        records: list[Record] = []
+        for start, lines in complete:
+            try:
+                values = next(csv.reader(lines, strict=True), [])
+            except csv.Error as exc:
+                errors.append(RecordError(start, f"not valid CSV: {exc}"))
+                continue
+            if not values or values == [""]:
+                continue  # blank line
+            if self.columns is None:
+                self.columns = self._header(start, values)
+                continue
+            if len(values) != len(self.columns):
+                errors.append(
+                    RecordError(start, f"{len(values)} fields, the header has {len(self.columns)}")
+                )
+                continue
+            fields = {c: unprotect(v) for c, v in zip(self.columns, values, strict=True)}
+            records.append(Record(start, fields))
+        return records, errors
+
+    @staticmethod
+    def _header(line: int, values: list[str]) -> list[str]:
+        columns = [v.strip().lower() for v in values]
+        unknown = [c for c in columns if c not in EXPORT_COLUMNS]
+        if unknown:
+            raise FileError(line, f"unknown column {unknown[0]!r} in the header")
+        missing = [c for c in ("sku", "name", "price") if c not in columns]
+        if missing:
+            raise FileError(line, f"the header lacks the column {missing[0]!r}")
+        if len(set(columns)) != len(columns):
+            raise FileError(line, "the header names a column twice")
+        return columns
+
+    def finish(self) -> None:
+        if self.columns is None:
+            raise FileError(1, "the file is empty: expected a header row (sku,name,price,...)")
+
+
+class NdjsonReader:
+    """One JSON object per line; blank lines are skipped."""
+
+    columns = EXPORT_COLUMNS
+
+    def __init__(self) -> None:
+        self._lines = _Lines()
+
+    @property
+    def broken(self) -> bool:
+        return self._lines.broken
+
+    def feed(self, chunk: bytes, final: bool = False) -> tuple[list[Record], list[RecordError]]:
+        lines, errors = self._lines.feed(chunk, final)
+        records: list[Record] = []
+        for line_no, text in lines:
+            if not text.strip():
+                continue
+            try:
+                value = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                errors.append(RecordError(line_no, "not valid JSON"))
+                continue
+            if not isinstance(value, dict):
+                errors.append(RecordError(line_no, "expected a JSON object"))
+                continue
+            records.append(Record(line_no, value))
+        return records, errors
+
+    def finish(self) -> None:
+        return None
+
+
+def csv_header() -> bytes:
+    return (",".join(EXPORT_COLUMNS) + "\n").encode()
+
+
+def csv_rows(rows: Iterable[Sequence[Any]]) -> bytes:
+    """RFC 4180 CSV (with LF line ends, as PostgreSQL's COPY writes them), text cells
+    protected against formula injection."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerows(
+        [protect(v) if isinstance(v, str) else ("" if v is None else v) for v in row]
+        for row in rows
+    )
+    return out.getvalue().encode()
+
+
+def ndjson_rows(rows: Iterable[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(row) + b"\n" for row in rows)

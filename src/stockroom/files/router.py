@@ -1,0 +1,143 @@
+"""HTTP endpoints of files: ``POST /items/import`` and ``GET /items/export``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request, status
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.responses import Response, StreamingResponse
+
+from stockroom.auth.deps import READ, WRITE, CurrentPrincipal
+from stockroom.db import utcnow
+from stockroom.errors import UnsupportedMediaTypeError, problem_responses
+from stockroom.files import service
+from stockroom.files.schemas import ImportReport
+from stockroom.idempotency import service as idempotency
+from stockroom.idempotency.deps import answer_response
+from stockroom.items.repository import Keyset
+from stockroom.items.router import ItemFilterDep
+from stockroom.items.schemas import SortKey
+
+__all__ = ["router"]
+
+router = APIRouter(
+    prefix="/items",
+    tags=["files"],
+    responses=problem_responses(400, 401, 403, 413, 422, 500, 503),
+)
+
+_TEXT_BODY = {"schema": {"type": "string"}}
+_IMPORT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "CSV with a header row (sku,name,description,price,quantity) or NDJSON "
+        "(one object per line with the same fields). Streamed: any size up to "
+        "STOCKROOM_IMPORT_MAX_BYTES.",
+        "content": {"text/csv": _TEXT_BODY, "application/x-ndjson": _TEXT_BODY},
+    }
+}
+_EXPORT_BODY: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The items, streamed.",
+        "content": {"text/csv": _TEXT_BODY, "application/x-ndjson": _TEXT_BODY},
+    }
+}
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        pattern=r"^[\x20-\x7E]{1,255}$",
+        description="The same key and the same file within 24 h answer the first report again "
+        "and import nothing twice. With a key, the import is one transaction.",
+    ),
+]
+
+
+class _AlreadyDone(Exception):  # noqa: N818 - a signal, not an error
+    def __init__(self, record: Any) -> None:
+        self.record = record
+
+
+def _report_answer(report: ImportReport) -> idempotency.StoredAnswer:
+    return idempotency.StoredAnswer(
+        status_code=status.HTTP_200_OK,
+        headers={"Content-Type": "application/json"},
+        body=report.model_dump_json().encode(),
+    )
+
+
+@router.post(
+    "/import",
+    response_model=ImportReport,
+    responses=problem_responses(409, 415),
+    openapi_extra=_IMPORT_BODY,
+    dependencies=[WRITE],
+)
+async def import_items(
+    request: Request,
+    principal: CurrentPrincipal,
+    mode: Annotated[
+        Literal["default", "atomic"],
+        Query(description="atomic: one transaction; any bad row and nothing is applied (422)."),
+    ] = "default",
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Upsert items by sku from a streamed CSV or NDJSON body; answers a report."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    reader_class = service.IMPORT_FORMATS.get(media_type)
+    if reader_class is None:
+        raise UnsupportedMediaTypeError(
+            "Send the file as text/csv or application/x-ndjson "
+            f"(got {media_type or 'no Content-Type'!r})."
+        )
+    engine = request.app.state.engine
+    body = service.BodyHasher(request.stream())
+    options = service.ImportOptions(atomic=mode == "atomic")
+    if idempotency_key is None:
+        report = await service.import_items(engine, aiter(body), reader_class(), options)
+        return answer_response(_report_answer(report), replayed=False)
+
+    scope = idempotency.Scope(principal.name, idempotency_key, "POST", request.url.path, "")
+
+    async def on_begin(session: AsyncSession) -> None:
+        record = await idempotency.lock(session, scope)
+        if record is not None:
+            session.expunge(record)  # keep it readable after the import's rollback
+            raise _AlreadyDone(record)
+
+    async def before_commit(session: AsyncSession, report: ImportReport) -> None:
+        done = dataclasses.replace(scope, request_hash=body.hexdigest())
+        await idempotency.save(session, done, _report_answer(report))
+
+    options = dataclasses.replace(options, on_begin=on_begin, before_commit=before_commit)
+    with request.app.state.in_flight_keys.hold(scope):
+        try:
+            report = await service.import_items(engine, aiter(body), reader_class(), options)
+        except _AlreadyDone as done:
+            async for _ in body:  # the body decides whether this is the same request
+                pass
+            same = dataclasses.replace(scope, request_hash=body.hexdigest())
+            return answer_response(idempotency.answer_for(done.record, same), replayed=True)
+    return answer_response(_report_answer(report), replayed=False)
+
+
+@router.get(
+    "/export",
+    response_class=StreamingResponse,
+    responses=_EXPORT_BODY,
+    dependencies=[READ],
+)
+async def export_items(
+    request: Request,
+    where: ItemFilterDep,
+    format: Annotated[Literal["csv", "ndjson"], Query()] = "csv",
+    sort: SortKey = "id",
+) -> StreamingResponse:
+    """Every item that matches the list filters, in `sort` order, as a file download."""
+    stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
+    return StreamingResponse(
+        service.export_chunks(request.app.state.sessions, where, Keyset(sort), format),
+        media_type=service.EXPORT_FORMATS[format],
+        headers={"Content-Disposition": f'attachment; filename="items-{stamp}.{format}"'},
+    )

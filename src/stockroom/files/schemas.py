@@ -1,0 +1,44 @@
+"""What an import reads (one row) and what it answers (the report)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from stockroom.items.schemas import Money, Name, OptionalDescription, Quantity, Sku
+
+__all__ = ["MAX_REPORTED_ERRORS", "ImportError_", "ImportReport", "ImportRow"]
+
+MAX_REPORTED_ERRORS = 100
+
+
+class ImportRow(BaseModel):
+    """One item of a file: the rules of POST /items. A missing quantity leaves an existing
+    item's stock as it is (and is 0 for a new one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sku: Sku
+    name: Name
+    description: OptionalDescription = None
+    price: Money
+    quantity: Quantity | None = None
+
+
+class ImportError_(BaseModel):  # noqa: N801 - "ImportError" is a builtin
+    line: int = Field(description="1-based line of the file where the row starts.")
+    message: str
+
+
+class ImportReport(BaseModel):
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    failed: int = 0
+    errors: list[ImportError_] = Field(
+        default_factory=list, description="The first 100 problems, by line."
+    )
+
+    def fail(self, line: int, message: str) -> None:
+        self.failed += 1
+        if len(self.errors) < MAX_REPORTED_ERRORS:
+            self.errors.append(ImportError_(line=line, message=message))

@@ -1,0 +1,190 @@
+"""Import and export through a real `stockroom serve`: flat memory, released cursors, CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.conftest import PG_ADMIN_URL
+from tests.test_serve import Server, cli_create_key, start_server, stockroom_env
+
+ROWS = 200_000
+MEMORY_BUDGET = 60 * 1024 * 1024
+
+
+def write_csv(path: Path, rows: int, *, prefix: str = "M") -> None:
+    with path.open("w", newline="") as out:
+        out.write("sku,name,description,price,quantity\n")
+        for n in range(rows):
+            out.write(f"{prefix}{n:07d},Item number {n},A description of item {n},"
+                      f"{n % 10_000}.{n % 100:02d},{n % 1000}\n")  # fmt: skip
+
+
+class PeakRss:
+    """Samples a process's resident memory in a thread until stopped."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+        self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@pytest.fixture
+def served(
+    database_url: str, tmp_path: Path, client: httpx.AsyncClient
+) -> Iterator[tuple[Server, str]]:
+    server = start_server(database_url, tmp_path)
+    try:
+        yield server, cli_create_key(database_url, tmp_path, "write")
+    finally:
+        server.process.terminate()
+        server.process.wait(timeout=30)
+
+
+def test_memory_stays_flat_for_a_200k_row_file(served: tuple[Server, str], tmp_path: Path) -> None:
+    server, key = served
+    headers = {"Authorization": f"Bearer {key}"}
+    big, small = tmp_path / "big.csv", tmp_path / "small.csv"
+    write_csv(big, ROWS)
+    write_csv(small, 2_000, prefix="W")
+    with httpx.Client(base_url=server.url, headers=headers, timeout=300) as http:
+        # Warm up: every code path once, so the baseline holds the loaded code.
+        with small.open("rb") as body:
+            assert (
+                http.post(
+                    "/items/import", content=body, headers={"content-type": "text/csv"}
+                ).status_code
+                == 200
+            )
+        with http.stream("GET", "/items/export") as response:
+            for _ in response.iter_bytes():
+                pass
+        baseline = psutil.Process(server.process.pid).memory_info().rss
+        with PeakRss(server.process.pid) as rss:
+            started = time.perf_counter()
+            with big.open("rb") as body:
+                response = http.post(
+                    "/items/import", content=body, headers={"content-type": "text/csv"}
+                )
+            imported = time.perf_counter() - started
+            assert response.status_code == 200, response.text
+            assert response.json()["created"] == ROWS
+            started = time.perf_counter()
+            exported_rows = -1
+            with http.stream("GET", "/items/export", params={"format": "csv"}) as response:
+                for line in response.iter_lines():
+                    exported_rows += 1 if line else 0
+            exported = time.perf_counter() - started
+    assert exported_rows == ROWS + 2_000
+    growth = rss.peak - baseline
+    print(
+        f"\n{ROWS} rows: import {ROWS / imported:,.0f} rows/s, export {ROWS / exported:,.0f} "
+        f"rows/s, server RSS {baseline / 2**20:.0f} MB before, peak +{growth / 2**20:.1f} MB"
+    )
+    assert growth < MEMORY_BUDGET
+
+
+@pytest.mark.postgresql_only
+def test_a_client_leaving_mid_export_releases_the_cursor(
+    served: tuple[Server, str], tmp_path: Path, database_url: str
+) -> None:
+    server, key = served
+    data = tmp_path / "rows.csv"
+    write_csv(data, 50_000)
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=server.url, headers=auth) as http, data.open("rb") as body:
+        http.post("/items/import", content=body, headers={"content-type": "text/csv"})
+    # A client with a tiny receive window that stops reading: the server's writes block
+    # while its cursor is open. Then the client goes away.
+    port = int(server.url.rsplit(":", 1)[1])
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect(("127.0.0.1", port))
+    client.sendall(
+        f"GET /items/export HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+    )
+    assert client.recv(1024).startswith(b"HTTP/1.1 200")
+    deadline = time.monotonic() + 10
+    while _busy_connections(database_url) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _busy_connections(database_url) >= 1  # the export's cursor is open
+    client.close()
+    deadline = time.monotonic() + 10
+    while _busy_connections(database_url) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _busy_connections(database_url) == 0
+
+
+def _busy_connections(database_url: str) -> int:
+    """Stockroom's connections to this database inside a transaction (an open cursor)."""
+
+    async def count() -> int:
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            busy: int = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
+                "AND application_name = 'stockroom' AND state <> 'idle'",
+                make_url(database_url).database,
+            )
+            return busy
+        finally:
+            await admin.close()
+
+    return asyncio.run(count())
+
+
+def test_cli_import_and_export(
+    database_url: str, tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    data = tmp_path / "in.csv"
+    write_csv(data, 3_000, prefix="C")
+    env = stockroom_env(database_url)
+    run = [sys.executable, "-m", "stockroom"]
+    imported = subprocess.run([*run, "import", str(data)], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    assert '"created":3000' in imported.stdout
+    assert "rows/s" not in imported.stderr  # quiet when not a terminal
+    out = tmp_path / "out.ndjson"
+    with out.open("wb") as sink:
+        exported = subprocess.run([*run, "export", "--format", "ndjson", "--sort", "-price"],
+                                  env=env, cwd=tmp_path, stdout=sink, stderr=subprocess.PIPE,
+                                  timeout=120, check=False)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    assert len(out.read_bytes().splitlines()) == 3_000
+    again = subprocess.run([*run, "import", "--atomic", str(out)], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert '"unchanged":3000' in again.stdout
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sku,name,price\nOK,ok,1\nBAD,bad,-1\n")
+    rejected = subprocess.run([*run, "import", "--atomic", str(bad)], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert rejected.returncode == 1
+    assert "nothing was imported" in rejected.stderr
