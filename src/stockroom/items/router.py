@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, status
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from stockroom.auth.deps import READ, WRITE
 from stockroom.deps import SessionDep
@@ -25,7 +26,7 @@ from stockroom.items.schemas import (
     SortKey,
 )
 
-__all__ = ["ItemFilterDep", "router"]
+__all__ = ["ITEM_PATH", "ItemFilterDep", "router"]
 
 router = APIRouter(
     prefix="/items",
@@ -34,6 +35,18 @@ router = APIRouter(
 )
 
 ItemId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The item's id.")]
+
+
+class _ItemIdConvertor(StringConvertor):
+    """An item id segment: anything (a non-integer is a 422 from validation) except the
+    names of the collection's own resources, so that PATCH /items/export is a 405 (as
+    routing says), not "export is not an integer"."""
+
+    regex = r"(?!(?:import|export)(?:/|$))[^/]+"
+
+
+register_url_convertor("item_id", _ItemIdConvertor())
+ITEM_PATH = "/{item_id:item_id}"
 IfMatch = Annotated[
     str | None,
     Header(description="Apply only if the item's current ETag is one of these (or `*`)."),
@@ -132,7 +145,7 @@ async def list_items(
 
 
 @router.get(
-    "/{item_id}",
+    ITEM_PATH,
     response_model=ItemPublic,
     responses={
         304: {"description": "Not modified: `If-None-Match` matched the ETag."},
@@ -155,7 +168,7 @@ async def get_item(
 
 
 @router.patch(
-    "/{item_id}",
+    ITEM_PATH,
     response_model=ItemPublic,
     responses=problem_responses(404, 409, 412),
     dependencies=[WRITE],
@@ -173,7 +186,7 @@ async def update_item(
 
 
 @router.delete(
-    "/{item_id}",
+    ITEM_PATH,
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(404, 409, 412),
     dependencies=[WRITE],
