@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run migrate test pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer install install-test clean
+.PHONY: run migrate test pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer install install-test clean bench-files
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Stockroom needs Python 3.11"'
@@ -65,6 +65,11 @@ ensure-pgbouncer:
 # Regenerates the settings table of docs/operations.md from the settings model.
 docs: install
 	$(BIN)/python scripts/settings-reference.py
+
+# Import and export 1,000,000 rows on PostgreSQL against psql's COPY (a few minutes).
+bench-files: install-test ensure-postgres
+	@command -v psql >/dev/null || { apt-get update && apt-get install -y postgresql-client; }
+	$(BIN)/python bench/files.py --rows $${ROWS:-1000000}
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis src/*.egg-info
