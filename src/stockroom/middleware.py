@@ -39,8 +39,9 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 
 
 def _route_template(scope: Scope) -> str:
+    """The matched route's path as documented (``/items/{item_id}``, without convertors)."""
     route = scope.get("route")
-    path = getattr(route, "path", None)
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
     return path if isinstance(path, str) else "<unmatched>"
 
 
