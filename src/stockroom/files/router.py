@@ -60,11 +60,7 @@ class _AlreadyDone(Exception):  # noqa: N818 - a signal, not an error
 
 
 def _report_answer(report: ImportReport) -> idempotency.StoredAnswer:
-    return idempotency.StoredAnswer(
-        status_code=status.HTTP_200_OK,
-        headers={"Content-Type": "application/json"},
-        body=report.model_dump_json().encode(),
-    )
+    return idempotency.StoredAnswer.json(status.HTTP_200_OK, report)
 
 
 @router.post(

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import orjson
+from pydantic import BaseModel
 from sqlalchemy import delete, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -65,6 +66,16 @@ class StoredAnswer:
     status_code: int
     headers: dict[str, str]
     body: bytes
+
+    @classmethod
+    def json(cls, status_code: int, body: BaseModel, **headers: str) -> StoredAnswer:
+        """A JSON answer, serialised once: the first response and every replay send these
+        bytes."""
+        return cls(
+            status_code,
+            {"Content-Type": "application/json", **headers},
+            body.model_dump_json().encode(),
+        )
 
 
 @dataclass

@@ -69,14 +69,11 @@ def _public(item: Item) -> ItemPublic:
 
 
 def _created(item: Item) -> StoredAnswer:
-    return StoredAnswer(
-        status_code=status.HTTP_201_CREATED,
-        headers={
-            "Content-Type": "application/json",
-            "Location": f"/items/{item.id}",
-            "ETag": service.etag_of(item),
-        },
-        body=_public(item).model_dump_json().encode(),
+    return StoredAnswer.json(
+        status.HTTP_201_CREATED,
+        _public(item),
+        Location=f"/items/{item.id}",
+        ETag=service.etag_of(item),
     )
 
 

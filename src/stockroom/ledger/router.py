@@ -33,11 +33,7 @@ def _public(adjustment: Adjustment) -> AdjustmentPublic:
 
 
 def _created(adjustment: Adjustment) -> StoredAnswer:
-    return StoredAnswer(
-        status_code=status.HTTP_201_CREATED,
-        headers={"Content-Type": "application/json"},
-        body=_public(adjustment).model_dump_json().encode(),
-    )
+    return StoredAnswer.json(status.HTTP_201_CREATED, _public(adjustment))
 
 
 @router.post(
