@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run migrate test pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer install install-test clean bench-files
+.PHONY: run migrate test pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer install install-test clean bench-files bench-async
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Stockroom needs Python 3.11"'
@@ -70,6 +70,12 @@ docs: install
 bench-files: install-test ensure-postgres
 	@command -v psql >/dev/null || { apt-get update && apt-get install -y postgresql-client; }
 	$(BIN)/python bench/files.py --rows $${ROWS:-1000000}
+
+# 50 ms of I/O as async, def and blocking, and a DB query async vs sync, at c=200 (~1 min).
+bench-async: install-test ensure-postgres
+	@command -v wrk >/dev/null || { apt-get update && apt-get install -y wrk; }
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	$(BIN)/python bench/async_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis src/*.egg-info
