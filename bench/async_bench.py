@@ -9,14 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import re
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+from wrkrun import free_port, run_wrk
 
 ROOT = Path(__file__).resolve().parent.parent
 ENDPOINTS = ["/io/async", "/io/def", "/io/blocking", "/db/async", "/db/def"]
@@ -24,32 +23,11 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "200"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _ms(value: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
 def wrk(url: str) -> dict[str, float]:
-    out = subprocess.run(
-        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--timeout", "10s", "--latency", url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
-    result["answered"] = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    for pct in ("50", "99"):
-        match = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.MULTILINE)
-        result[f"p{pct}_ms"] = _ms(match.group(1)) if match else float("nan")
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result["errors"] = (int(non_2xx.group(1)) if non_2xx else 0) + (
-        sum(int(n) for n in errors.groups()) if errors else 0
+    result = run_wrk(
+        ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{SECONDS}s", "--timeout", "10s", "--latency", url]
     )
+    result["answered"] = result.pop("requests")
     return result
 
 
@@ -57,10 +35,26 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT / "bench")}
     server = subprocess.Popen(
-        ["taskset", "-c", "0", sys.executable, "-m", "uvicorn", "async_app:app", "--port", str(port),
-         "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log"],
+        [
+            "taskset",
+            "-c",
+            "0",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "async_app:app",
+            "--port",
+            str(port),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
         env=env,
-    )  # fmt: skip
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -91,16 +85,23 @@ def main() -> None:
         "/db/def": "`def`, Session (psycopg) from a sync yield dependency",
     }
     for endpoint, r in results.items():
-        rows.append(f"| `{endpoint}` | {how[endpoint]} | {r['rps']:,.0f} | {r['answered']:,} | "
-                    f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']:.0f} |")  # fmt: skip
+        rows.append(
+            f"| `{endpoint}` | {how[endpoint]} | {r['rps']:,.0f} | {r['answered']:,} | "
+            f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']:.0f} |"
+        )
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    text = "\n".join([
-        f"# bench-async {stamp}", "",
-        f"wrk -t2 -c{CONNECTIONS} -d{SECONDS}s; one uvicorn worker on one core; "
-        f"{os.cpu_count()} cores; Python {sys.version.split()[0]}. "
-        f"Ideal for 50 ms of I/O at c={CONNECTIONS}: {ideal:,.0f} rps.", "",
-        *rows, "",
-    ])  # fmt: skip
+    text = "\n".join(
+        [
+            f"# bench-async {stamp}",
+            "",
+            f"wrk -t2 -c{CONNECTIONS} -d{SECONDS}s; one uvicorn worker on one core; "
+            f"{os.cpu_count()} cores; Python {sys.version.split()[0]}. "
+            f"Ideal for 50 ms of I/O at c={CONNECTIONS}: {ideal:,.0f} rps.",
+            "",
+            *rows,
+            "",
+        ]
+    )
     out_dir = ROOT / "bench" / "results" / stamp
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "async.md").write_text(text)

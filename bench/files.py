@@ -11,7 +11,6 @@ import datetime as dt
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+from wrkrun import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -30,8 +30,12 @@ TARGETS = {"import": 0.3, "export": 0.5, "rss_mb": 200}
 
 def psql(sql: str, database: str = "postgres") -> str:
     dsn = ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
-    result = subprocess.run(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
-                            check=True, capture_output=True, text=True)  # fmt: skip
+    result = subprocess.run(
+        ["psql", dsn, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return result.stdout
 
 
@@ -39,14 +43,10 @@ def write_rows(path: Path, rows: int) -> None:
     with path.open("w", newline="") as out:
         out.write("sku,name,description,price,quantity\n")
         for n in range(rows):
-            out.write(f"B{n:08d},Bench item {n},\"A bench item, number {n}\","
-                      f"{n % 100_000}.{n % 100:02d},{n % 5000}\n")  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+            out.write(
+                f'B{n:08d},Bench item {n},"A bench item, number {n}",'
+                f"{n % 100_000}.{n % 100:02d},{n % 5000}\n"
+            )
 
 
 class PeakRss(threading.Thread):
@@ -86,11 +86,19 @@ def main() -> None:
     psql(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
     psql(f"CREATE DATABASE {DATABASE}")
     url = ADMIN_DSN.replace("postgresql://", "postgresql+asyncpg://").rsplit("/", 1)[0]
-    env = {**os.environ, "STOCKROOM_DATABASE_URL": f"{url}/{DATABASE}",
-           "STOCKROOM_LOG_LEVEL": "warning"}  # fmt: skip
+    env = {
+        **os.environ,
+        "STOCKROOM_DATABASE_URL": f"{url}/{DATABASE}",
+        "STOCKROOM_LOG_LEVEL": "warning",
+    }
     stockroom = [sys.executable, "-m", "stockroom"]
-    key = subprocess.run([*stockroom, "apikey", "create", "--name", "bench", "--scopes", "write"],
-                         env=env, check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    key = subprocess.run(
+        [*stockroom, "apikey", "create", "--name", "bench", "--scopes", "write"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     port = free_port()
     server = subprocess.Popen([*stockroom, "serve", "--port", str(port)], env=env)
     results: dict[str, float] = {}
@@ -110,8 +118,9 @@ def main() -> None:
 
             def do_import() -> None:
                 with data.open("rb") as body:
-                    response = http.post("/items/import", content=body,
-                                         headers={"content-type": "text/csv"})  # fmt: skip
+                    response = http.post(
+                        "/items/import", content=body, headers={"content-type": "text/csv"}
+                    )
                 report = response.json()
                 assert report["created"] == rows, report
 
@@ -130,14 +139,25 @@ def main() -> None:
         server.wait()
 
     print("psql COPY (reference):", flush=True)
-    psql("CREATE TABLE copy_ref (id serial PRIMARY KEY, sku varchar(64) UNIQUE NOT NULL, "
-         "name varchar(200) NOT NULL, description text, price numeric(12,2) NOT NULL, "
-         "quantity integer NOT NULL)", DATABASE)  # fmt: skip
-    results["copy_from_s"] = timed("COPY FROM", lambda: psql(
-        f"\\copy copy_ref (sku, name, description, price, quantity) FROM '{data}' CSV HEADER",
-        DATABASE))  # fmt: skip
-    results["copy_to_s"] = timed("COPY TO", lambda: psql(
-        "\\copy (SELECT * FROM items ORDER BY id) TO '/dev/null' CSV HEADER", DATABASE))  # fmt: skip
+    psql(
+        "CREATE TABLE copy_ref (id serial PRIMARY KEY, sku varchar(64) UNIQUE NOT NULL, "
+        "name varchar(200) NOT NULL, description text, price numeric(12,2) NOT NULL, "
+        "quantity integer NOT NULL)",
+        DATABASE,
+    )
+    results["copy_from_s"] = timed(
+        "COPY FROM",
+        lambda: psql(
+            f"\\copy copy_ref (sku, name, description, price, quantity) FROM '{data}' CSV HEADER",
+            DATABASE,
+        ),
+    )
+    results["copy_to_s"] = timed(
+        "COPY TO",
+        lambda: psql(
+            "\\copy (SELECT * FROM items ORDER BY id) TO '/dev/null' CSV HEADER", DATABASE
+        ),
+    )
     psql(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
     data.unlink()
 
@@ -155,11 +175,22 @@ def main() -> None:
         f"| server peak RSS | {results['stockroom_peak_rss_mb']:.0f} MB | | | "
         f"<= {TARGETS['rss_mb']} MB |",
     ]
-    machine = (f"{platform.node()}: {os.cpu_count()} cores, "
-               f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
-               f"{psql('SHOW server_version').strip()}")  # fmt: skip
-    text = "\n".join([f"# bench-files {stamp}", "", f"{rows:,} rows. {machine}.",
-                      "Command: `make bench-files`", "", *table, ""])  # fmt: skip
+    machine = (
+        f"{platform.node()}: {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
+        f"{psql('SHOW server_version').strip()}"
+    )
+    text = "\n".join(
+        [
+            f"# bench-files {stamp}",
+            "",
+            f"{rows:,} rows. {machine}.",
+            "Command: `make bench-files`",
+            "",
+            *table,
+            "",
+        ]
+    )
     (out_dir / "results.md").write_text(text)
     (out_dir / "results.json").write_text(json.dumps({"rows": rows, **results}, indent=2))
     print()

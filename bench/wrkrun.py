@@ -1,0 +1,37 @@
+"""Shared by the benchmarks: a free local port, and wrk's output read into numbers."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+
+__all__ = ["free_port", "run_wrk"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(command: list[str]) -> dict[str, float]:
+    """Run a wrk command line (with --latency) and return rps, requests, p50/p99 (ms) and
+    errors (non-2xx responses plus socket errors)."""
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
+    result["requests"] = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    for pct in ("50", "99"):
+        match = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.MULTILINE)
+        result[f"p{pct}_ms"] = _ms(match.group(1)) if match else float("nan")
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    result["errors"] = (int(non_2xx.group(1)) if non_2xx else 0) + (
+        sum(int(n) for n in errors.groups()) if errors else 0
+    )
+    return result
