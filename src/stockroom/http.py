@@ -4,16 +4,31 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
+from fastapi import Query
 from pydantic import BaseModel, Field, SerializationInfo, model_serializer
 
 from stockroom.errors import InvalidRequestError
 
-__all__ = ["Page", "decode_cursor", "encode_cursor", "etag_matches", "make_etag"]
+__all__ = [
+    "Cursor",
+    "Limit",
+    "Page",
+    "decode_cursor",
+    "encode_cursor",
+    "etag_matches",
+    "make_etag",
+]
 
 T = TypeVar("T")
+
+# The query parameters every list takes.
+Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
+Cursor = Annotated[
+    str | None, Query(max_length=2048, description="`next_cursor` of the previous page.")
+]
 
 
 def make_etag(resource_id: int, version: int) -> str:

@@ -16,6 +16,7 @@ from stockroom.db import utcnow
 from stockroom.files.schemas import ImportReport, ImportRow
 from stockroom.items.models import Item, fold_name
 from stockroom.items.repository import ItemFilter, ItemRepository, Keyset
+from stockroom.items.service import to_cents
 
 __all__ = [
     "CREATE_BATCH_TABLE",
@@ -123,7 +124,7 @@ async def _copy_batch(session: AsyncSession, rows: Sequence[tuple[int, ImportRow
         "stockroom_import_rows",
         columns=_BATCH_COLUMNS,
         records=[
-            (line, r.sku, r.name, fold_name(r.name), r.description, int(r.price * 100), r.quantity)
+            (line, r.sku, r.name, fold_name(r.name), r.description, to_cents(r.price), r.quantity)
             for line, r in rows
         ],
     )

@@ -50,6 +50,7 @@ from stockroom.files.formats import (
 from stockroom.files.schemas import ImportReport, ImportRow
 from stockroom.items.models import Item, fold_name
 from stockroom.items.repository import ItemFilter, ItemRepository, Keyset
+from stockroom.items.service import to_cents
 from stockroom.ledger.models import Adjustment
 
 __all__ = [
@@ -369,7 +370,7 @@ async def _upsert(
                     "name": row.name,
                     "name_key": fold_name(row.name),
                     "description": row.description,
-                    "price_cents": int(row.price * 100),
+                    "price_cents": to_cents(row.price),
                     "quantity": row.quantity or 0,
                     "version": 1,
                     "created_at": now,
@@ -414,7 +415,7 @@ def _changes(current: Any, row: ImportRow) -> dict[str, Any]:
         change["name_key"] = fold_name(row.name)
     if row.description != current.description:
         change["description"] = row.description
-    price_cents = int(row.price * 100)
+    price_cents = to_cents(row.price)
     if price_cents != current.price_cents:
         change["price_cents"] = price_cents
     if row.quantity is not None and row.quantity != current.quantity:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Path, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from stockroom.auth.deps import READ, WRITE
 from stockroom.deps import SessionDep
 from stockroom.errors import InvalidRequestError, problem_responses
-from stockroom.http import Page, etag_matches
+from stockroom.http import Cursor, Limit, Page, etag_matches
 from stockroom.idempotency.deps import IdempotencyDep
 from stockroom.idempotency.service import StoredAnswer
 from stockroom.items import service
@@ -20,6 +20,7 @@ from stockroom.items.repository import ItemFilter
 from stockroom.items.schemas import (
     SEARCH_PATTERN,
     ItemCreate,
+    ItemId,
     ItemPublic,
     ItemUpdate,
     Money,
@@ -33,8 +34,6 @@ router = APIRouter(
     tags=["items"],
     responses=problem_responses(400, 401, 403, 413, 422, 500, 503),
 )
-
-ItemId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The item's id.")]
 
 
 class _ItemIdConvertor(StringConvertor):
@@ -126,8 +125,8 @@ ItemFilterDep = Annotated[ItemFilter, Depends(item_filter)]
 async def list_items(
     session: SessionDep,
     where: ItemFilterDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
     sort: SortKey = "id",
     count: bool = False,
 ) -> Page[ItemPublic]:

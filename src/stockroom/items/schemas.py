@@ -8,6 +8,7 @@ import unicodedata
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -31,6 +32,7 @@ __all__ = [
     "SORT_KEYS",
     "Description",
     "ItemCreate",
+    "ItemId",
     "ItemPublic",
     "ItemUpdate",
     "Money",
@@ -130,6 +132,9 @@ def _empty_is_none(value: Any) -> Any:
 # the two apart, and an export must import back unchanged.)
 OptionalDescription = Annotated[Description | None, BeforeValidator(_empty_is_none)]
 # Strict: a JSON integer, not "3", 3.0 or true.
+# An item id in a URL path (the routers of items and of the ledger).
+ItemId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The item's id.")]
+
 Quantity = Annotated[int, Strict(), Field(ge=0, le=MAX_QUANTITY)]
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, status
 from starlette.responses import Response
 
 from stockroom.auth.deps import READ, WRITE
 from stockroom.deps import SessionDep
 from stockroom.errors import problem_responses
-from stockroom.http import Page
+from stockroom.http import Cursor, Limit, Page
 from stockroom.idempotency.deps import IdempotencyDep
 from stockroom.idempotency.service import StoredAnswer
+from stockroom.items.schemas import ItemId
 from stockroom.ledger import service
 from stockroom.ledger.models import Adjustment
 from stockroom.ledger.schemas import AdjustmentCreate, AdjustmentPublic
@@ -24,8 +23,6 @@ router = APIRouter(
     tags=["stock"],
     responses=problem_responses(400, 401, 403, 404, 413, 422, 500, 503),
 )
-
-ItemId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The item's id.")]
 
 
 def _public(adjustment: Adjustment) -> AdjustmentPublic:
@@ -60,8 +57,8 @@ async def create_adjustment(
 async def list_adjustments(
     session: SessionDep,
     item_id: ItemId,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
 ) -> Page[AdjustmentPublic]:
     """The item's ledger, newest first."""
     page = await service.list_adjustments(session, item_id, cursor=cursor, limit=limit)
