@@ -132,6 +132,9 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "database_url": database_url,
         "log_level": "warning",
         "database_pgbouncer": database_url in PGBOUNCER_URLS,
+        # Tests that deliver webhooks run an app with the dispatcher on (and private
+        # addresses allowed) of their own; the shared app would refuse their receivers.
+        "webhook_dispatcher": False,
     }
     values.update(overrides)
     return Settings(**values)
@@ -181,8 +184,12 @@ async def client(app: FastAPI, admin_key: str) -> AsyncIterator[httpx.AsyncClien
     await empty_tables(app)
 
 
-# API keys stay: each test makes its own, with a unique name.
-_KEPT_TABLES = {"api_keys"}
+# API keys stay: each test makes its own, with a unique name. The webhook dispatcher's
+# place in the event log stays too, and the log's sequence is not restarted: as in
+# production, a position in the log is never handed out twice (the apps of a test session
+# follow the log across tests).
+_KEPT_TABLES = {"api_keys", "webhook_dispatch_cursor"}
+_UNRESTARTED = {"events"}
 
 
 async def empty_tables(application: FastAPI) -> None:
@@ -191,9 +198,13 @@ async def empty_tables(application: FastAPI) -> None:
         for table in reversed(tables):
             await connection.execute(table.delete())
         if connection.dialect.name == "sqlite":
-            await connection.execute(text("DELETE FROM sqlite_sequence"))
+            await connection.execute(
+                text("DELETE FROM sqlite_sequence WHERE name NOT IN ('events')")
+            )
         if connection.dialect.name == "postgresql":
             for table in tables:
+                if table.name in _UNRESTARTED:
+                    continue
                 for column in table.primary_key.columns:
                     if column.autoincrement is True or column.autoincrement == "auto":
                         seq = await connection.scalar(

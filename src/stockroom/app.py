@@ -9,13 +9,16 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from stockroom import __version__
 from stockroom.auth.router import router as auth_router
 from stockroom.auth.service import Authenticator
+from stockroom.background import event_services, purge_periodically
 from stockroom.db import create_engine, create_session_factory
 from stockroom.errors import install_error_handlers
+from stockroom.events.hub import EventHub
+from stockroom.events.router import router as events_router
+from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
 from stockroom.files.router import router as files_router
 from stockroom.idempotency.service import InFlightKeys, purge_expired
 from stockroom.items.router import router as items_router
@@ -31,6 +34,7 @@ from stockroom.ratelimit import RateLimiter
 from stockroom.settings import Settings, load_settings
 from stockroom.system import DOCS_ASSETS_PATH, docs_assets
 from stockroom.system import router as system_router
+from stockroom.webhooks.router import router as webhooks_router
 
 __all__ = ["create_app"]
 
@@ -53,7 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
-        sessions = create_session_factory(engine)
+        wakeup = Wakeup(settings.events_poll_seconds)
+        # A commit that wrote events wakes this process's readers at once.
+        sessions = create_session_factory(engine, info={SESSION_WAKEUP: wakeup.wake})
         app.state.engine = engine
         app.state.sessions = sessions
         app.state.authenticator = Authenticator(
@@ -69,7 +75,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limiter = RateLimiter(limit, settings.redis_url) if limit else None
         app.state.rate_limiter = limiter
         metrics: Metrics = app.state.metrics
-        purger = asyncio.create_task(_purge_idempotency_keys(sessions), name="idempotency-purge")
+        purger = asyncio.create_task(
+            purge_periodically(
+                "idempotency keys", sessions, purge_expired, IDEMPOTENCY_PURGE_INTERVAL
+            ),
+            name="idempotency-purge",
+        )
+        hub = EventHub(engine, wakeup, queue_size=settings.events_stream_buffer)
+        app.state.event_hub = hub
         watcher = asyncio.create_task(
             watch_event_loop(
                 metrics, lambda: metrics.sample_pool(engine.pool, settings.database_max_overflow)
@@ -78,7 +91,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         log.info("started", database=settings.database.get_backend_name(), version=__version__)
         try:
-            yield
+            async with event_services(
+                settings,
+                sessions,
+                wakeup,
+                hub=hub,
+                metrics=metrics,
+                dispatcher=settings.webhook_dispatcher,
+            ):
+                yield
         finally:
             for task in (purger, watcher):
                 task.cancel()
@@ -107,6 +128,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(items_router)
     app.include_router(ledger_router)
     app.include_router(auth_router)
+    app.include_router(webhooks_router)
+    app.include_router(events_router)
     app.mount(DOCS_ASSETS_PATH, docs_assets(), name="docs-assets")
     # Added last = outermost: the request id is set before anything else runs.
     app.add_middleware(
@@ -120,23 +143,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost of all: counts every request with the status its client got.
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
-
-
-async def _purge_idempotency_keys(sessions: async_sessionmaker[AsyncSession]) -> None:
-    """Delete expired idempotency records now and then, a batch per short transaction, so
-    that the cleanup never holds a lock for long."""
-    while True:
-        try:
-            deleted = 0
-            while True:
-                async with sessions() as session:
-                    batch = await purge_expired(session)
-                deleted += batch
-                if batch == 0:
-                    break
-                await asyncio.sleep(0)  # let requests in between batches
-            if deleted:
-                log.info("purged expired idempotency keys", count=deleted)
-        except Exception:
-            log.exception("idempotency purge failed; will retry")
-        await asyncio.sleep(IDEMPOTENCY_PURGE_INTERVAL)

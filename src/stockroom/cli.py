@@ -1,4 +1,4 @@
-"""The ``stockroom`` command: serve | migrate | apikey | import | export."""
+"""The ``stockroom`` command: serve | worker | migrate | apikey | import | export."""
 
 from __future__ import annotations
 
@@ -16,13 +16,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any, TypeVar
 
+import structlog
 import typer
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from stockroom.auth import service as keys
+from stockroom.background import event_services
 from stockroom.db import create_engine, create_session_factory
 from stockroom.errors import StockroomError
+from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
 from stockroom.files import service as files
 from stockroom.files.formats import CsvReader, NdjsonReader
 from stockroom.files.schemas import ImportReport
@@ -38,6 +41,8 @@ __all__ = ["main"]
 EXIT_FAILED = 1
 EXIT_BAD_SETTING = 2
 T = TypeVar("T")
+
+log = structlog.get_logger("stockroom.cli")
 
 cli = typer.Typer(
     name="stockroom",
@@ -92,6 +97,33 @@ def serve(
         # then cancels the rest (each answered 503), and runs the lifespan's shutdown.
         timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout),
     )
+
+
+@cli.command()
+def worker() -> None:
+    """Apply migrations, then only deliver webhooks (no HTTP) until SIGTERM or Ctrl-C,
+    letting deliveries in flight finish within STOCKROOM_SHUTDOWN_TIMEOUT."""
+    settings = _settings()
+    upgrade(settings.database_url)
+    asyncio.run(_deliver_webhooks(settings))
+
+
+async def _deliver_webhooks(settings: Settings) -> None:
+    engine = create_engine(settings)
+    wakeup = Wakeup(settings.events_poll_seconds)
+    sessions = create_session_factory(engine, info={SESSION_WAKEUP: wakeup.wake})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with event_services(settings, sessions, wakeup, dispatcher=True):
+            log.info("worker started", database=settings.database.get_backend_name())
+            await stop.wait()
+            log.info("worker stopping")
+    finally:
+        await engine.dispose()
+    log.info("worker stopped")
 
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:

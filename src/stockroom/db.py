@@ -185,10 +185,13 @@ def _create_sqlite_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
-def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+def create_session_factory(
+    engine: AsyncEngine, *, info: dict[str, Any] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """Sessions of the engine; ``info`` is copied into each one's ``Session.info``."""
     # expire_on_commit=False: objects stay readable after the service commits, without a
     # lazy reload that async sessions cannot do.
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info)
 
 
 async def begin_write(session: AsyncSession) -> None:

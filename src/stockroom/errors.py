@@ -174,6 +174,8 @@ _DESCRIPTIONS = {
     403: "The API key lacks the scope this needs.",
     404: "No such resource.",
     409: "Conflict with the current state.",
+    410: "The cursor names an event that is no longer kept (or never was); start again "
+    "without one.",
     412: "`If-Match` does not match the current ETag.",
     413: "The request body is too large.",
     415: "The body's Content-Type is not one this accepts.",

@@ -2,8 +2,21 @@
 
 from stockroom.auth.models import ApiKey
 from stockroom.db import Base
+from stockroom.events.models import Event
 from stockroom.idempotency.models import IdempotencyRecord
 from stockroom.items.models import Item
 from stockroom.ledger.models import Adjustment
+from stockroom.webhooks.models import Delivery, DeliveryAttempt, DispatchCursor, Webhook
 
-__all__ = ["Adjustment", "ApiKey", "Base", "IdempotencyRecord", "Item"]
+__all__ = [
+    "Adjustment",
+    "ApiKey",
+    "Base",
+    "Delivery",
+    "DeliveryAttempt",
+    "DispatchCursor",
+    "Event",
+    "IdempotencyRecord",
+    "Item",
+    "Webhook",
+]

@@ -158,6 +158,27 @@ class Metrics:
             registry=registry,
         )
 
+        self.webhook_deliveries = Counter(
+            "stockroom_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered, retry (failed, will be "
+            "retried) or failed (given up).",
+            ["outcome"],
+            registry=registry,
+        )
+        # The same database figure from every worker: the latest one is the answer.
+        self.webhook_backlog = Gauge(
+            "stockroom_webhook_backlog",
+            "Webhook deliveries waiting to be sent (pending).",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.webhook_backlog_oldest = Gauge(
+            "stockroom_webhook_backlog_oldest_seconds",
+            "Age of the oldest event with a pending webhook delivery (0: none pending).",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route, method).observe(seconds)

@@ -121,6 +121,60 @@ class Settings(BaseSettings):
         "(redis://HOST:6379/0); empty: each process counts in its own memory.",
     )
 
+    webhook_dispatcher: bool = Field(
+        True,
+        description="Deliver webhooks from inside stockroom serve (off: run stockroom worker "
+        "for that, or nothing is delivered).",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs whose host is a loopback, private, link-local, "
+        "multicast or reserved address (off: 422 at creation, refused at delivery).",
+    )
+    webhook_backoff_seconds: Seconds = Field(
+        2.0,
+        description="First retry of a failed delivery after about this long; each next "
+        "waits twice as long (with jitter, at most an hour).",
+    )
+    webhook_max_attempts: int = Field(
+        12, ge=1, le=100, description="Attempts of one delivery before it is marked failed."
+    )
+    webhook_max_age_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        le=604_800,
+        description="A delivery still failing this long after its event is marked failed.",
+    )
+    webhook_connect_timeout: Seconds = Field(
+        5.0, description="Seconds to connect to a webhook URL before the attempt fails."
+    )
+    webhook_timeout: Seconds = Field(
+        10.0, description="Seconds to wait for a webhook's answer (each read and write)."
+    )
+    webhook_concurrency: int = Field(
+        64, ge=1, le=1000, description="Deliveries in flight at once, per process."
+    )
+    events_retention_days: int = Field(
+        7,
+        ge=7,
+        le=3650,
+        description="Days the event log is kept (for GET /events replay and deliveries).",
+    )
+    events_poll_seconds: float = Field(
+        0.2,
+        gt=0,
+        le=10,
+        description="Longest a reader of the event log sleeps without a wake-up (SQLite, "
+        "PgBouncer, or a lost LISTEN connection).",
+    )
+    events_stream_buffer: int = Field(
+        1000,
+        ge=10,
+        le=100_000,
+        description="Events queued for one GET /events client; one that falls further "
+        "behind is disconnected and resumes by Last-Event-ID.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:

@@ -24,8 +24,9 @@ BELOW = {"read": [], "write": ["read"], "admin": ["write"]}
 
 
 def required_scope(path: str, method: str) -> str:
-    """The contract's rule: keys need admin, reading needs read, writing needs write."""
-    if path.startswith("/keys"):
+    """The contract's rule: keys and webhooks need admin, reading needs read, writing needs
+    write."""
+    if path.startswith(("/keys", "/webhooks")):
         return "admin"
     return "read" if method == "get" else "write"
 
@@ -36,6 +37,9 @@ async def operations(client: httpx.AsyncClient) -> list[tuple[str, str, str]]:
     for path, methods in schema["paths"].items():
         for method in methods:
             concrete = path.replace("{item_id}", "1").replace("{name}", "nobody")
+            concrete = concrete.replace("{webhook_id}", "nobody")
+            if path == "/events":  # a stream that never ends; a made-up cursor ends it (410)
+                concrete += "?after=0-0"
             found.append((path, method, concrete))
     return found
 

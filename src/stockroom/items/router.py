@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
@@ -54,17 +53,7 @@ PriceBound = Annotated[Money | None, Query()]
 
 
 def _public(item: Item) -> ItemPublic:
-    return ItemPublic(
-        id=item.id,
-        sku=item.sku,
-        name=item.name,
-        description=item.description,
-        price=Decimal(item.price_cents) / 100,
-        quantity=item.quantity,
-        version=item.version,
-        created_at=item.created_at,
-        updated_at=item.updated_at,
-    )
+    return ItemPublic.from_item(item)
 
 
 def _created(item: Item) -> StoredAnswer:

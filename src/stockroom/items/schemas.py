@@ -25,6 +25,8 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
+from stockroom.items.models import Item
+
 __all__ = [
     "MAX_PRICE",
     "NO_NUL_PATTERN",
@@ -193,3 +195,17 @@ class ItemPublic(BaseModel):
     version: int
     created_at: dt.datetime
     updated_at: dt.datetime
+
+    @classmethod
+    def from_item(cls, item: Item) -> ItemPublic:
+        return cls(
+            id=item.id,
+            sku=item.sku,
+            name=item.name,
+            description=item.description,
+            price=Decimal(item.price_cents) / 100,
+            quantity=item.quantity,
+            version=item.version,
+            created_at=item.created_at,
+            updated_at=item.updated_at,
+        )

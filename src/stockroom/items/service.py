@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stockroom.db import begin_write, is_unique_violation, utcnow
 from stockroom.errors import ConflictError, DuplicateError, NotFoundError, PreconditionFailedError
+from stockroom.events import log as events
 from stockroom.http import decode_cursor, encode_cursor, etag_matches, make_etag
 from stockroom.items.models import Item, fold_name
 from stockroom.items.repository import ItemFilter, ItemRepository, Keyset
@@ -65,7 +66,8 @@ async def create_item(
     *,
     before_commit: Callable[[Item], Awaitable[None]] | None = None,
 ) -> Item:
-    """Create an item; a starting quantity is written to the ledger as ``initial``."""
+    """Create an item; a starting quantity is written to the ledger as ``initial``.
+    Events: ``item.created``, then ``stock.adjusted`` for a starting quantity."""
     await begin_write(session)
     now = utcnow()
     item = Item(
@@ -81,7 +83,8 @@ async def create_item(
     )
     async with _unique_sku(session, data.sku):
         await ItemRepository(session).add(item)
-    ledger.record_initial(session, item)
+    events.record_item(session, events.ITEM_CREATED, item)
+    await ledger.record_initial(session, item)
     if before_commit is not None:
         await before_commit(item)
     await session.commit()
@@ -99,6 +102,7 @@ async def update_item(
         return item
     item.version += 1
     item.updated_at = utcnow()
+    events.record_item(session, events.ITEM_UPDATED, item)
     async with _unique_sku(session, item.sku):
         await session.flush()
         await session.commit()
@@ -115,6 +119,7 @@ async def delete_item(session: AsyncSession, item_id: int, *, if_match: str | No
             quantity=item.quantity,
         )
     await ItemRepository(session).delete(item)
+    events.record_item_deleted(session, item)
     await session.commit()
 
 

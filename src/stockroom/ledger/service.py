@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stockroom.db import begin_write, utcnow
 from stockroom.errors import ConflictError, NotFoundError
+from stockroom.events import log as events
 from stockroom.http import decode_cursor, encode_cursor, invalid_cursor
 from stockroom.items.models import Item
 from stockroom.ledger.models import Adjustment
@@ -48,18 +49,20 @@ class AdjustmentPage:
     next_cursor: str | None
 
 
-def record_initial(session: AsyncSession, item: Item) -> None:
-    """The ledger row for a new item's starting stock (the item row already holds it)."""
+async def record_initial(session: AsyncSession, item: Item) -> None:
+    """The ledger row (and its event) for a new item's starting stock (the item row
+    already holds it)."""
     if item.quantity > 0:
-        session.add(
-            Adjustment(
-                item_id=item.id,
-                delta=item.quantity,
-                reason=REASON_INITIAL,
-                quantity_after=item.quantity,
-                created_at=item.created_at,
-            )
+        adjustment = Adjustment(
+            item_id=item.id,
+            delta=item.quantity,
+            reason=REASON_INITIAL,
+            quantity_after=item.quantity,
+            created_at=item.created_at,
         )
+        session.add(adjustment)
+        await session.flush()
+        events.record_adjustment(session, adjustment)
 
 
 async def adjust(
@@ -82,7 +85,8 @@ async def adjust(
 async def apply_adjustment(
     session: AsyncSession, item_id: int, delta: int, reason: str | None
 ) -> Adjustment:
-    """Change the item's quantity by ``delta`` and write its ledger row; does not commit.
+    """Change the item's quantity by ``delta`` and write its ledger row and its
+    ``stock.adjusted`` event; does not commit.
 
     One conditional UPDATE does the check and the change together, so concurrent
     adjustments can neither lose an update nor oversell: the database applies them one
@@ -123,6 +127,7 @@ async def apply_adjustment(
     )
     session.add(adjustment)
     await session.flush()
+    events.record_adjustment(session, adjustment)
     return adjustment
 
 

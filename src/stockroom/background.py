@@ -1,0 +1,114 @@
+"""Background work of a process: periodic clean-ups and the event machinery (the log's
+listener, the stream hub, the webhook dispatcher, the backlog gauges)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from stockroom.db import utcnow
+from stockroom.events import log as event_log
+from stockroom.events.hub import EventHub
+from stockroom.events.wakeup import Wakeup, listen_for_events
+from stockroom.observability import Metrics
+from stockroom.settings import Settings
+from stockroom.webhooks.dispatcher import dispatching
+from stockroom.webhooks.service import backlog
+
+__all__ = ["EVENT_PRUNE_INTERVAL", "event_services", "purge_periodically"]
+
+EVENT_PRUNE_INTERVAL = 3600.0
+BACKLOG_INTERVAL = 5.0
+
+log = structlog.get_logger("stockroom.background")
+
+
+async def purge_periodically(
+    what: str,
+    sessions: async_sessionmaker[AsyncSession],
+    purge_batch: Callable[[AsyncSession], Awaitable[int]],
+    interval: float,
+) -> None:
+    """Run ``purge_batch`` (one short transaction that deletes a batch and says how many)
+    until nothing is left, then again every ``interval`` seconds: a clean-up never holds a
+    lock for long, and requests get in between batches."""
+    while True:
+        try:
+            deleted = 0
+            while True:
+                async with sessions() as session:
+                    batch = await purge_batch(session)
+                deleted += batch
+                if batch == 0:
+                    break
+                await asyncio.sleep(0)
+            if deleted:
+                log.info("purged", what=what, count=deleted)
+        except Exception:
+            log.exception("purge failed; will retry", what=what)
+        await asyncio.sleep(interval)
+
+
+async def _refresh_backlog(sessions: async_sessionmaker[AsyncSession], metrics: Metrics) -> None:
+    while True:
+        try:
+            async with sessions() as session:
+                figures = await backlog(session)
+            metrics.webhook_backlog.set(figures.pending)
+            metrics.webhook_backlog_oldest.set(figures.oldest_age_seconds)
+        except Exception as exc:
+            log.warning("cannot measure the webhook backlog", error=str(exc))
+        await asyncio.sleep(BACKLOG_INTERVAL)
+
+
+@asynccontextmanager
+async def event_services(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    wakeup: Wakeup,
+    *,
+    hub: EventHub | None = None,
+    metrics: Metrics | None = None,
+    dispatcher: bool,
+) -> AsyncIterator[None]:
+    """Everything that follows the event log, for the duration of the block."""
+    retention = dt.timedelta(days=settings.events_retention_days)
+
+    async def prune(session: AsyncSession) -> int:
+        return await event_log.prune(session, utcnow() - retention)
+
+    tasks = [
+        asyncio.create_task(
+            purge_periodically("events", sessions, prune, EVENT_PRUNE_INTERVAL), name="event-prune"
+        )
+    ]
+    if not settings.is_sqlite and not settings.database_pgbouncer:
+        # Through PgBouncer in transaction mode LISTEN cannot work: the poll interval rules.
+        tasks.append(asyncio.create_task(listen_for_events(settings, wakeup), name="event-listen"))
+    if hub is not None:
+        try:
+            await hub.start()
+        except Exception as exc:  # the database is away; the hub keeps trying
+            log.warning("event hub cannot start yet", error=str(exc))
+        tasks.append(asyncio.create_task(hub.run(), name="event-hub"))
+    if metrics is not None:
+        tasks.append(asyncio.create_task(_refresh_backlog(sessions, metrics), name="backlog"))
+    try:
+        async with AsyncExitStack() as stack:
+            if dispatcher:
+                await stack.enter_async_context(dispatching(settings, sessions, wakeup, metrics))
+            yield
+    finally:
+        if hub is not None:
+            hub.close()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

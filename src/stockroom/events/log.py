@@ -1,0 +1,201 @@
+"""The event log: write an event in the change's transaction; read the log in a safe order.
+
+Writing: :func:`record` adds the event to the session of the change, so the event commits
+or rolls back with it (a transactional outbox). There is no committed change without its
+event and no event without its change.
+
+Reading: a sequence number is taken when a row is inserted, not when its transaction
+commits. Two transactions can take seq 7 and 8 and commit 8 first; a reader that moved
+past 8 would never see 7. So readers do not walk ``seq`` alone:
+
+- PostgreSQL: each event stores its transaction's id (``txid``, from
+  ``pg_current_xact_id()``). A reader first asks for ``xmin``, the oldest transaction still
+  running, and then reads only events with ``txid < xmin``, in ``(txid, seq)`` order. Every
+  transaction below ``xmin`` has ended, so that part of the log can no longer change; and
+  every transaction that has not ended has a txid >= xmin, so anything it commits later
+  sorts after everything read. The cost: an event becomes readable only once every
+  transaction that started writing before it has ended, so a long write (an atomic import)
+  holds back the events committed while it runs.
+- SQLite: writers take turns (``BEGIN IMMEDIATE``), so seq order is commit order already;
+  ``txid`` is 0 and readers walk ``seq``.
+
+A position in the log is a :class:`Position` ``(txid, seq)``; its text form is the opaque
+cursor clients see (``id:`` of the stream).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+from sqlalchemy import delete, literal, select, text, tuple_
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+
+from stockroom.db import begin_write, utcnow
+from stockroom.events.models import Event
+from stockroom.items.models import Item
+from stockroom.items.schemas import ItemPublic
+from stockroom.ledger.models import Adjustment
+from stockroom.ledger.schemas import AdjustmentPublic
+
+__all__ = [
+    "EVENT_TYPES",
+    "ITEM_CREATED",
+    "ITEM_DELETED",
+    "ITEM_UPDATED",
+    "STOCK_ADJUSTED",
+    "LoggedEvent",
+    "Position",
+    "event_exists",
+    "format_time",
+    "latest_position",
+    "prune",
+    "read_after",
+    "record",
+    "record_adjustment",
+    "record_item",
+    "record_item_deleted",
+]
+
+ITEM_CREATED = "item.created"
+ITEM_UPDATED = "item.updated"
+ITEM_DELETED = "item.deleted"
+STOCK_ADJUSTED = "stock.adjusted"
+EVENT_TYPES = (ITEM_CREATED, ITEM_UPDATED, ITEM_DELETED, STOCK_ADJUSTED)
+
+# Set on a session that wrote events, for the after-commit wake-up (see events.wakeup).
+SESSION_WROTE_EVENTS = "stockroom_wrote_events"
+
+
+class Position(NamedTuple):
+    """A place in the log: just after the event with this ``(txid, seq)``."""
+
+    txid: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.txid}-{self.seq}"
+
+    @classmethod
+    def parse(cls, cursor: str) -> Position | None:
+        """The position a cursor names, or None if it is not one of ours."""
+        txid, sep, seq = cursor.strip().partition("-")
+        if not sep or not txid.isdigit() or not seq.isdigit() or len(cursor) > 40:
+            return None
+        return cls(int(txid), int(seq))
+
+
+START = Position(0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    position: Position
+    id: str
+    type: str
+    body: str  # the webhook body, one JSON line
+    created_at: dt.datetime
+
+
+def format_time(moment: dt.datetime) -> str:
+    """RFC 3339 in UTC, as the API writes times (``2026-11-25T12:00:00.123456Z``)."""
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def record(session: AsyncSession, event_type: str, data: Any, *, at: dt.datetime) -> Event:
+    """Add one event to the session's transaction; it commits (or not) with the change."""
+    event_id = str(uuid.uuid4())
+    body = {"id": event_id, "type": event_type, "created_at": format_time(at), "data": data}
+    event = Event(id=event_id, type=event_type, body=orjson.dumps(body).decode(), created_at=at)
+    session.add(event)
+    session.info[SESSION_WROTE_EVENTS] = True
+    return event
+
+
+def record_item(session: AsyncSession, event_type: str, item: Item) -> None:
+    data = ItemPublic.from_item(item).model_dump(mode="json")
+    record(session, event_type, data, at=item.updated_at)
+
+
+def record_item_deleted(session: AsyncSession, item: Item) -> None:
+    record(session, ITEM_DELETED, {"id": item.id, "sku": item.sku}, at=utcnow())
+
+
+def record_adjustment(session: AsyncSession, adjustment: Adjustment) -> None:
+    data = AdjustmentPublic.model_validate(adjustment, from_attributes=True).model_dump(mode="json")
+    record(session, STOCK_ADJUSTED, data, at=adjustment.created_at)
+
+
+async def _horizon(connection: AsyncConnection | AsyncSession) -> int | None:
+    """PostgreSQL: the oldest running transaction id; events below it are final.
+    SQLite: None (every committed event is final)."""
+    if isinstance(connection, AsyncConnection):
+        dialect = connection.dialect
+    else:
+        dialect = connection.get_bind().dialect
+    if dialect.name != "postgresql":
+        return None
+    xmin = await connection.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
+    return int(xmin)
+
+
+async def read_after(
+    connection: AsyncConnection | AsyncSession,
+    after: Position,
+    *,
+    limit: int,
+    until: Position | None = None,
+    bodies: bool = True,
+) -> list[LoggedEvent]:
+    """Up to ``limit`` final events after ``after`` (and not after ``until``), in order;
+    without their bodies (``""``) unless ``bodies``."""
+    horizon = await _horizon(connection)
+    key = tuple_(Event.txid, Event.seq)
+    body = Event.body if bodies else literal("")
+    stmt = select(Event.txid, Event.seq, Event.id, Event.type, body, Event.created_at)
+    stmt = stmt.where(key > tuple_(*after))
+    if horizon is not None:
+        stmt = stmt.where(Event.txid < horizon)
+    if until is not None:
+        stmt = stmt.where(key <= tuple_(*until))
+    rows = await connection.execute(stmt.order_by(Event.txid, Event.seq).limit(limit))
+    return [
+        LoggedEvent(Position(txid, seq), event_id, kind, body, created_at)
+        for txid, seq, event_id, kind, body, created_at in rows
+    ]
+
+
+async def latest_position(connection: AsyncConnection | AsyncSession) -> Position:
+    """The position of the last final event: a reader starting here misses nothing later."""
+    horizon = await _horizon(connection)
+    stmt = select(Event.txid, Event.seq)
+    if horizon is not None:
+        stmt = stmt.where(Event.txid < horizon)
+    row = (
+        await connection.execute(stmt.order_by(Event.txid.desc(), Event.seq.desc()).limit(1))
+    ).first()
+    return Position(row[0], row[1]) if row is not None else START
+
+
+async def prune(session: AsyncSession, older_than: dt.datetime, *, batch: int = 5000) -> int:
+    """Delete one batch of events older than ``older_than`` (with their deliveries)."""
+    oldest = select(Event.seq).where(Event.created_at < older_than).order_by(Event.seq)
+    # A look without the lock first: on SQLite the lock is the database's write lock.
+    if await session.scalar(oldest.limit(1)) is None:
+        await session.rollback()
+        return 0
+    await session.rollback()
+    await begin_write(session)
+    result = await session.execute(
+        delete(Event).where(Event.seq.in_(oldest.limit(batch).scalar_subquery()))
+    )
+    await session.commit()
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def event_exists(connection: AsyncConnection | AsyncSession, position: Position) -> bool:
+    stmt = select(Event.seq).where(Event.txid == position.txid, Event.seq == position.seq)
+    return (await connection.scalar(stmt)) is not None

@@ -1,0 +1,127 @@
+"""``GET /events``: the live change stream (Server-Sent Events), resumable from the log."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from stockroom.auth.deps import READ
+from stockroom.errors import InvalidRequestError, StockroomError, problem_responses
+from stockroom.events.hub import EventHub, Subscription
+from stockroom.events.log import EVENT_TYPES, Position, event_exists, read_after
+
+__all__ = ["HEARTBEAT_SECONDS", "CursorGoneError", "router"]
+
+HEARTBEAT_SECONDS = 15
+_REPLAY_BATCH = 500
+
+router = APIRouter(tags=["events"], responses=problem_responses(401, 403, 422, 500, 503))
+
+
+class CursorGoneError(StockroomError):
+    status, slug, title = 410, "cursor-expired", "Cursor expired"
+
+
+_STREAM_DOC = {
+    200: {
+        "description": "A `text/event-stream`: each message has `id` (the cursor), `event` "
+        "(the type) and `data` (the webhook body, one JSON line).",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **problem_responses(410),
+}
+
+
+@router.get(
+    "/events",
+    dependencies=[READ],
+    response_class=EventSourceResponse,
+    responses=_STREAM_DOC,
+)
+async def stream_events(
+    request: Request,
+    types: Annotated[
+        str | None,
+        Query(description="Comma-separated event types to receive (default: all)."),
+    ] = None,
+    after: Annotated[
+        str | None, Query(description="Resume right after this event id (cursor).")
+    ] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(description="Resume right after this event id; wins over `after`."),
+    ] = None,
+) -> EventSourceResponse:
+    """Every committed change as it becomes final, in log order. With a cursor, the events
+    after it are replayed from the log first, with no gap and no duplicate."""
+    wanted = _parse_types(types)
+    cursor = last_event_id if last_event_id is not None else after
+    engine: AsyncEngine = request.app.state.engine
+    start = None
+    if cursor is not None:
+        start = Position.parse(cursor)
+        if start is None or not await _known(engine, start):
+            raise CursorGoneError(
+                "No stored event has this id: it is not one of ours, or the event is older "
+                "than the retention period. Reconnect without a cursor."
+            )
+    hub: EventHub = request.app.state.event_hub
+    subscription = hub.subscribe()
+    return EventSourceResponse(
+        _messages(engine, subscription, start, wanted),
+        ping=HEARTBEAT_SECONDS,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+def _parse_types(types: str | None) -> frozenset[str] | None:
+    if types is None:
+        return None
+    wanted = frozenset(part.strip() for part in types.split(",") if part.strip())
+    unknown = sorted(wanted - set(EVENT_TYPES))
+    if not wanted or unknown:
+        raise InvalidRequestError(
+            f"Unknown event type(s) {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(EVENT_TYPES)}.",
+            loc=("query", "types"),
+        )
+    return wanted
+
+
+async def _known(engine: AsyncEngine, position: Position) -> bool:
+    async with engine.connect() as connection:
+        return await event_exists(connection, position)
+
+
+async def _messages(
+    engine: AsyncEngine,
+    subscription: Subscription,
+    start: Position | None,
+    wanted: frozenset[str] | None,
+) -> AsyncIterator[ServerSentEvent]:
+    try:
+        last = subscription.start if start is None else start
+        # Replay what the client missed, up to where the live feed begins.
+        while last < subscription.start:
+            async with engine.connect() as connection:
+                batch = await read_after(
+                    connection, last, limit=_REPLAY_BATCH, until=subscription.start
+                )
+            for event in batch:
+                if wanted is None or event.type in wanted:
+                    yield ServerSentEvent(data=event.body, event=event.type, id=str(event.position))
+                last = event.position
+            if len(batch) < _REPLAY_BATCH:
+                break
+        async for event in subscription.events():
+            if event.position <= last:  # the client had it already (from another instance)
+                continue
+            last = event.position
+            if wanted is None or event.type in wanted:
+                yield ServerSentEvent(data=event.body, event=event.type, id=str(event.position))
+    finally:
+        subscription.end()

@@ -1,0 +1,1 @@
+"""Webhook subscriptions and their delivery (Standard Webhooks), fed by the event log."""

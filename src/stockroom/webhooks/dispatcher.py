@@ -1,0 +1,250 @@
+"""The webhook dispatcher: sends due deliveries, in parallel with a bound, and records each
+attempt. Runs inside ``stockroom serve`` (unless ``STOCKROOM_WEBHOOK_DISPATCHER=off``) or
+alone as ``stockroom worker``; any number of them may share one PostgreSQL.
+
+One loop: turn new events into deliveries (``fan_out``), claim as many due deliveries as
+there are free slots, start a task per delivery, sleep until woken (a new event, a free
+slot) or the poll interval. Outcomes are written in batches by a second task, so that a
+thousand deliveries a second are a few transactions, not a thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import random
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from stockroom import __version__
+from stockroom.db import utcnow
+from stockroom.events.wakeup import Wakeup
+from stockroom.observability import Metrics
+from stockroom.settings import Settings
+from stockroom.webhooks import service
+from stockroom.webhooks.security import GuardedTransport, secret_key, sign
+from stockroom.webhooks.service import DELIVERED, FAILED, PENDING, Claimed, Outcome
+
+__all__ = ["MAX_RESPONSE_BYTES", "Dispatcher", "create_http_client", "dispatching"]
+
+# A receiver's answer is read up to this much (and thrown away): enough to keep the
+# connection for the next delivery, never a memory risk.
+MAX_RESPONSE_BYTES = 64 * 1024
+MAX_BACKOFF_SECONDS = 3600.0
+_SAVE_EVERY = 0.02  # seconds outcomes gather before they are written together
+_RETRY_SECONDS = 1.0
+_USER_AGENT = f"Stockroom-Webhooks/{__version__}"
+
+log = structlog.get_logger("stockroom.webhooks")
+
+
+def create_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one outbound HTTP client of a process: timeouts on everything, a bounded pool,
+    no redirects, no proxy from the environment, the SSRF check at every connect."""
+    limits = httpx.Limits(
+        max_connections=settings.webhook_concurrency,
+        max_keepalive_connections=settings.webhook_concurrency,
+    )
+    timeout = httpx.Timeout(
+        settings.webhook_timeout,
+        connect=settings.webhook_connect_timeout,
+        pool=settings.webhook_connect_timeout,
+    )
+    return httpx.AsyncClient(
+        transport=GuardedTransport(limits=limits, allow_private=settings.webhook_allow_private),
+        timeout=timeout,
+        follow_redirects=False,
+        headers={"user-agent": _USER_AGENT},
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: async_sessionmaker[AsyncSession],
+        wakeup: Wakeup,
+        client: httpx.AsyncClient,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._wakeup = wakeup
+        self._flag = wakeup.reader()
+        self._client = client
+        self._metrics = metrics
+        # One attempt may take this long in all; the claim lasts longer than that.
+        self._attempt_limit = settings.webhook_connect_timeout + 3 * settings.webhook_timeout
+        self._lease = dt.timedelta(seconds=self._attempt_limit + 30)
+        self._in_flight: dict[asyncio.Task[None], Claimed] = {}
+        self._outcomes: list[Outcome] = []
+        self._outcome_ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Dispatch until :meth:`stop`; then finish (or give back) what is in flight."""
+        saver = asyncio.create_task(self._save_outcomes(), name="webhook-outcomes")
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._step()
+                except Exception as exc:
+                    log.warning("webhook dispatch step failed; retrying", error=str(exc))
+                    await asyncio.sleep(_RETRY_SECONDS)
+                    continue
+                await self._wakeup.wait(self._flag)
+        finally:
+            await self._wind_down()
+            saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await saver
+            await self._flush_outcomes()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._flag.set()
+
+    async def _step(self) -> None:
+        async with self._sessions() as session:
+            while await service.fan_out(session) > 0:
+                pass
+            free = self._settings.webhook_concurrency - len(self._in_flight)
+            if free <= 0 or self._stopping.is_set():
+                return
+            claimed = await service.claim(session, free, self._lease)
+        for delivery in claimed:
+            task = asyncio.create_task(self._deliver(delivery), name="webhook-delivery")
+            self._in_flight[task] = delivery
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("webhook delivery crashed", error=str(task.exception()))
+        self._flag.set()  # a free slot: claim more
+
+    async def _deliver(self, delivery: Claimed) -> None:
+        body = delivery.body.encode()
+        timestamp = int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": delivery.event_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(
+                secret_key(delivery.secret), delivery.event_id, timestamp, body
+            ),
+        }
+        started = time.perf_counter()
+        status: int | None = None
+        error: str | None = None
+        try:
+            async with asyncio.timeout(self._attempt_limit):
+                async with self._client.stream(
+                    "POST", delivery.url, content=body, headers=headers
+                ) as response:
+                    status = response.status_code
+                    read = 0
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read >= MAX_RESPONSE_BYTES:
+                            break
+        except (TimeoutError, httpx.TimeoutException):
+            error = "timeout: no answer in time"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:200]
+        if error is not None:
+            status = None
+        duration_ms = round((time.perf_counter() - started) * 1000)
+        self._record(self._judge(delivery, status, error, duration_ms))
+
+    def _judge(
+        self, delivery: Claimed, status: int | None, error: str | None, duration_ms: int
+    ) -> Outcome:
+        now = utcnow()
+        attempt = delivery.attempts + 1
+        next_attempt: dt.datetime | None = None
+        if status is not None and 200 <= status < 300:
+            state = DELIVERED
+        elif (
+            attempt >= self._settings.webhook_max_attempts
+            or (now - delivery.event_created_at).total_seconds()
+            >= self._settings.webhook_max_age_seconds
+        ):
+            state = FAILED
+        else:
+            state = PENDING
+            wait = self._settings.webhook_backoff_seconds * 2 ** (attempt - 1)
+            wait = min(wait, MAX_BACKOFF_SECONDS) * random.uniform(0.8, 1.2)
+            next_attempt = now + dt.timedelta(seconds=wait)
+        if error is None and state != DELIVERED:
+            error = f"HTTP {status}: not a 2xx"
+        return Outcome(delivery, state, status, error, duration_ms, next_attempt, now)
+
+    def _record(self, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        self._outcome_ready.set()
+        if self._metrics is not None:
+            result = "retry" if outcome.status == PENDING else outcome.status
+            self._metrics.webhook_deliveries.labels(result).inc()
+
+    async def _save_outcomes(self) -> None:
+        while True:
+            await self._outcome_ready.wait()
+            await asyncio.sleep(_SAVE_EVERY)
+            self._outcome_ready.clear()
+            try:
+                await self._flush_outcomes()
+            except Exception as exc:
+                log.warning("cannot record webhook attempts; retrying", error=str(exc))
+                self._outcome_ready.set()
+                await asyncio.sleep(_RETRY_SECONDS)
+
+    async def _flush_outcomes(self) -> None:
+        batch, self._outcomes = self._outcomes, []
+        try:
+            async with self._sessions() as session:
+                await service.save_outcomes(session, batch)
+        except BaseException:
+            self._outcomes[:0] = batch  # keep them for the next try
+            raise
+
+    async def _wind_down(self) -> None:
+        """Let deliveries in flight finish within the shutdown timeout; give the others
+        back for another instance (their lease would otherwise hold them)."""
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=self._settings.shutdown_timeout)
+        unfinished = dict(self._in_flight)
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            await asyncio.wait(set(unfinished))
+            try:
+                async with self._sessions() as session:
+                    await service.release(session, list(unfinished.values()))
+            except Exception as exc:
+                log.warning("cannot give back unfinished deliveries", error=str(exc))
+            log.info("gave back unfinished webhook deliveries", count=len(unfinished))
+
+
+@asynccontextmanager
+async def dispatching(
+    settings: Settings,
+    sessions: async_sessionmaker[AsyncSession],
+    wakeup: Wakeup,
+    metrics: Metrics | None = None,
+) -> AsyncIterator[Dispatcher]:
+    """Run a dispatcher (and its HTTP client) for the duration of the block."""
+    async with create_http_client(settings) as client:
+        dispatcher = Dispatcher(settings, sessions, wakeup, client, metrics)
+        task = asyncio.create_task(dispatcher.run(), name="webhook-dispatcher")
+        try:
+            yield dispatcher
+        finally:
+            dispatcher.stop()
+            await task

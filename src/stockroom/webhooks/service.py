@@ -1,0 +1,393 @@
+"""Webhook subscriptions (the admin endpoints) and the delivery queue the dispatcher works.
+
+Queue: the dispatcher turns each event of the log into one delivery row per matching
+webhook (:func:`fan_out`), claims due deliveries for a lease (:func:`claim`), and records
+each attempt's outcome (:func:`save_outcomes`). On PostgreSQL several instances share the
+work: fan-out is done by whichever holds the cursor row's lock (``SKIP LOCKED``: the others
+go on to sending), and claims skip rows another instance has locked, so in normal operation
+each delivery is sent by one instance. A claim is a lease: if its instance dies, the
+delivery becomes due again when the lease ends and another instance sends it (at least
+once, as the contract says).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from sqlalchemy import bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from stockroom.db import begin_write, utcnow
+from stockroom.errors import InvalidRequestError, NotFoundError
+from stockroom.events.log import Position, read_after
+from stockroom.events.models import Event
+from stockroom.http import decode_cursor, encode_cursor, invalid_cursor
+from stockroom.webhooks.models import Delivery, DeliveryAttempt, DispatchCursor, Webhook
+from stockroom.webhooks.schemas import WebhookCreate
+from stockroom.webhooks.security import AddressRefusedError, check_host, generate_secret
+
+__all__ = [
+    "DELIVERED",
+    "FAILED",
+    "PENDING",
+    "Claimed",
+    "Outcome",
+    "backlog",
+    "claim",
+    "create_webhook",
+    "delete_webhook",
+    "fan_out",
+    "get_webhook",
+    "list_attempts",
+    "list_webhooks",
+    "release",
+    "save_outcomes",
+]
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+ALL_EVENTS = "*"
+_FAN_OUT_BATCH = 1000
+
+
+# --- subscriptions ------------------------------------------------------------------------
+
+
+async def create_webhook(
+    session: AsyncSession, data: WebhookCreate, *, allow_private: bool
+) -> Webhook:
+    url = httpx.URL(data.url)
+    try:
+        await check_host(
+            url.host,
+            url.port or (443 if url.scheme == "https" else 80),
+            allow_private=allow_private,
+        )
+    except AddressRefusedError as exc:
+        raise InvalidRequestError(
+            f"The URL is refused: {exc}. Webhooks call public addresses only "
+            "(STOCKROOM_WEBHOOK_ALLOW_PRIVATE=true lifts this).",
+            loc=("body", "url"),
+        ) from None
+    webhook = Webhook(
+        id=str(uuid.uuid4()),
+        url=data.url,
+        events=",".join(data.events),
+        secret=data.secret or generate_secret(),
+        created_at=utcnow(),
+    )
+    await begin_write(session)
+    session.add(webhook)
+    await session.commit()
+    return webhook
+
+
+async def get_webhook(session: AsyncSession, webhook_id: str) -> Webhook:
+    webhook = await session.get(Webhook, webhook_id)
+    if webhook is None:
+        raise NotFoundError(f"No webhook with id {webhook_id}.")
+    return webhook
+
+
+async def list_webhooks(
+    session: AsyncSession, *, cursor: str | None, limit: int
+) -> tuple[Sequence[Webhook], str | None]:
+    stmt = select(Webhook)
+    if cursor is not None:
+        after = _webhook_cursor(decode_cursor(cursor))
+        stmt = stmt.where(tuple_(Webhook.created_at, Webhook.id) > after)
+    rows = (
+        await session.scalars(stmt.order_by(Webhook.created_at, Webhook.id).limit(limit + 1))
+    ).all()
+    page = rows[:limit]
+    more = len(rows) > limit
+    next_cursor = (
+        encode_cursor(["webhooks", page[-1].created_at.isoformat(), page[-1].id]) if more else None
+    )
+    return page, next_cursor
+
+
+def _webhook_cursor(payload: list[Any]) -> tuple[dt.datetime, str]:
+    try:
+        kind, created, webhook_id = payload
+        if kind != "webhooks" or not isinstance(webhook_id, str):
+            raise ValueError
+        return dt.datetime.fromisoformat(created), webhook_id
+    except (ValueError, TypeError):
+        raise invalid_cursor() from None
+
+
+async def delete_webhook(session: AsyncSession, webhook_id: str) -> None:
+    await begin_write(session)
+    deleted = (
+        await session.execute(delete(Webhook).where(Webhook.id == webhook_id).returning(Webhook.id))
+    ).first()
+    if deleted is None:
+        raise NotFoundError(f"No webhook with id {webhook_id}.")
+    await session.commit()
+
+
+async def list_attempts(
+    session: AsyncSession, webhook_id: str, *, cursor: str | None, limit: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A webhook's delivery attempts, newest first."""
+    await get_webhook(session, webhook_id)
+    stmt = (
+        select(DeliveryAttempt, Event.id.label("event_id"), Event.type.label("event_type"))
+        .join(Delivery, Delivery.id == DeliveryAttempt.delivery_id)
+        .join(Event, Event.seq == Delivery.event_seq)
+        .where(DeliveryAttempt.webhook_id == webhook_id)
+    )
+    if cursor is not None:
+        payload = decode_cursor(cursor)
+        if len(payload) != 2 or payload[0] != "-attempt" or type(payload[1]) is not int:
+            raise invalid_cursor()
+        stmt = stmt.where(DeliveryAttempt.id < payload[1])
+    rows = (await session.execute(stmt.order_by(DeliveryAttempt.id.desc()).limit(limit + 1))).all()
+    page = [
+        {
+            "id": attempt.id,
+            "event_id": event_id,
+            "type": event_type,
+            "attempt": attempt.attempt,
+            "status": attempt.status,
+            "response_status": attempt.response_status,
+            "error": attempt.error,
+            "duration_ms": attempt.duration_ms,
+            "next_attempt_at": attempt.next_attempt_at,
+            "created_at": attempt.created_at,
+        }
+        for attempt, event_id, event_type in rows[:limit]
+    ]
+    next_cursor = encode_cursor(["-attempt", page[-1]["id"]]) if len(rows) > limit else None
+    return page, next_cursor
+
+
+# --- the delivery queue -------------------------------------------------------------------
+
+
+async def fan_out(session: AsyncSession) -> int:
+    """Turn the next events of the log into deliveries, one per matching webhook, and move
+    the dispatcher's cursor past them, in one transaction. Returns how many events were
+    passed (0 also when another instance holds the cursor now)."""
+    # A look without the lock first: on SQLite the lock is the database's write lock.
+    start = (await session.execute(select(DispatchCursor.txid, DispatchCursor.seq))).one()
+    if not await read_after(session, Position(*start), limit=1, bodies=False):
+        await session.rollback()
+        return 0
+    await session.rollback()
+    await begin_write(session)
+    row = (
+        await session.execute(
+            select(DispatchCursor.txid, DispatchCursor.seq)
+            .where(DispatchCursor.id == 1)
+            .with_for_update(skip_locked=True)
+        )
+    ).first()
+    if row is None:  # another instance is at it
+        await session.rollback()
+        return 0
+    events = await read_after(session, Position(*row), limit=_FAN_OUT_BATCH, bodies=False)
+    if not events:
+        await session.rollback()
+        return 0
+    webhooks = (await session.execute(select(Webhook.id, Webhook.events, Webhook.created_at))).all()
+    now = utcnow()
+    rows = [
+        {
+            "webhook_id": webhook_id,
+            "event_seq": event.position.seq,
+            "status": PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for event in events
+        for webhook_id, types, created_at in webhooks
+        # A webhook gets the events committed after it was made.
+        if event.created_at >= created_at
+        and (types == ALL_EVENTS or event.type in types.split(","))
+    ]
+    if rows:
+        await session.execute(insert(Delivery), rows)
+    last = events[-1].position
+    await session.execute(
+        update(DispatchCursor).where(DispatchCursor.id == 1).values(txid=last.txid, seq=last.seq)
+    )
+    await session.commit()
+    return len(events)
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery this instance holds the lease of, with what sending it needs."""
+
+    delivery_id: int
+    attempts: int  # before this one
+    event_id: str
+    event_type: str
+    event_created_at: dt.datetime
+    body: str
+    webhook_id: str
+    url: str
+    secret: str
+
+
+async def claim(session: AsyncSession, limit: int, lease: dt.timedelta) -> list[Claimed]:
+    """Take up to ``limit`` due deliveries for ``lease`` (they are due again after it)."""
+    now = utcnow()
+    is_due = (Delivery.status == PENDING, Delivery.next_attempt_at <= now)
+    # A look without the lock first: on SQLite the lock is the database's write lock.
+    if await session.scalar(select(Delivery.id).where(*is_due).limit(1)) is None:
+        await session.rollback()
+        return []
+    await session.rollback()
+    await begin_write(session)
+    due = (
+        select(Delivery.id)
+        .where(*is_due)
+        .order_by(Delivery.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    ids = (await session.scalars(due)).all()
+    if not ids:
+        await session.rollback()
+        return []
+    await session.execute(
+        update(Delivery).where(Delivery.id.in_(ids)).values(next_attempt_at=now + lease)
+    )
+    rows = await session.execute(
+        select(
+            Delivery.id,
+            Delivery.attempts,
+            Event.id,
+            Event.type,
+            Event.created_at,
+            Event.body,
+            Webhook.id,
+            Webhook.url,
+            Webhook.secret,
+        )
+        .join(Event, Event.seq == Delivery.event_seq)
+        .join(Webhook, Webhook.id == Delivery.webhook_id)
+        .where(Delivery.id.in_(ids))
+        .order_by(Delivery.event_seq)
+    )
+    claimed = [Claimed(*row) for row in rows]
+    await session.commit()
+    return claimed
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One attempt's result and what it makes of its delivery."""
+
+    claimed: Claimed
+    status: str  # the delivery's new status
+    response_status: int | None
+    error: str | None
+    duration_ms: int
+    next_attempt_at: dt.datetime | None
+    at: dt.datetime
+
+
+_SAVE_DELIVERY = (
+    update(Delivery.__table__)  # type: ignore[arg-type]
+    .where(
+        Delivery.__table__.c.id == bindparam("b_id"),
+        # Unless another instance took it over after our lease ran out.
+        Delivery.__table__.c.attempts == bindparam("b_before"),
+    )
+    .values(
+        status=bindparam("b_status"),
+        attempts=bindparam("b_attempts"),
+        next_attempt_at=bindparam("b_next"),
+    )
+)
+
+
+async def save_outcomes(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
+    """Record a batch of attempts and their deliveries' new state, in one transaction."""
+    if not outcomes:
+        return
+    await begin_write(session)
+    await session.execute(
+        _SAVE_DELIVERY,
+        [
+            {
+                "b_id": o.claimed.delivery_id,
+                "b_before": o.claimed.attempts,
+                "b_status": o.status,
+                "b_attempts": o.claimed.attempts + 1,
+                "b_next": o.next_attempt_at or o.at,
+            }
+            for o in outcomes
+        ],
+    )
+    await session.execute(
+        insert(DeliveryAttempt),
+        [
+            {
+                "delivery_id": o.claimed.delivery_id,
+                "webhook_id": o.claimed.webhook_id,
+                "attempt": o.claimed.attempts + 1,
+                "status": o.status,
+                "response_status": o.response_status,
+                "error": o.error,
+                "duration_ms": o.duration_ms,
+                "next_attempt_at": o.next_attempt_at,
+                "created_at": o.at,
+            }
+            for o in outcomes
+        ],
+    )
+    await session.commit()
+
+
+async def release(session: AsyncSession, claimed: Sequence[Claimed]) -> None:
+    """Give back deliveries that were claimed but not sent (shutdown): due now, for any
+    instance, with no attempt counted."""
+    if not claimed:
+        return
+    await begin_write(session)
+    await session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_([c.delivery_id for c in claimed]),
+            Delivery.status == PENDING,
+        )
+        .values(next_attempt_at=utcnow())
+    )
+    await session.commit()
+
+
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    pending: int
+    oldest_age_seconds: float
+
+
+async def backlog(session: AsyncSession) -> Backlog:
+    """Pending deliveries and the age of the oldest event waiting for one."""
+    count, oldest = (
+        await session.execute(
+            select(func.count(), func.min(Event.created_at))
+            .select_from(Delivery)
+            .join(Event, Event.seq == Delivery.event_seq)
+            .where(Delivery.status == PENDING)
+        )
+    ).one()
+    age = (utcnow() - _aware(oldest)).total_seconds() if oldest is not None else 0.0
+    return Backlog(pending=count, oldest_age_seconds=max(0.0, age))
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    # func.min() loses the column type on SQLite, so the value comes back as text or naive.
+    if isinstance(moment, str):
+        moment = dt.datetime.fromisoformat(moment)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=dt.UTC)
