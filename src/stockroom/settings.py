@@ -167,6 +167,9 @@ class Settings(BaseSettings):
         description="Longest a reader of the event log sleeps without a wake-up (SQLite, "
         "PgBouncer, or a lost LISTEN connection).",
     )
+    events_heartbeat_seconds: Seconds = Field(
+        15.0, description="A comment line is sent on an idle GET /events stream this often."
+    )
     events_stream_buffer: int = Field(
         1000,
         ge=10,

@@ -14,9 +14,8 @@ from stockroom.errors import InvalidRequestError, StockroomError, problem_respon
 from stockroom.events.hub import EventHub, Subscription
 from stockroom.events.log import EVENT_TYPES, Position, event_exists, read_after
 
-__all__ = ["HEARTBEAT_SECONDS", "CursorGoneError", "router"]
+__all__ = ["CursorGoneError", "router"]
 
-HEARTBEAT_SECONDS = 15
 _REPLAY_BATCH = 500
 
 router = APIRouter(tags=["events"], responses=problem_responses(401, 403, 422, 500, 503))
@@ -73,7 +72,7 @@ async def stream_events(
     subscription = hub.subscribe()
     return EventSourceResponse(
         _messages(engine, subscription, start, wanted),
-        ping=HEARTBEAT_SECONDS,
+        ping=request.app.state.settings.events_heartbeat_seconds,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 

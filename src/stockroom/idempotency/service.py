@@ -175,13 +175,16 @@ async def save(session: AsyncSession, scope: Scope, answer: StoredAnswer) -> Non
 
 async def purge_expired(session: AsyncSession, *, batch: int = 1000) -> int:
     """Delete up to ``batch`` expired records in one short transaction; returns how many."""
+    expired = select(IdempotencyRecord.owner, IdempotencyRecord.key).where(
+        IdempotencyRecord.expires_at <= utcnow()
+    )
+    # A look without the lock first: on SQLite the lock is the database's write lock.
+    if (await session.execute(expired.limit(1))).first() is None:
+        await session.rollback()
+        return 0
     result = await session.execute(
         delete(IdempotencyRecord).where(
-            tuple_(IdempotencyRecord.owner, IdempotencyRecord.key).in_(
-                select(IdempotencyRecord.owner, IdempotencyRecord.key)
-                .where(IdempotencyRecord.expires_at <= utcnow())
-                .limit(batch)
-            )
+            tuple_(IdempotencyRecord.owner, IdempotencyRecord.key).in_(expired.limit(batch))
         )
     )
     await session.commit()

@@ -89,8 +89,8 @@ def refusal(address: IPAddress) -> str | None:
         ("unspecified", address.is_unspecified),
         ("link-local", address.is_link_local),
         ("multicast", address.is_multicast),
-        ("private", address.is_private),
         ("reserved", address.is_reserved),
+        ("private", address.is_private),
         ("not public", not address.is_global),
     ):
         if hit:
@@ -116,6 +116,8 @@ def _check(host: str, addresses: Iterable[IPAddress]) -> None:
     for address in addresses:
         kind = refusal(address)
         if kind is not None:
+            if host.strip("[]") == str(address):
+                raise AddressRefusedError(f"{address} is a {kind} address")
             raise AddressRefusedError(f"{host} resolves to {address}, a {kind} address")
 
 

@@ -1,0 +1,272 @@
+"""GET /events through a real `stockroom serve` over TCP: order, resume, filters, 410,
+heartbeats, several instances, and the bound on a slow subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from stockroom.events.hub import EventHub
+from stockroom.events.log import LoggedEvent, Position
+from tests.conftest import problem
+from tests.events.conftest import logged, wait_until
+from tests.test_serve import Server, cli_create_key, start_server
+
+FAST = {"STOCKROOM_EVENTS_POLL_SECONDS": "0.05", "STOCKROOM_EVENTS_HEARTBEAT_SECONDS": "1"}
+
+
+@dataclass
+class Message:
+    id: str
+    event: str
+    data: dict[str, object]
+
+
+@dataclass
+class Stream:
+    """What one client has read from GET /events so far."""
+
+    messages: list[Message] = field(default_factory=list)
+    comments: int = 0
+    status: int | None = None
+
+    @property
+    def ids(self) -> list[str]:
+        return [m.id for m in self.messages]
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    base_url: str, key: str, query: str = "", headers: dict[str, str] | None = None
+) -> AsyncIterator[Stream]:
+    """Read the stream in the background for the duration of the block."""
+    stream = Stream()
+    connected = asyncio.Event()
+
+    async def read() -> None:
+        async with (
+            httpx.AsyncClient(base_url=base_url, timeout=30) as http,
+            http.stream(
+                "GET",
+                "/events" + query,
+                headers={"Authorization": f"Bearer {key}", **(headers or {})},
+            ) as response,
+        ):
+            stream.status = response.status_code
+            connected.set()
+            fields: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if line.startswith(":"):
+                    stream.comments += 1
+                elif line == "":
+                    if fields:
+                        data = orjson.loads(fields["data"])
+                        stream.messages.append(Message(fields["id"], fields["event"], data))
+                    fields = {}
+                else:
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+
+    task = asyncio.create_task(read())
+    await asyncio.wait({task, asyncio.ensure_future(connected.wait())}, timeout=10,
+                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+    try:
+        yield stream
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture(scope="module")
+def module_server(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Server, str]]:
+    """One `stockroom serve` for this module's tests on a backend, and a write key."""
+    folder = tmp_path_factory.mktemp("stream")
+    server = start_server(database_url, folder, env_extra=FAST)
+    try:
+        yield server, cli_create_key(database_url, folder, "write")
+    finally:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture
+def served(module_server: tuple[Server, str], client: httpx.AsyncClient) -> tuple[Server, str]:
+    """The module's server. (``client``: the tables are emptied after each test.)"""
+    assert module_server[0].process.poll() is None, module_server[0].log.read_text()
+    return module_server
+
+
+async def write_burst(base_url: str, key: str, items: int) -> None:
+    """Create items (3 in stock each) and adjust each, all at once: 3 events per item."""
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as http:
+        prefix = uuid.uuid4().hex[:6]
+
+        async def one(n: int) -> None:
+            body = {"sku": f"B-{prefix}-{n:04d}", "name": f"Burst {n}", "price": 1, "quantity": 3}
+            created = await http.post("/items", json=body)
+            assert created.status_code == 201, created.text
+            adjusted = await http.post(
+                f"/items/{created.json()['id']}/adjustments", json={"delta": -1}
+            )
+            assert adjusted.status_code == 201, adjusted.text
+
+        await asyncio.gather(*(one(n) for n in range(items)))
+
+
+async def test_a_subscriber_sees_every_event_of_a_burst_in_log_order(
+    app: FastAPI, served: tuple[Server, str]
+) -> None:
+    server, key = served
+    async with listening(server.url, key) as stream:
+        assert stream.status == 200
+        await write_burst(server.url, key, 40)
+        await wait_until(lambda: len(stream.messages) >= 120)
+        await asyncio.sleep(0.3)  # nothing more should come
+    log = await logged(app)
+    assert [m.data for m in stream.messages] == log  # every event, once, in log order
+    assert [m.event for m in stream.messages] == [e["type"] for e in log]
+    assert len(set(stream.ids)) == len(stream.ids)
+
+
+async def test_resume_with_last_event_id_has_no_gap_and_no_duplicate(
+    app: FastAPI, served: tuple[Server, str]
+) -> None:
+    server, key = served
+    async with listening(server.url, key) as first:
+        await write_burst(server.url, key, 10)
+        await wait_until(lambda: len(first.messages) >= 12)
+    cut = first.messages[11]
+    seen = [m.data["id"] for m in first.messages[:12]]
+    # Written while nobody listens, and while the client reconnects.
+    async with httpx.AsyncClient(
+        base_url=server.url, headers={"Authorization": f"Bearer {key}"}
+    ) as http:
+        for n in range(5):
+            assert (
+                await http.post("/items", json={"sku": f"L-{n}", "name": "L", "price": 1})
+            ).status_code == 201
+    total = len(await logged(app))
+    async with listening(server.url, key, headers={"Last-Event-ID": cut.id}) as second:
+        await wait_until(lambda: len(seen) + len(second.messages) >= total)
+        await asyncio.sleep(0.3)
+    seen += [m.data["id"] for m in second.messages]
+    assert seen == [e["id"] for e in await logged(app)]  # fmt: skip
+
+    # ?after= is the same as Last-Event-ID.
+    async with listening(server.url, key, f"?after={cut.id}") as third:
+        await wait_until(lambda: len(third.messages) >= total - 12)
+    assert [m.data["id"] for m in third.messages] == seen[12:]
+
+
+async def test_types_filter(served: tuple[Server, str]) -> None:
+    server, key = served
+    async with listening(server.url, key, "?types=item.created") as stream:
+        await write_burst(server.url, key, 5)
+        await wait_until(lambda: len(stream.messages) >= 5)
+        await asyncio.sleep(0.3)
+    assert {m.event for m in stream.messages} == {"item.created"}
+    assert len(stream.messages) == 5
+
+
+async def test_bad_cursors_are_410_and_bad_types_422(
+    app: FastAPI, served: tuple[Server, str]
+) -> None:
+    server, key = served
+    await write_burst(server.url, key, 2)
+    async with httpx.AsyncClient(
+        base_url=server.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    ) as http:
+        for cursor in ("nonsense", "0-0", "99999999-1"):
+            problem(await http.get("/events", headers={"Last-Event-ID": cursor}), 410)
+            problem(await http.get("/events", params={"after": cursor}), 410)
+        problem(await http.get("/events", params={"types": "item.created,item.exploded"}), 422)
+        problem(await http.get("/events", params={"types": ","}), 422)
+        # An event pruned from the log (older than the retention) is gone: 410.
+        async with listening(server.url, key) as stream:
+            await write_burst(server.url, key, 1)
+            await wait_until(lambda: len(stream.messages) >= 3)
+        oldest = stream.messages[0]
+        position = Position.parse(oldest.id)
+        assert position is not None
+        async with app.state.engine.begin() as connection:
+            await connection.execute(text("DELETE FROM events WHERE seq = :s"), {"s": position.seq})
+        problem(await http.get("/events", headers={"Last-Event-ID": oldest.id}), 410)
+
+
+async def test_idle_streams_get_a_heartbeat(served: tuple[Server, str]) -> None:
+    server, key = served
+    async with listening(server.url, key) as stream:
+        await wait_until(lambda: stream.comments >= 2, within=10)  # every second here
+    assert stream.messages == []
+
+
+@pytest.mark.postgresql_only
+async def test_a_subscriber_of_one_instance_sees_writes_made_through_another(
+    app: FastAPI, database_url: str, tmp_path: Path, served: tuple[Server, str]
+) -> None:
+    server, key = served
+    other = start_server(database_url, tmp_path, env_extra=FAST)
+    try:
+        async with listening(server.url, key) as stream:
+            await write_burst(other.url, key, 20)
+            await wait_until(lambda: len(stream.messages) >= 60)
+            await asyncio.sleep(0.3)
+    finally:
+        other.process.kill()
+        other.process.wait()
+    assert [m.data for m in stream.messages] == await logged(app)
+
+
+def test_a_slow_subscriber_is_cut_off_at_its_buffer_and_others_go_on() -> None:
+    """The hub never blocks on a subscriber nor queues without bound: one that has not
+    taken its events when its buffer is full is ended (and resumes by its last id)."""
+    hub = EventHub(engine=None, wakeup=_NoWakeup(), queue_size=10)  # type: ignore[arg-type]
+    hub.position = Position(0, 0)
+    slow, fast = hub.subscribe(), hub.subscribe()
+    taken: list[LoggedEvent] = []
+
+    async def drain_fast() -> None:
+        async for event in fast.events():
+            taken.append(event)
+            if len(taken) == 25:
+                return
+
+    async def run() -> list[LoggedEvent]:
+        consumer = asyncio.create_task(drain_fast())
+        for seq in range(1, 26):
+            hub._publish([_event(seq)])
+            await asyncio.sleep(0)  # the fast one keeps up
+        await consumer
+        return [event async for event in slow.events()]
+
+    got_slow = asyncio.run(run())
+    assert slow.overflowed
+    assert [e.position.seq for e in got_slow] == list(range(1, 11))  # its buffer, then the end
+    assert [e.position.seq for e in taken] == list(range(1, 26))
+    assert not fast.overflowed
+    assert hub.subscribers == 1
+
+
+class _NoWakeup:
+    def reader(self) -> asyncio.Event:
+        return asyncio.Event()
+
+
+def _event(seq: int) -> LoggedEvent:
+    return LoggedEvent(Position(0, seq), f"e{seq}", "item.created", "{}", dt.datetime.now(dt.UTC))

@@ -1,0 +1,331 @@
+"""Webhooks: the admin API, the SSRF guard, and delivery to real receivers on 127.0.0.1,
+with signatures checked by the `standardwebhooks` package (code we did not write)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import standardwebhooks
+from fastapi import FastAPI
+
+from tests.conftest import client_for, create_key, problem
+from tests.events.conftest import running_app, wait_until
+from tests.events.receiver import Receiver
+
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+
+
+async def subscribe(
+    http: httpx.AsyncClient, url: str, events: list[str] | None = None, **extra: Any
+) -> dict[str, Any]:
+    response = await http.post("/webhooks", json={"url": url, "events": events or ["*"], **extra})
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def attempts(http: httpx.AsyncClient, webhook_id: str) -> list[dict[str, Any]]:
+    response = await http.get(f"/webhooks/{webhook_id}/deliveries?limit=500")
+    assert response.status_code == 200, response.text
+    data: list[dict[str, Any]] = response.json()["data"]
+    return data
+
+
+# --- the API -------------------------------------------------------------------------------
+
+
+async def test_create_list_get_delete(client: httpx.AsyncClient) -> None:
+    created = await client.post(
+        "/webhooks", json={"url": "https://93.184.216.34/hooks", "events": ["item.created"]}
+    )
+    assert created.status_code == 201
+    body = created.json()
+    assert set(body) == {"id", "url", "events", "secret", "created_at"}
+    assert created.headers["location"] == f"/webhooks/{body['id']}"
+    assert body["events"] == ["item.created"]
+    # A generated secret is whsec_ + base64 of random bytes, usable by standard libraries.
+    assert body["secret"].startswith("whsec_")
+    assert len(base64.b64decode(body["secret"].removeprefix("whsec_"))) >= 24
+    standardwebhooks.Webhook(body["secret"])
+
+    one = (await client.get(f"/webhooks/{body['id']}")).json()
+    assert "secret" not in one
+    assert one == {k: v for k, v in body.items() if k != "secret"}
+    listed = (await client.get("/webhooks")).json()
+    assert listed == {"data": [one], "next_cursor": None}
+
+    assert (await client.delete(f"/webhooks/{body['id']}")).status_code == 204
+    problem(await client.get(f"/webhooks/{body['id']}"), 404)
+    problem(await client.delete(f"/webhooks/{body['id']}"), 404)
+    problem(await client.get(f"/webhooks/{body['id']}/deliveries"), 404)
+
+
+async def test_the_list_pages(client: httpx.AsyncClient) -> None:
+    made = [(await subscribe(client, f"https://93.184.216.34/{n}"))["id"] for n in range(5)]
+    seen, cursor = [], None
+    while True:
+        query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = (await client.get("/webhooks" + query)).json()
+        seen += [w["id"] for w in page["data"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == made
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"url": "ftp://93.184.216.34/", "events": ["*"]}, "url"),
+        ({"url": "not a url", "events": ["*"]}, "url"),
+        ({"url": "https://user:pw@93.184.216.34/", "events": ["*"]}, "url"),
+        ({"url": "https://93.184.216.34/", "events": []}, "events"),
+        ({"url": "https://93.184.216.34/", "events": ["item.exploded"]}, "events"),
+        ({"url": "https://93.184.216.34/", "events": ["*", "item.created"]}, "events"),
+        ({"url": "https://93.184.216.34/", "events": ["*"], "secret": "hunter2"}, "secret"),
+        ({"url": "https://93.184.216.34/", "events": ["*"], "secret": "whsec_c2hvcnQ="}, "secret"),
+        ({"url": "https://93.184.216.34/", "events": ["*"], "secret": "whsec_!!!"}, "secret"),
+        ({"url": "https://93.184.216.34/", "events": ["*"], "extra": 1}, "extra"),
+    ],
+)
+async def test_bad_subscriptions_are_422(
+    client: httpx.AsyncClient, body: dict[str, Any], where: str
+) -> None:
+    errors = problem(await client.post("/webhooks", json=body), 422)["errors"]
+    assert any(where in e["loc"] for e in errors), errors
+
+
+async def test_a_given_secret_is_kept(client: httpx.AsyncClient) -> None:
+    body = await subscribe(client, "https://93.184.216.34/", secret=SECRET)
+    assert body["secret"] == SECRET
+
+
+@pytest.mark.parametrize(
+    ("url", "kind"),
+    [
+        ("http://127.0.0.1:8080/hook", "loopback"),
+        ("http://[::1]/hook", "loopback"),
+        ("http://localhost/hook", "loopback"),
+        ("http://10.1.2.3/hook", "private"),
+        ("http://172.16.0.1/hook", "private"),
+        ("http://192.168.1.1/hook", "private"),
+        ("http://[fd00::1]/hook", "private"),
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://[fe80::1]/hook", "link-local"),
+        ("http://224.0.0.1/hook", "multicast"),
+        ("http://[ff02::1]/hook", "multicast"),
+        ("http://240.0.0.1/hook", "reserved"),
+        ("http://0.0.0.0/hook", "unspecified"),
+        ("http://[::ffff:127.0.0.1]/hook", "loopback"),
+        ("http://100.64.0.1/hook", "not public"),
+        ("http://no-such-host.invalid/hook", "cannot resolve"),
+    ],
+)
+async def test_private_addresses_are_refused(
+    client: httpx.AsyncClient, url: str, kind: str
+) -> None:
+    body = problem(await client.post("/webhooks", json={"url": url, "events": ["*"]}), 422)
+    assert kind in body["detail"], body["detail"]
+    assert body["errors"][0]["loc"] == ["body", "url"]
+
+
+async def test_private_addresses_are_allowed_with_the_setting(database_url: str) -> None:
+    async with running_app(database_url, webhook_allow_private=True) as application:
+        key = await create_key(application, "allow-private", ["admin"])
+        async with client_for(application, key) as http:
+            for url in ("http://127.0.0.1:9/hook", "http://10.1.2.3/hook", "http://localhost/h"):
+                created = await subscribe(http, url)
+                assert (await http.delete(f"/webhooks/{created['id']}")).status_code == 204
+
+
+# --- delivery ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def dispatching_app(database_url: str, client: httpx.AsyncClient) -> Any:
+    """An app with the dispatcher on, fast retries, 3 attempts at most.
+    (``client``: the tables are emptied afterwards.)"""
+    async with running_app(database_url, webhook_max_attempts=3) as application:
+        yield application
+
+
+async def admin(application: FastAPI) -> httpx.AsyncClient:
+    key = await create_key(application, f"hooks-{uuid.uuid4().hex[:8]}", ["admin"])
+    return client_for(application, key)
+
+
+async def test_deliveries_are_signed_per_standard_webhooks(
+    dispatching_app: FastAPI, receiver: Receiver
+) -> None:
+    async with await admin(dispatching_app) as http:
+        hook = await subscribe(http, f"{receiver.url}/ok", secret=SECRET)
+        item = (await http.post("/items", json={"sku": "W-1", "name": "W", "price": 1})).json()
+        await http.patch(f"/items/{item['id']}", json={"price": "2.50"})
+        await http.post(f"/items/{item['id']}/adjustments", json={"delta": 4})
+        await http.post(f"/items/{item['id']}/adjustments", json={"delta": -4})
+        await http.delete(f"/items/{item['id']}")
+        await wait_until(lambda: len(receiver.on("/ok")) >= 5)
+
+        verifier = standardwebhooks.Webhook(SECRET)
+        got = []
+        for request in receiver.on("/ok"):
+            payload = verifier.verify(request.body, request.headers)  # raises if not valid
+            assert request.headers["webhook-id"] == payload["id"]
+            assert request.headers["content-type"] == "application/json"
+            got.append(payload)
+        assert sorted(p["type"] for p in got) == sorted(
+            ["item.created", "item.updated", "stock.adjusted", "stock.adjusted", "item.deleted"]
+        )
+        assert {p["data"]["id"] for p in got if p["type"].startswith("item.")} == {item["id"]}
+        updated = next(p for p in got if p["type"] == "item.updated")
+        assert updated["data"]["price"] == "2.50"
+
+        # A tampered body or another secret does not verify.
+        first = receiver.on("/ok")[0]
+        with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+            verifier.verify(first.body + b" ", first.headers)
+        other = "whsec_" + base64.b64encode(b"x" * 32).decode()
+        with pytest.raises(standardwebhooks.webhooks.WebhookVerificationError):
+            standardwebhooks.Webhook(other).verify(first.body, first.headers)
+
+        await wait_until(lambda: _all_delivered(http, hook["id"], 5))
+        for attempt in await attempts(http, hook["id"]):
+            assert attempt["status"] == "delivered"
+            assert attempt["attempt"] == 1
+            assert attempt["response_status"] == 204
+            assert attempt["error"] is None
+            assert attempt["next_attempt_at"] is None
+
+
+async def _all_delivered(http: httpx.AsyncClient, webhook_id: str, count: int) -> bool:
+    rows = await attempts(http, webhook_id)
+    return len(rows) >= count and all(r["status"] == "delivered" for r in rows)
+
+
+async def test_only_the_subscribed_types_are_sent(
+    dispatching_app: FastAPI, receiver: Receiver
+) -> None:
+    async with await admin(dispatching_app) as http:
+        await subscribe(http, f"{receiver.url}/ok", ["stock.adjusted"])
+        item = (await http.post("/items", json={"sku": "T-1", "name": "T", "price": 1})).json()
+        await http.post(f"/items/{item['id']}/adjustments", json={"delta": 2})
+        await wait_until(lambda: len(receiver.on("/ok")) >= 1)
+        # Wait for the whole log to have been dispatched before looking for extras.
+        await http.post(f"/items/{item['id']}/adjustments", json={"delta": 3})
+        await wait_until(lambda: len(receiver.on("/ok")) >= 2)
+        types = [json.loads(r.body)["type"] for r in receiver.on("/ok")]
+        assert types == ["stock.adjusted", "stock.adjusted"]
+
+
+async def test_a_flaky_receiver_gets_it_on_the_third_attempt(
+    dispatching_app: FastAPI, receiver: Receiver
+) -> None:
+    async with await admin(dispatching_app) as http:
+        hook = await subscribe(http, f"{receiver.url}/flaky/2", ["item.created"])
+        await http.post("/items", json={"sku": "F-1", "name": "F", "price": 1})
+        await wait_until(lambda: _attempt_count(http, hook["id"], 3))
+        rows = list(reversed(await attempts(http, hook["id"])))
+        assert [r["attempt"] for r in rows] == [1, 2, 3]
+        assert [r["status"] for r in rows] == ["pending", "pending", "delivered"]
+        assert [r["response_status"] for r in rows] == [503, 503, 200]
+        assert rows[0]["next_attempt_at"] is not None
+        assert len({r["event_id"] for r in rows}) == 1
+        assert rows[0]["type"] == "item.created"
+        # Each retry waited for its backoff: the second gap about twice the first.
+        sent = receiver.on("/flaky/2")
+        assert len(sent) == 3
+        assert len({r.headers["webhook-id"] for r in sent}) == 1
+
+
+async def _attempt_count(http: httpx.AsyncClient, webhook_id: str, count: int) -> bool:
+    return len(await attempts(http, webhook_id)) >= count
+
+
+async def test_a_receiver_that_always_fails_ends_failed(
+    dispatching_app: FastAPI, receiver: Receiver
+) -> None:
+    async with await admin(dispatching_app) as http:
+        hook = await subscribe(http, f"{receiver.url}/fail", ["item.created"])
+        await http.post("/items", json={"sku": "X-1", "name": "X", "price": 1})
+        await wait_until(lambda: _attempt_count(http, hook["id"], 3))
+        rows = list(reversed(await attempts(http, hook["id"])))
+        assert [r["status"] for r in rows] == ["pending", "pending", "failed"]
+        assert rows[-1]["next_attempt_at"] is None
+        assert rows[-1]["error"] == "HTTP 500: not a 2xx"
+        # Given up: no fourth attempt.
+        await http.post("/items", json={"sku": "X-2", "name": "X", "price": 1})
+        await wait_until(lambda: _attempt_count(http, hook["id"], 6))
+        assert len(receiver.on("/fail")) == 6
+
+
+async def test_a_hanging_receiver_times_out_and_is_retried(
+    dispatching_app: FastAPI, receiver: Receiver
+) -> None:
+    async with await admin(dispatching_app) as http:
+        hook = await subscribe(http, f"{receiver.url}/hang", ["item.created"])
+        await http.post("/items", json={"sku": "H-1", "name": "H", "price": 1})
+        await wait_until(lambda: _attempt_count(http, hook["id"], 2))
+        rows = list(reversed(await attempts(http, hook["id"])))
+        assert rows[0]["error"].startswith("timeout")
+        assert rows[0]["response_status"] is None
+        assert rows[0]["status"] == "pending"
+        assert rows[0]["duration_ms"] >= 400  # the 0.5 s read timeout, not an instant failure
+
+
+async def test_redirects_are_not_followed_and_big_answers_are_cut(
+    dispatching_app: FastAPI, receiver: Receiver
+) -> None:
+    async with await admin(dispatching_app) as http:
+        redirect = await subscribe(http, f"{receiver.url}/redirect", ["item.created"])
+        big = await subscribe(http, f"{receiver.url}/big", ["item.created"])
+        await http.post("/items", json={"sku": "R-1", "name": "R", "price": 1})
+        await wait_until(lambda: _attempt_count(http, redirect["id"], 1))
+        await wait_until(lambda: _all_delivered(http, big["id"], 1))
+        first = (await attempts(http, redirect["id"]))[-1]
+        assert first["response_status"] == 302
+        assert first["status"] == "pending"
+        assert receiver.on("/ok") == []  # the redirect's target was never called
+
+
+async def test_private_addresses_are_refused_again_when_delivering(
+    database_url: str, client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    """A webhook made while private addresses were allowed (or whose name resolved to a
+    public address then, DNS rebinding) is refused at connect time by a dispatcher that
+    does not allow them: the receiver never hears from it."""
+    async with (
+        running_app(database_url, webhook_dispatcher=False) as maker,
+        await admin(maker) as http,
+    ):
+        hook = await subscribe(http, f"{receiver.url}/ok", ["item.created"])
+    async with (
+        running_app(
+            database_url, webhook_allow_private=False, webhook_max_attempts=1
+        ) as application,
+        await admin(application) as http,
+    ):
+        await http.post("/items", json={"sku": "S-1", "name": "S", "price": 1})
+        await wait_until(lambda: _attempt_count(http, hook["id"], 1))
+        row = (await attempts(http, hook["id"]))[0]
+    assert row["status"] == "failed"
+    assert "127.0.0.1 is a loopback address" in row["error"]
+    assert receiver.received == []
+
+
+async def test_deleting_a_webhook_stops_its_deliveries(
+    dispatching_app: FastAPI, receiver: Receiver
+) -> None:
+    async with await admin(dispatching_app) as http:
+        hook = await subscribe(http, f"{receiver.url}/ok", ["item.created"])
+        await http.post("/items", json={"sku": "D-1", "name": "D", "price": 1})
+        await wait_until(lambda: len(receiver.on("/ok")) == 1)
+        assert (await http.delete(f"/webhooks/{hook['id']}")).status_code == 204
+        keep = await subscribe(http, f"{receiver.url}/flaky/0", ["item.created"])
+        await http.post("/items", json={"sku": "D-2", "name": "D", "price": 1})
+        await wait_until(lambda: _all_delivered(http, keep["id"], 1))
+        assert len(receiver.on("/ok")) == 1
