@@ -181,3 +181,63 @@ def test_positions_round_trip_as_cursors() -> None:
     assert Position.parse(str(position)) == position
     for bad in ("", "1", "a-b", "1-2-3", "-1-2", "1--2", "9" * 50 + "-1"):
         assert Position.parse(bad) is None, bad
+
+
+async def test_imports_write_the_same_events_as_the_api(
+    app: FastAPI, client: httpx.AsyncClient, new_item: ItemFactory
+) -> None:
+    renamed = await new_item(sku="IMP-RENAME", name="Old name", quantity=2)
+    restocked = await new_item(sku="IMP-STOCK", name="Same", price="3.00", quantity=2)
+    same = await new_item(sku="IMP-SAME", name="Same", price="3.00", quantity=1)
+    before = len(await logged(app))
+    csv = (
+        "sku,name,description,price,quantity\n"
+        "IMP-NEW,Brand new,,1.50,7\n"
+        "IMP-EMPTY,No stock,,2.00,0\n"
+        "IMP-RENAME,New name,,10.00,2\n"
+        "IMP-STOCK,Same,,3.00,9\n"
+        "IMP-SAME,Same,,3.00,1\n"
+    )
+    imported = await client.post("/items/import", content=csv, headers={"content-type": "text/csv"})
+    assert imported.json()["created"] == 2
+    events = (await logged(app))[before:]
+
+    async def current(sku: str) -> dict[str, Any]:
+        listed = (await client.get("/items", params={"limit": 100})).json()["data"]
+        return next(i for i in listed if i["sku"] == sku)
+
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        by_type.setdefault(event["type"], []).append(event["data"])
+    assert sorted(i["sku"] for i in by_type["item.created"]) == ["IMP-EMPTY", "IMP-NEW"]
+    for data in by_type["item.created"]:
+        assert data == await current(data["sku"])  # the API's representation, exactly
+    # Only the rename changed a field; the restock changed only the quantity (a ledger row).
+    assert by_type["item.updated"] == [await current("IMP-RENAME")]
+    stock = by_type["stock.adjusted"]
+    assert sorted((a["item_id"], a["delta"], a["reason"]) for a in stock) == sorted(
+        [
+            ((await current("IMP-NEW"))["id"], 7, "import"),
+            (restocked["id"], 7, "import"),
+        ]
+    )
+    for adjustment in stock:
+        ledger = await client.get(f"/items/{adjustment['item_id']}/adjustments")
+        assert adjustment in ledger.json()["data"]
+    assert renamed["id"] not in [a["item_id"] for a in stock]
+    assert same["id"] not in [e["id"] for e in by_type["item.updated"]]
+    for event in events:
+        assert RFC3339_UTC.match(event["created_at"])
+        assert RFC3339_UTC.match(event["data"]["created_at"])
+
+    # An atomic import refused for a bad row writes no event.
+    before = len(await logged(app))
+    bad = "sku,name,price,quantity\nIMP-A,A,1.00,1\nIMP-B,B,-1,1\n"
+    refused = await client.post(
+        "/items/import",
+        content=bad,
+        headers={"content-type": "text/csv"},
+        params={"mode": "atomic"},
+    )
+    assert refused.status_code == 422
+    assert len(await logged(app)) == before

@@ -329,3 +329,34 @@ async def test_deleting_a_webhook_stops_its_deliveries(
         await http.post("/items", json={"sku": "D-2", "name": "D", "price": 1})
         await wait_until(lambda: _all_delivered(http, keep["id"], 1))
         assert len(receiver.on("/ok")) == 1
+
+
+async def test_metrics_show_the_backlog_and_the_outcomes(
+    database_url: str, client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    async with (
+        running_app(database_url, webhook_backoff_seconds=600) as application,
+        await admin(application) as http,
+    ):
+        failing = await subscribe(http, f"{receiver.url}/fail", ["item.created"])
+        await subscribe(http, f"{receiver.url}/ok", ["item.created"])
+        await http.post("/items", json={"sku": "M-1", "name": "M", "price": 1})
+        await wait_until(lambda: _attempt_count(http, failing["id"], 1))
+
+        async def scraped() -> dict[str, float]:
+            text = (await http.get("/metrics")).text
+            values = {}
+            for line in text.splitlines():
+                if line.startswith("stockroom_webhook"):
+                    name, _, value = line.rpartition(" ")
+                    values[name] = float(value)
+            return values
+
+        async def backlog_reported() -> bool:
+            return (await scraped()).get("stockroom_webhook_backlog") == 1.0
+
+        await wait_until(backlog_reported)  # refreshed every few seconds
+        values = await scraped()
+        assert values['stockroom_webhook_deliveries_total{outcome="retry"}'] == 1.0
+        assert values['stockroom_webhook_deliveries_total{outcome="delivered"}'] == 1.0
+        assert values["stockroom_webhook_backlog_oldest_seconds"] > 0

@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import delete, literal, select, text, tuple_
+from sqlalchemy import delete, insert, literal, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from stockroom.db import begin_write, utcnow
@@ -49,8 +50,11 @@ __all__ = [
     "STOCK_ADJUSTED",
     "LoggedEvent",
     "Position",
+    "adjustment_event",
     "event_exists",
+    "event_row",
     "format_time",
+    "item_event",
     "latest_position",
     "prune",
     "read_after",
@@ -58,6 +62,7 @@ __all__ = [
     "record_adjustment",
     "record_item",
     "record_item_deleted",
+    "record_many",
 ]
 
 ITEM_CREATED = "item.created"
@@ -105,19 +110,44 @@ def format_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def record(session: AsyncSession, event_type: str, data: Any, *, at: dt.datetime) -> Event:
-    """Add one event to the session's transaction; it commits (or not) with the change."""
+def event_row(event_type: str, data: Any, at: dt.datetime) -> dict[str, Any]:
+    """The columns of one new event (``txid`` comes from the database)."""
     event_id = str(uuid.uuid4())
     body = {"id": event_id, "type": event_type, "created_at": format_time(at), "data": data}
-    event = Event(id=event_id, type=event_type, body=orjson.dumps(body).decode(), created_at=at)
-    session.add(event)
+    return {
+        "id": event_id,
+        "type": event_type,
+        "body": orjson.dumps(body).decode(),
+        "created_at": at,
+    }
+
+
+def record(session: AsyncSession, event_type: str, data: Any, *, at: dt.datetime) -> None:
+    """Add one event to the session's transaction; it commits (or not) with the change."""
+    session.add(Event(**event_row(event_type, data, at)))
     session.info[SESSION_WROTE_EVENTS] = True
-    return event
+
+
+async def record_many(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Write many events (made by :func:`item_event`, :func:`adjustment_event`) at once."""
+    if rows:
+        await session.execute(insert(Event), list(rows))
+        session.info[SESSION_WROTE_EVENTS] = True
+
+
+def item_event(event_type: str, item: Item) -> dict[str, Any]:
+    data = ItemPublic.from_item(item).model_dump(mode="json")
+    return event_row(event_type, data, item.updated_at)
+
+
+def adjustment_event(adjustment: Adjustment) -> dict[str, Any]:
+    data = AdjustmentPublic.model_validate(adjustment, from_attributes=True)
+    return event_row(STOCK_ADJUSTED, data.model_dump(mode="json"), adjustment.created_at)
 
 
 def record_item(session: AsyncSession, event_type: str, item: Item) -> None:
-    data = ItemPublic.from_item(item).model_dump(mode="json")
-    record(session, event_type, data, at=item.updated_at)
+    session.add(Event(**item_event(event_type, item)))
+    session.info[SESSION_WROTE_EVENTS] = True
 
 
 def record_item_deleted(session: AsyncSession, item: Item) -> None:
@@ -125,8 +155,8 @@ def record_item_deleted(session: AsyncSession, item: Item) -> None:
 
 
 def record_adjustment(session: AsyncSession, adjustment: Adjustment) -> None:
-    data = AdjustmentPublic.model_validate(adjustment, from_attributes=True).model_dump(mode="json")
-    record(session, STOCK_ADJUSTED, data, at=adjustment.created_at)
+    session.add(Event(**adjustment_event(adjustment)))
+    session.info[SESSION_WROTE_EVENTS] = True
 
 
 async def _horizon(connection: AsyncConnection | AsyncSession) -> int | None:

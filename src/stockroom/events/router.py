@@ -10,8 +10,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from stockroom.auth.deps import READ
-from stockroom.errors import InvalidRequestError, StockroomError, problem_responses
-from stockroom.events.hub import EventHub, Subscription
+from stockroom.errors import (
+    InvalidRequestError,
+    StockroomError,
+    UnavailableError,
+    problem_responses,
+)
+from stockroom.events.hub import EventHub
 from stockroom.events.log import EVENT_TYPES, Position, event_exists, read_after
 
 __all__ = ["CursorGoneError", "router"]
@@ -69,9 +74,10 @@ async def stream_events(
                 "than the retention period. Reconnect without a cursor."
             )
     hub: EventHub = request.app.state.event_hub
-    subscription = hub.subscribe()
+    if hub.position is None:
+        raise UnavailableError("The event stream is not ready yet (no database); retry.")
     return EventSourceResponse(
-        _messages(engine, subscription, start, wanted),
+        _messages(engine, hub, start, wanted),
         ping=request.app.state.settings.events_heartbeat_seconds,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -98,10 +104,12 @@ async def _known(engine: AsyncEngine, position: Position) -> bool:
 
 async def _messages(
     engine: AsyncEngine,
-    subscription: Subscription,
+    hub: EventHub,
     start: Position | None,
     wanted: frozenset[str] | None,
 ) -> AsyncIterator[ServerSentEvent]:
+    # Subscribed here, not in the endpoint: the generator's `finally` always unsubscribes.
+    subscription = hub.subscribe()
     try:
         last = subscription.start if start is None else start
         # Replay what the client missed, up to where the live feed begins.

@@ -72,11 +72,58 @@ WITH first AS (
 )
 SELECT line, sku, first_line FROM dropped ORDER BY line"""
 
+# The export's CSV written by PostgreSQL itself: the same cells as service._format writes.
+_UTC_TEXT = (
+    "CASE WHEN extract(microseconds FROM {c})::bigint % 1000000 = 0 "
+    "THEN to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+    "ELSE to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END"
+)
+
+
+# Events as the API writes them, made by the server in the same statement (see events.log):
+# the body is {"id", "type", "created_at", "data"} with `data` the API's item or adjustment.
+def _utc(column: str) -> str:
+    return _UTC_TEXT.format(c=column)
+
+
+def _item_json(row: str) -> str:
+    return (
+        f"jsonb_build_object('id', {row}.id, 'sku', {row}.sku, 'name', {row}.name, "
+        f"'description', {row}.description, "
+        f"'price', to_char({row}.price_cents / 100.0, 'FM9999999990.00'), "
+        f"'quantity', {row}.quantity, 'version', {row}.version, "
+        f"'created_at', {_utc(row + '.created_at')}, 'updated_at', {_utc(row + '.updated_at')})"
+    )
+
+
+def _adjustment_json(row: str) -> str:
+    return (
+        f"jsonb_build_object('id', {row}.id, 'item_id', {row}.item_id, 'delta', {row}.delta, "
+        f"'reason', {row}.reason, 'quantity_after', {row}.quantity_after, "
+        f"'created_at', {_utc(row + '.created_at')})"
+    )
+
+
+def _events(kind: str, rows: str, data: str, at: str) -> str:
+    """INSERT of one ``kind`` event per row of ``rows`` (a query aliased ``e``, with a
+    fresh ``event_id`` column)."""
+    body = (
+        f"jsonb_build_object('id', e.event_id, 'type', '{kind}', 'created_at', {_utc(at)}, "
+        f"'data', {data})::text"
+    )
+    return (
+        f"INSERT INTO events (id, type, body, created_at) "
+        f"SELECT e.event_id, '{kind}', {body}, {at} FROM ({rows}) e"
+    )
+
+
 # Existing items: lock them (in id order, so concurrent imports cannot deadlock), update
-# what differs, and write an `import` adjustment where the quantity changes.
-_UPDATE = """
+# what differs, and write an `import` adjustment where the quantity changes; then the events:
+# item.updated where name, description or price changed, stock.adjusted per ledger row.
+_UPDATE = f"""
 WITH current AS (
-    SELECT i.id, i.quantity AS old_quantity, r.*
+    SELECT i.id, i.quantity AS old_quantity, i.name AS old_name,
+           i.description AS old_description, i.price_cents AS old_price_cents, r.*
     FROM items i JOIN stockroom_import_rows r ON r.sku = i.sku
     ORDER BY i.id
     FOR UPDATE OF i
@@ -88,18 +135,40 @@ WITH current AS (
     FROM current c
     WHERE i.id = c.id AND (i.name, i.description, i.price_cents, i.quantity)
         IS DISTINCT FROM (c.name, c.description, c.price_cents, coalesce(c.quantity, i.quantity))
-    RETURNING i.id, i.quantity
+    RETURNING i.*
 ), ledger AS (
     INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
     SELECT ch.id, ch.quantity - c.old_quantity, :reason, ch.quantity, :now
     FROM changed ch JOIN current c ON c.id = ch.id
     WHERE ch.quantity <> c.old_quantity
     ORDER BY ch.id
+    RETURNING *
+), updated_events AS (
+    {
+    _events(
+        "item.updated",
+        "SELECT gen_random_uuid()::text AS event_id, ch.* FROM changed ch JOIN current c "
+        "ON c.id = ch.id WHERE (ch.name, ch.description, ch.price_cents) IS DISTINCT FROM "
+        "(c.old_name, c.old_description, c.old_price_cents) ORDER BY ch.id",
+        _item_json("e"),
+        "e.updated_at",
+    )
+}
+), stock_events AS (
+    {
+    _events(
+        "stock.adjusted",
+        "SELECT gen_random_uuid()::text AS event_id, l.* FROM ledger l ORDER BY l.id",
+        _adjustment_json("e"),
+        "e.created_at",
+    )
+}
 )
 SELECT (SELECT count(*) FROM current), (SELECT count(*) FROM changed)"""
 
-# New items, in file order, with an `import` adjustment for their starting stock.
-_INSERT = """
+# New items, in file order, with an `import` adjustment for their starting stock, and their
+# events: item.created, then stock.adjusted for the starting stock.
+_INSERT = f"""
 WITH created AS (
     INSERT INTO items (sku, name, name_key, description, price_cents, quantity, version,
                        created_at, updated_at)
@@ -108,10 +177,29 @@ WITH created AS (
     FROM stockroom_import_rows r
     WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.sku = r.sku)
     ORDER BY r.line
-    RETURNING id, quantity
+    RETURNING *
 ), ledger AS (
     INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
     SELECT id, quantity, :reason, quantity, :now FROM created WHERE quantity > 0 ORDER BY id
+    RETURNING *
+), created_events AS (
+    {
+    _events(
+        "item.created",
+        "SELECT gen_random_uuid()::text AS event_id, c.* FROM created c ORDER BY c.id",
+        _item_json("e"),
+        "e.updated_at",
+    )
+}
+), stock_events AS (
+    {
+    _events(
+        "stock.adjusted",
+        "SELECT gen_random_uuid()::text AS event_id, l.* FROM ledger l ORDER BY l.id",
+        _adjustment_json("e"),
+        "e.created_at",
+    )
+}
 )
 SELECT count(*) FROM created"""
 
@@ -157,14 +245,6 @@ async def upsert(
 
 
 DROP_BATCH_TABLE = "DROP TABLE IF EXISTS stockroom_import_rows"
-
-
-# The export's CSV written by PostgreSQL itself: the same cells as service._format writes.
-_UTC_TEXT = (
-    "CASE WHEN extract(microseconds FROM {c})::bigint % 1000000 = 0 "
-    "THEN to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
-    "ELSE to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END"
-)
 
 
 def _protected(column: str) -> Any:

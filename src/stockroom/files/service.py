@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from stockroom.db import is_unique_violation, utcnow, write_connection
 from stockroom.errors import InvalidRequestError
+from stockroom.events import log as events
 from stockroom.files import postgresql
 from stockroom.files.formats import (
     CsvReader,
@@ -360,6 +361,7 @@ async def _upsert(
         ).all()
     }  # fmt: skip
     new = [row for _, row in rows if row.sku not in existing]
+    new_ids: list[int] = []
     adjustments: list[dict[str, Any]] = []
     if new:
         created = await session.execute(
@@ -380,6 +382,7 @@ async def _upsert(
             ],
         )
         ids = {sku: item_id for item_id, sku in created.all()}
+        new_ids = list(ids.values())
         adjustments += [
             _adjustment(ids[row.sku], row.quantity, row.quantity, now)
             for row in new
@@ -404,8 +407,35 @@ async def _upsert(
         counts.updated += 1
     if changes:
         await session.execute(update(Item), changes)
+    written: Sequence[Adjustment] = []
     if adjustments:
-        await session.execute(insert(Adjustment), adjustments)
+        written = (
+            await session.scalars(insert(Adjustment).returning(Adjustment), adjustments)
+        ).all()
+    await _record_events(session, new_ids, changes, written)
+
+
+async def _record_events(
+    session: AsyncSession,
+    created: Sequence[int],
+    changes: Sequence[dict[str, Any]],
+    adjustments: Sequence[Adjustment],
+) -> None:
+    """The batch's events, as the API writes them: ``item.created`` for new items,
+    ``item.updated`` where name, description or price changed, ``stock.adjusted`` for each
+    ledger row."""
+    updated = [c["id"] for c in changes if c.keys() & {"name", "description", "price_cents"}]
+    kinds = dict.fromkeys(created, events.ITEM_CREATED)
+    kinds.update(dict.fromkeys(updated, events.ITEM_UPDATED))
+    items = {}
+    if kinds:
+        found = await session.scalars(
+            select(Item).where(Item.id.in_(list(kinds))).execution_options(populate_existing=True)
+        )
+        items = {item.id: item for item in found}
+    rows = [events.item_event(kinds[item_id], items[item_id]) for item_id in sorted(kinds)]
+    rows += [events.adjustment_event(adjustment) for adjustment in adjustments]
+    await events.record_many(session, rows)
 
 
 def _changes(current: Any, row: ImportRow) -> dict[str, Any]:
