@@ -316,6 +316,21 @@ async def save_outcomes(session: AsyncSession, outcomes: Sequence[Outcome]) -> N
     if not outcomes:
         return
     await begin_write(session)
+    # Deliveries of a webhook deleted meanwhile are gone (and stay gone: the lock keeps a
+    # delete from cascading to them until we commit); their attempts are not recorded.
+    alive = set(
+        (
+            await session.scalars(
+                select(Delivery.id)
+                .where(Delivery.id.in_([o.claimed.delivery_id for o in outcomes]))
+                .with_for_update(key_share=True)
+            )
+        ).all()
+    )
+    outcomes = [o for o in outcomes if o.claimed.delivery_id in alive]
+    if not outcomes:
+        await session.commit()
+        return
     await session.execute(
         _SAVE_DELIVERY,
         [
