@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import re
 import uuid
 from typing import Any
@@ -13,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from stockroom.events.log import START, Position, read_after
+from stockroom.events.log import START, Position, prune, read_after
 from stockroom.items import service as items
 from stockroom.items.schemas import ItemCreate
 from tests.conftest import ItemFactory
@@ -241,3 +242,33 @@ async def test_imports_write_the_same_events_as_the_api(
     )
     assert refused.status_code == 422
     assert len(await logged(app)) == before
+
+
+async def test_old_events_are_pruned_with_their_deliveries(
+    app: FastAPI, client: httpx.AsyncClient, new_item: ItemFactory
+) -> None:
+    await new_item()
+    await new_item()
+    hook = await client.post("/webhooks", json={"url": "https://93.184.216.34/", "events": ["*"]})
+    assert hook.status_code == 201
+    async with app.state.engine.begin() as connection:
+        # The first event is 8 days old and has a delivery; the second is recent.
+        first = await connection.scalar(text("SELECT min(seq) FROM events"))
+        await connection.execute(
+            text("UPDATE events SET created_at = :old WHERE seq = :seq"),
+            {"old": dt.datetime.now(dt.UTC) - dt.timedelta(days=8), "seq": first},
+        )
+        await connection.execute(
+            text(
+                "INSERT INTO webhook_deliveries (webhook_id, event_seq, status, attempts, "
+                "next_attempt_at, created_at) VALUES (:w, :seq, 'pending', 0, :now, :now)"
+            ),
+            {"w": hook.json()["id"], "seq": first, "now": dt.datetime.now(dt.UTC)},
+        )
+    async with app.state.sessions() as session:
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=7)
+        assert await prune(session, cutoff) == 1
+        assert await prune(session, cutoff) == 0
+    async with app.state.engine.connect() as connection:
+        assert await connection.scalar(text("SELECT count(*) FROM events")) == 1
+        assert await connection.scalar(text("SELECT count(*) FROM webhook_deliveries")) == 0
