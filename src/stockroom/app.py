@@ -14,7 +14,7 @@ from stockroom import __version__
 from stockroom.auth.router import router as auth_router
 from stockroom.auth.service import Authenticator
 from stockroom.background import event_services, purge_periodically
-from stockroom.db import create_engine, create_session_factory
+from stockroom.db import create_engine, create_read_engine, create_session_factory
 from stockroom.errors import install_error_handlers
 from stockroom.events.hub import EventHub
 from stockroom.events.router import router as events_router
@@ -25,11 +25,10 @@ from stockroom.items.router import router as items_router
 from stockroom.ledger.router import router as ledger_router
 from stockroom.middleware import (
     BodyLimitMiddleware,
-    MetricsMiddleware,
     RateLimitHeadersMiddleware,
     RequestContextMiddleware,
 )
-from stockroom.observability import Metrics, configure_logging, watch_event_loop
+from stockroom.observability import AccessLog, Metrics, configure_logging, watch_event_loop
 from stockroom.ratelimit import RateLimiter
 from stockroom.settings import Settings, load_settings
 from stockroom.system import DOCS_ASSETS_PATH, docs_assets
@@ -61,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # A commit that wrote events wakes this process's readers at once.
         sessions = create_session_factory(engine, info={SESSION_WAKEUP: wakeup.wake})
         app.state.engine = engine
+        app.state.read_engine = create_read_engine(engine, settings)
         app.state.sessions = sessions
         app.state.authenticator = Authenticator(
             sessions, enabled=settings.auth, ttl=settings.auth_cache_seconds
@@ -131,7 +131,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(events_router)
     app.mount(DOCS_ASSETS_PATH, docs_assets(), name="docs-assets")
-    # Added last = outermost: the request id is set before anything else runs.
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -139,7 +138,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if settings.rate_limit:
         app.add_middleware(RateLimitHeadersMiddleware)
-    app.add_middleware(RequestContextMiddleware)
-    # Outermost of all: counts every request with the status its client got.
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # Added last = outermost: the request id is set before anything else runs, and every
+    # request is counted and logged with the status its client got.
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=app.state.metrics,
+        access_log=AccessLog(settings.log_level_number),
+    )
     return app

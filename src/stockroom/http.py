@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Mapping
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
 from fastapi import Query
 from pydantic import BaseModel, Field, SerializationInfo, model_serializer
+from starlette.responses import Response
 
 from stockroom.errors import InvalidRequestError
 
@@ -19,6 +21,7 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "etag_matches",
+    "json_response",
     "make_etag",
 ]
 
@@ -29,6 +32,20 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
 Cursor = Annotated[
     str | None, Query(max_length=2048, description="`next_cursor` of the previous page.")
 ]
+
+
+def json_response(
+    body: BaseModel, *, status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
+    """``body`` as JSON, serialised once by pydantic. A route returning this still declares
+    its ``response_model`` (the schema), but FastAPI neither validates the model again nor
+    encodes it a second time."""
+    return Response(
+        body.__pydantic_serializer__.to_json(body),
+        status_code=status_code,
+        headers=headers,
+        media_type="application/json",
+    )
 
 
 def make_etag(resource_id: int, version: int) -> str:

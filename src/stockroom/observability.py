@@ -2,7 +2,8 @@
 
 Logging: JSON lines (one object a line) from structlog and the standard library alike. Each
 line of a request carries its ``request_id``, bound in a context variable by the
-request-context middleware. Uvicorn's own loggers go through the same renderer.
+request-context middleware. Uvicorn's own loggers go through the same renderer. The access
+line, the one line every request writes, is rendered directly (:class:`AccessLog`).
 
 Metrics: Prometheus, served at ``/metrics``. Each app has its own :class:`Metrics` (its own
 registry, so several apps in one process, as in the tests, do not collide). With
@@ -13,11 +14,13 @@ writes its values to files there and ``/metrics`` on any worker answers for all 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import orjson
 import structlog
@@ -34,14 +37,17 @@ from prometheus_client import (
 from sqlalchemy.pool import Pool, QueuePool
 
 __all__ = [
+    "ACCESS_LOGGER",
     "LOOP_LAG_INTERVAL",
     "METRICS_CONTENT_TYPE",
     "MULTIPROC_DIR_VARIABLE",
+    "AccessLog",
     "Metrics",
     "configure_logging",
     "watch_event_loop",
 ]
 
+ACCESS_LOGGER = "stockroom.access"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # How often the event-loop probe wakes up; its lateness is the loop's lag.
@@ -93,6 +99,37 @@ def configure_logging(level: int) -> None:
         logger.propagate = True
     # Stockroom writes its own access line (with route template and request id).
     logging.getLogger("uvicorn.access").disabled = True
+
+
+class AccessLog:
+    """One line per request: its id, method, route template, status and duration, as a JSON
+    object with the same members as every other line (``event``, ``level``, ``logger``,
+    ``timestamp``). Written straight to the log stream: through structlog's processors and
+    the standard library's logging (record, handler, formatter) this one line cost more than
+    all the rest of the middleware (see bench/RESULTS.md)."""
+
+    def __init__(self, level: int, stream: TextIO | None = None) -> None:
+        self.enabled = level <= logging.INFO
+        self._stream = stream or sys.stderr
+
+    def write(self, request_id: str, method: str, route: str, status: int, seconds: float) -> None:
+        if not self.enabled:
+            return
+        line = {
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "event": "request",
+            "request_id": request_id,
+            "level": "info",
+            "logger": ACCESS_LOGGER,
+            "timestamp": dt.datetime.now(dt.UTC),
+        }
+        self._stream.write(orjson.dumps(line, option=_ACCESS_LINE_OPTIONS).decode())
+
+
+_ACCESS_LINE_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 
 
 class Metrics:
@@ -157,6 +194,7 @@ class Metrics:
             buckets=_LAG_BUCKETS,
             registry=registry,
         )
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
         self.webhook_deliveries = Counter(
             "stockroom_webhook_deliveries",
@@ -180,8 +218,17 @@ class Metrics:
         )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route, method).observe(seconds)
+        # The labelled children, looked up once per label set (route templates are few).
+        key = (route, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route, method),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def sample_pool(self, pool: Pool, max_overflow: int) -> None:
         if not isinstance(pool, QueuePool):

@@ -63,9 +63,11 @@ class Settings(BaseSettings):
         DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB.",
     )
-    database_pool_size: int = Field(10, ge=1, le=1000, description="Connections kept in the pool.")
+    # All of the pool kept open, no overflow: under a steady load above the pool size an
+    # overflow connection is opened and closed again and again (a server process each time).
+    database_pool_size: int = Field(20, ge=1, le=1000, description="Connections kept in the pool.")
     database_max_overflow: int = Field(
-        10, ge=0, le=1000, description="Extra connections allowed above the pool size."
+        0, ge=0, le=1000, description="Extra connections allowed above the pool size."
     )
     database_pool_timeout: Seconds = Field(
         5.0, description="Seconds a request waits for a pooled connection before a 503."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Protocol
 
 from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, String, Text
 from sqlalchemy.dialects import postgresql
@@ -10,7 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from stockroom.db import Base, UTCDateTime
 
-__all__ = ["Item", "fold_name"]
+__all__ = ["Item", "ItemRecord", "fold_name"]
 
 # Case-folded names sort and match by code point on both databases ("C" collation on
 # PostgreSQL; SQLite compares bytes), so that order does not depend on a server's locale.
@@ -49,3 +50,29 @@ class Item(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class ItemRecord(Protocol):
+    """An item as read: an :class:`Item`, or a row of the ``items`` table (reads select plain
+    rows: no session, no identity map)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def sku(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def name_key(self) -> str: ...
+    @property
+    def description(self) -> str | None: ...
+    @property
+    def price_cents(self) -> int: ...
+    @property
+    def quantity(self) -> int: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def created_at(self) -> dt.datetime: ...
+    @property
+    def updated_at(self) -> dt.datetime: ...

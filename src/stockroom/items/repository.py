@@ -8,14 +8,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select, true
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import ColumnElement, Select, and_, bindparam, func, or_, select, true
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from stockroom.http import invalid_cursor
-from stockroom.items.models import Item, fold_name
+from stockroom.items.models import Item, ItemRecord, fold_name
 
-__all__ = ["ItemFilter", "ItemRepository", "Keyset"]
+__all__ = ["ItemFilter", "ItemReads", "ItemRepository", "Keyset"]
 
 # Sort key (as the API names it) -> column.
 _SORT_COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
@@ -77,7 +77,7 @@ class Keyset:
         columns = [_SORT_COLUMNS[self.key], Item.id] if self.key != "id" else [Item.id]
         return [c.desc() for c in columns] if self.descending else [c.asc() for c in columns]
 
-    def cursor_payload(self, item: Item) -> list[Any]:
+    def cursor_payload(self, item: ItemRecord) -> list[Any]:
         """The cursor of the page that starts after ``item``."""
         value = getattr(item, _SORT_COLUMNS[self.key].key)
         if isinstance(value, dt.datetime):
@@ -118,14 +118,46 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
 
 
+_COLUMNS = tuple(Item.__table__.columns)
+_BY_ID = select(*_COLUMNS).where(Item.id == bindparam("item_id"))
+
+
+def _select(
+    where: ItemFilter, keyset: Keyset, after: list[Any] | None, columns: Sequence[Any] = ()
+) -> Select[Any]:
+    clauses = where.clauses()
+    if after is not None:
+        clauses.append(keyset.after(after))
+    return select(*(columns or _COLUMNS)).where(and_(true(), *clauses)).order_by(*keyset.order_by())
+
+
+class ItemReads:
+    """Reads of items as plain rows of the table, on a connection: the hot paths (an item
+    by id, a list page) need no session, no transaction and no ORM objects."""
+
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+
+    async def get(self, item_id: int) -> ItemRecord | None:
+        return (await self.connection.execute(_BY_ID, {"item_id": item_id})).first()
+
+    async def page(
+        self, where: ItemFilter, keyset: Keyset, after: list[Any] | None, limit: int
+    ) -> Sequence[ItemRecord]:
+        stmt = _select(where, keyset, after).limit(limit + 1)
+        rows: Sequence[ItemRecord] = (await self.connection.execute(stmt)).all()
+        return rows
+
+    async def count(self, where: ItemFilter) -> int:
+        stmt = select(func.count()).select_from(Item).where(and_(true(), *where.clauses()))
+        return int((await self.connection.execute(stmt)).scalar_one())
+
+
 class ItemRepository:
-    """Thin data access for items; the service owns transactions."""
+    """Thin data access for items in a write transaction; the service owns it."""
 
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-
-    async def get(self, item_id: int) -> Item | None:
-        return await self.session.get(Item, item_id)
 
     async def get_for_update(self, item_id: int) -> Item | None:
         # FOR UPDATE on PostgreSQL; SQLite ignores it (its write lock is already held).
@@ -141,29 +173,9 @@ class ItemRepository:
         await self.session.delete(item)
         await self.session.flush()
 
-    def select(self, where: ItemFilter, keyset: Keyset, after: list[Any] | None) -> Select[Any]:
-        clauses = where.clauses()
-        if after is not None:
-            clauses.append(keyset.after(after))
-        return select(Item).where(and_(true(), *clauses)).order_by(*keyset.order_by())
-
     def export_select(
         self, where: ItemFilter, keyset: Keyset, columns: Sequence[Any] = ()
     ) -> Select[Any]:
         """The same selection and order as the list, as plain rows (no ORM objects) of the
         table's columns, or of ``columns`` (expressions over them)."""
-        return (
-            select(*(columns or Item.__table__.columns))
-            .where(and_(true(), *where.clauses()))
-            .order_by(*keyset.order_by())
-        )
-
-    async def page(
-        self, where: ItemFilter, keyset: Keyset, after: list[Any] | None, limit: int
-    ) -> Sequence[Item]:
-        stmt = self.select(where, keyset, after).limit(limit + 1)
-        return (await self.session.scalars(stmt)).all()
-
-    async def count(self, where: ItemFilter) -> int:
-        stmt = select(func.count()).select_from(Item).where(and_(true(), *where.clauses()))
-        return int((await self.session.execute(stmt)).scalar_one())
+        return _select(where, keyset, None, columns)

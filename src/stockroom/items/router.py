@@ -8,13 +8,13 @@ from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from stockroom.auth.deps import READ, WRITE
-from stockroom.deps import SessionDep
+from stockroom.deps import ReadEngineDep, SessionDep
 from stockroom.errors import InvalidRequestError, problem_responses
-from stockroom.http import Cursor, Limit, Page, etag_matches
+from stockroom.http import Cursor, Limit, Page, etag_matches, json_response
 from stockroom.idempotency.deps import IdempotencyDep
 from stockroom.idempotency.service import StoredAnswer
 from stockroom.items import service
-from stockroom.items.models import Item
+from stockroom.items.models import ItemRecord
 from stockroom.items.repository import ItemFilter
 from stockroom.items.schemas import (
     SEARCH_PATTERN,
@@ -52,11 +52,11 @@ IfMatch = Annotated[
 PriceBound = Annotated[Money | None, Query()]
 
 
-def _public(item: Item) -> ItemPublic:
+def _public(item: ItemRecord) -> ItemPublic:
     return ItemPublic.from_item(item)
 
 
-def _created(item: Item) -> StoredAnswer:
+def _created(item: ItemRecord) -> StoredAnswer:
     return StoredAnswer.json(
         status.HTTP_201_CREATED,
         _public(item),
@@ -112,20 +112,20 @@ ItemFilterDep = Annotated[ItemFilter, Depends(item_filter)]
 
 @router.get("", response_model=Page[ItemPublic], dependencies=[READ])
 async def list_items(
-    session: SessionDep,
+    db: ReadEngineDep,
     where: ItemFilterDep,
     limit: Limit = 50,
     cursor: Cursor = None,
     sort: SortKey = "id",
     count: bool = False,
-) -> Page[ItemPublic]:
-    page = await service.list_items(
-        session, where, sort=sort, cursor=cursor, limit=limit, count=count
-    )
-    return Page(
-        data=[_public(item) for item in page.items],
-        next_cursor=page.next_cursor,
-        total=page.total,
+) -> Response:
+    page = await service.list_items(db, where, sort=sort, cursor=cursor, limit=limit, count=count)
+    return json_response(
+        Page(
+            data=[_public(item) for item in page.items],
+            next_cursor=page.next_cursor,
+            total=page.total,
+        )
     )
 
 
@@ -139,17 +139,15 @@ async def list_items(
     dependencies=[READ],
 )
 async def get_item(
-    session: SessionDep,
+    db: ReadEngineDep,
     item_id: ItemId,
-    response: Response,
     if_none_match: Annotated[str | None, Header()] = None,
-) -> ItemPublic | Response:
-    item = await service.get_item(session, item_id)
+) -> Response:
+    item = await service.get_item(db, item_id)
     etag = service.etag_of(item)
     if if_none_match is not None and etag_matches(if_none_match, etag, weak=True):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-    response.headers["ETag"] = etag
-    return _public(item)
+    return json_response(_public(item), headers={"ETag": etag})
 
 
 @router.patch(

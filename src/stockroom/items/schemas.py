@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
-from stockroom.items.models import Item
+from stockroom.items.models import ItemRecord
 
 __all__ = [
     "MAX_PRICE",
@@ -197,7 +197,7 @@ class ItemPublic(BaseModel):
     updated_at: dt.datetime
 
     @classmethod
-    def from_item(cls, item: Item) -> ItemPublic:
+    def from_item(cls, item: ItemRecord) -> ItemPublic:
         return cls(
             id=item.id,
             sku=item.sku,

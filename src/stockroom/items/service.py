@@ -1,5 +1,6 @@
-"""Item use cases. Each function owns its transaction and commits before it returns, so a
-failed commit is an error response, never a silent 2xx."""
+"""Item use cases. Each function that writes owns its transaction and commits before it
+returns, so a failed commit is an error response, never a silent 2xx. Reads take the read
+engine and hold a connection only while their statements run (``db.read``)."""
 
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from stockroom.db import begin_write, is_unique_violation, utcnow
+from stockroom.db import begin_write, is_unique_violation, read, utcnow
 from stockroom.errors import ConflictError, DuplicateError, NotFoundError, PreconditionFailedError
 from stockroom.events import log as events
 from stockroom.http import decode_cursor, encode_cursor, etag_matches, make_etag
-from stockroom.items.models import Item, fold_name
-from stockroom.items.repository import ItemFilter, ItemRepository, Keyset
+from stockroom.items.models import Item, ItemRecord, fold_name
+from stockroom.items.repository import ItemFilter, ItemReads, ItemRepository, Keyset
 from stockroom.items.schemas import ItemCreate, ItemUpdate
 from stockroom.ledger import service as ledger
 
@@ -40,7 +41,7 @@ class StockNotZeroError(ConflictError):
 
 @dataclass(frozen=True, slots=True)
 class ItemPage:
-    items: Sequence[Item]
+    items: Sequence[ItemRecord]
     next_cursor: str | None
     total: int | None
 
@@ -49,12 +50,12 @@ def to_cents(amount: Decimal) -> int:
     return int(amount * 100)
 
 
-def etag_of(item: Item) -> str:
+def etag_of(item: ItemRecord) -> str:
     return make_etag(item.id, item.version)
 
 
-async def get_item(session: AsyncSession, item_id: int) -> Item:
-    item = await ItemRepository(session).get(item_id)
+async def get_item(db: AsyncEngine, item_id: int) -> ItemRecord:
+    item = await read(db, lambda connection: ItemReads(connection).get(item_id))
     if item is None:
         raise _not_found(item_id)
     return item
@@ -124,7 +125,7 @@ async def delete_item(session: AsyncSession, item_id: int, *, if_match: str | No
 
 
 async def list_items(
-    session: AsyncSession,
+    db: AsyncEngine,
     where: ItemFilter,
     *,
     sort: str,
@@ -134,12 +135,16 @@ async def list_items(
 ) -> ItemPage:
     keyset = Keyset(sort)
     after = decode_cursor(cursor) if cursor is not None else None
-    repo = ItemRepository(session)
-    rows = await repo.page(where, keyset, after, limit)
-    items, more = rows[:limit], len(rows) > limit
-    next_cursor = encode_cursor(keyset.cursor_payload(items[-1])) if more else None
-    total = await repo.count(where) if count else None
-    return ItemPage(items, next_cursor, total)
+
+    async def query(connection: AsyncConnection) -> ItemPage:
+        reads = ItemReads(connection)
+        rows = await reads.page(where, keyset, after, limit)
+        items, more = rows[:limit], len(rows) > limit
+        next_cursor = encode_cursor(keyset.cursor_payload(items[-1])) if more else None
+        total = await reads.count(where) if count else None
+        return ItemPage(items, next_cursor, total)
+
+    return await read(db, query)
 
 
 async def _locked(session: AsyncSession, item_id: int, if_match: str | None) -> Item:
