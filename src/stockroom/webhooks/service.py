@@ -316,6 +316,22 @@ async def save_outcomes(session: AsyncSession, outcomes: Sequence[Outcome]) -> N
     if not outcomes:
         return
     await begin_write(session)
+    # A delivery can be gone by now (its webhook deleted, its event pruned): its attempt is
+    # not recorded. Without this, the attempt's foreign key would fail the whole batch, and
+    # the dispatcher would retry that batch forever, recording nothing more. FOR KEY SHARE
+    # (PostgreSQL) keeps the others from being deleted until this commits.
+    ids = sorted({o.claimed.delivery_id for o in outcomes})
+    live = set(
+        (
+            await session.scalars(
+                select(Delivery.id).where(Delivery.id.in_(ids)).with_for_update(key_share=True)
+            )
+        ).all()
+    )
+    outcomes = [o for o in outcomes if o.claimed.delivery_id in live]
+    if not outcomes:
+        await session.commit()
+        return
     await session.execute(
         _SAVE_DELIVERY,
         [
