@@ -7,6 +7,7 @@ slow it down. Paths choose the behaviour:
 - ``/flaky/N``: 503 for the first N requests of each webhook-id, then 200;
 - ``/fail``: always 500;
 - ``/hang``: never answers (until the server stops);
+- ``/slow``: 204 after ``Receiver.delay`` seconds (the test may change it at any time);
 - ``/big``: 200 with a 1 MB body;
 - ``/redirect``: 302 to ``/ok`` (which must not be followed).
 """
@@ -31,11 +32,13 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    client: tuple[str, int] | None = None  # the sender's address and port
 
 
 @dataclass
 class Receiver:
     port: int = field(default_factory=free_port)
+    delay: float = 0.0
     received: list[Received] = field(default_factory=list)
     _seen: Counter[tuple[str, str]] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -56,13 +59,16 @@ class Receiver:
         body = b""
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the sender died mid-request (a killed process): nothing was delivered
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         path = scope["path"]
         with self._lock:
-            self.received.append(Received(path, headers, body, time.monotonic()))
+            client = tuple(scope["client"]) if scope.get("client") else None
+            self.received.append(Received(path, headers, body, time.monotonic(), client))
             self._seen[(path, headers.get("webhook-id", ""))] += 1
             seen = self._seen[(path, headers.get("webhook-id", ""))]
         status, extra, payload = 204, [], b""
@@ -72,6 +78,8 @@ class Receiver:
             status = 500
         elif path == "/hang":
             await asyncio.sleep(3600)
+        elif path == "/slow":
+            await asyncio.sleep(self.delay)
         elif path == "/big":
             status, payload = 200, b"x" * 1_000_000
         elif path == "/redirect":
@@ -90,6 +98,7 @@ class RunningReceiver:
             log_level="warning",
             lifespan="off",
             timeout_graceful_shutdown=1,
+            timeout_keep_alive=60,  # a sender keeps its connections: its ports name it
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -4,6 +4,7 @@ with signatures checked by the `standardwebhooks` package (code we did not write
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import uuid
 from typing import Any
@@ -13,6 +14,8 @@ import pytest
 import standardwebhooks
 from fastapi import FastAPI
 
+from stockroom.db import utcnow
+from stockroom.webhooks import service
 from tests.conftest import client_for, create_key, problem
 from tests.events.conftest import running_app, wait_until
 from tests.events.receiver import Receiver
@@ -360,3 +363,34 @@ async def test_metrics_show_the_backlog_and_the_outcomes(
         assert values['stockroom_webhook_deliveries_total{outcome="retry"}'] == 1.0
         assert values['stockroom_webhook_deliveries_total{outcome="delivered"}'] == 1.0
         assert values["stockroom_webhook_backlog_oldest_seconds"] > 0
+
+
+async def test_an_outcome_for_a_delivery_deleted_meanwhile_is_dropped(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """A webhook deleted while one of its deliveries is in flight: that attempt is not
+    recorded, and the outcomes saved with it still are (the batch does not fail, which would
+    leave the dispatcher retrying it forever)."""
+    gone = await subscribe(client, "https://93.184.216.34/gone")
+    kept = await subscribe(client, "https://93.184.216.34/kept")
+    created = await client.post("/items", json={"sku": "G-1", "name": "G", "price": 1})
+    assert created.status_code == 201
+    claimed: list[service.Claimed] = []
+
+    async def claim_both() -> bool:
+        # The event is readable once every older transaction has ended (events.log).
+        async with app.state.sessions() as session:
+            while await service.fan_out(session):
+                pass
+            claimed.extend(await service.claim(session, 10, dt.timedelta(minutes=1)))
+        return len(claimed) == 2
+
+    await wait_until(claim_both)
+    assert sorted(c.webhook_id for c in claimed) == sorted([gone["id"], kept["id"]])
+    assert (await client.delete(f"/webhooks/{gone['id']}")).status_code == 204
+
+    outcomes = [service.Outcome(c, "delivered", 204, None, 5, None, utcnow()) for c in claimed]
+    async with app.state.sessions() as session:
+        await service.save_outcomes(session, outcomes)
+    recorded = await attempts(client, kept["id"])
+    assert [(a["status"], a["response_status"]) for a in recorded] == [("delivered", 204)]

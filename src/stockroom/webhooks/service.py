@@ -316,18 +316,19 @@ async def save_outcomes(session: AsyncSession, outcomes: Sequence[Outcome]) -> N
     if not outcomes:
         return
     await begin_write(session)
-    # Deliveries of a webhook deleted meanwhile are gone (and stay gone: the lock keeps a
-    # delete from cascading to them until we commit); their attempts are not recorded.
-    alive = set(
+    # A delivery can be gone by now (its webhook deleted, its event pruned): its attempt is
+    # not recorded. Without this, the attempt's foreign key would fail the whole batch, and
+    # the dispatcher would retry that batch forever, recording nothing more. FOR KEY SHARE
+    # (PostgreSQL) keeps the others from being deleted until this commits.
+    ids = sorted({o.claimed.delivery_id for o in outcomes})
+    live = set(
         (
             await session.scalars(
-                select(Delivery.id)
-                .where(Delivery.id.in_([o.claimed.delivery_id for o in outcomes]))
-                .with_for_update(key_share=True)
+                select(Delivery.id).where(Delivery.id.in_(ids)).with_for_update(key_share=True)
             )
         ).all()
     )
-    outcomes = [o for o in outcomes if o.claimed.delivery_id in alive]
+    outcomes = [o for o in outcomes if o.claimed.delivery_id in live]
     if not outcomes:
         await session.commit()
         return
