@@ -21,8 +21,9 @@ from pathlib import Path
 import asyncpg
 import httpx
 import psutil
-from files import ADMIN_DSN, psql, write_rows
 from wrkrun import free_port
+
+from files import ADMIN_DSN, psql, write_rows
 
 DATABASE = "stockroom_bench_files_cpu"
 
