@@ -118,7 +118,11 @@ def test_a_client_leaving_mid_export_releases_the_cursor(
     data = tmp_path / "rows.csv"
     write_csv(data, 50_000)
     auth = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=server.url, headers=auth) as http, data.open("rb") as body:
+    # The import only sets the stage: a slow, busy machine must not time it out.
+    with (
+        httpx.Client(base_url=server.url, headers=auth, timeout=120) as http,
+        data.open("rb") as body,
+    ):
         http.post("/items/import", content=body, headers={"content-type": "text/csv"})
     # A client with a tiny receive window that stops reading: the server's writes block
     # while its cursor is open. Then the client goes away.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +128,25 @@ class _Lines:
         return lines, errors
 
 
+def _parse_all(complete: list[tuple[int, list[str]]]) -> Iterator[list[str]] | None:
+    """The fields of every record, read by one csv.reader over all their lines: much
+    faster than a reader per record, and the same result when each record is read from
+    exactly its own lines. Otherwise (a CSV error, or a record that ends before its last
+    line) None: the caller reads record by record, which reports the error where it is."""
+    reader = csv.reader((line for _, lines in complete for line in lines), strict=True)
+    fields: list[list[str]] = []
+    end = 0
+    try:
+        for _, lines in complete:
+            fields.append(next(reader, []))
+            end += len(lines)
+            if reader.line_num != end:
+                return None
+    except csv.Error:
+        return None
+    return iter(fields)
+
+
 class CsvReader:
     """RFC 4180 CSV with a header row; quoted fields may hold commas, quotes and newlines."""
 
@@ -174,12 +193,16 @@ class CsvReader:
         self, complete: list[tuple[int, list[str]]], errors: list[RecordError]
     ) -> tuple[list[Record], list[RecordError]]:
         records: list[Record] = []
+        parsed = _parse_all(complete)
         for start, lines in complete:
-            try:
-                values = next(csv.reader(lines, strict=True), [])
-            except csv.Error as exc:
-                errors.append(RecordError(start, f"not valid CSV: {exc}"))
-                continue
+            if parsed is not None:
+                values = next(parsed)
+            else:
+                try:
+                    values = next(csv.reader(lines, strict=True), [])
+                except csv.Error as exc:
+                    errors.append(RecordError(start, f"not valid CSV: {exc}"))
+                    continue
             if not values or values == [""]:
                 continue  # blank line
             if self.columns is None:

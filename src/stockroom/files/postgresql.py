@@ -13,10 +13,9 @@ from sqlalchemy import literal_column, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stockroom.db import utcnow
-from stockroom.files.schemas import ImportReport, ImportRow
-from stockroom.items.models import Item, fold_name
+from stockroom.files.schemas import ImportReport, ValidRow
+from stockroom.items.models import Item
 from stockroom.items.repository import ItemFilter, ItemRepository, Keyset
-from stockroom.items.service import to_cents
 
 __all__ = [
     "CREATE_BATCH_TABLE",
@@ -51,26 +50,12 @@ CREATE TEMPORARY TABLE stockroom_import_rows (
     name_key text COLLATE "C" NOT NULL, description text, price_cents bigint NOT NULL,
     quantity integer
 )"""
-_BATCH_COLUMNS = ("line", "sku", "name", "name_key", "description", "price_cents", "quantity")
+_BATCH_COLUMNS = ValidRow._fields
 
-# Rows whose sku came earlier in the file (in this batch or a batch before): reported.
-_DUPLICATES = """
-WITH first AS (
-    INSERT INTO stockroom_import_skus (sku, line)
-    SELECT sku, min(line) FROM stockroom_import_rows GROUP BY sku
-    ON CONFLICT (sku) DO NOTHING
-    RETURNING sku, line
-), seen AS (
-    SELECT sku, line FROM first
-    UNION ALL
-    SELECT s.sku, s.line FROM stockroom_import_skus s
-    WHERE s.sku IN (SELECT sku FROM stockroom_import_rows) AND s.sku NOT IN (SELECT sku FROM first)
-), dropped AS (
-    DELETE FROM stockroom_import_rows r USING seen
-    WHERE r.sku = seen.sku AND r.line <> seen.line
-    RETURNING r.line, r.sku, seen.line AS first_line
-)
-SELECT line, sku, first_line FROM dropped ORDER BY line"""
+# Every statement below reaches items and the sku table through their indexes, row by row
+# (a LATERAL lookup, ON CONFLICT): the planner would otherwise hash-join a 5,000-row batch
+# against a full scan of a million-row table, once per batch, and an import would slow down
+# as the table grows.
 
 # The export's CSV written by PostgreSQL itself: the same cells as service._format writes.
 _UTC_TEXT = (
@@ -117,16 +102,79 @@ def _events(kind: str, rows: str, data: str, at: str) -> str:
     )
 
 
-# Existing items: lock them (in id order, so concurrent imports cannot deadlock), update
-# what differs, and write an `import` adjustment where the quantity changes; then the events:
-# item.updated where name, description or price changed, stock.adjusted per ledger row.
+_STOCK_EVENTS = _events(
+    "stock.adjusted",
+    "SELECT gen_random_uuid()::text AS event_id, l.* FROM ledger l ORDER BY l.id",
+    _adjustment_json("e"),
+    "e.created_at",
+)
+
+
+# Rows whose sku came earlier in the file (in this batch or a batch before): dropped from the
+# batch and returned, with the line where the sku came first. Inserted in sku order: a
+# b-tree fills faster in order.
+_DUPLICATES = """
+WITH first AS (
+    INSERT INTO stockroom_import_skus (sku, line)
+    SELECT sku, min(line) FROM stockroom_import_rows GROUP BY sku ORDER BY sku
+    ON CONFLICT (sku) DO NOTHING
+    RETURNING sku, line
+)
+DELETE FROM stockroom_import_rows r
+WHERE NOT EXISTS (SELECT 1 FROM first f WHERE f.sku = r.sku AND f.line = r.line)
+RETURNING r.line, r.sku, coalesce(
+    (SELECT s.line FROM stockroom_import_skus s WHERE s.sku = r.sku),
+    (SELECT f.line FROM first f WHERE f.sku = r.sku)
+)"""
+
+# New items first, in file order, with an `import` adjustment for their starting stock and
+# their events (item.created, stock.adjusted); they
+# leave the batch table, so that what stays there is the items that exist. A sku that exists
+# (or that another request is creating: ON CONFLICT waits for it) conflicts and stays.
+_INSERT = f"""
+WITH created AS (
+    INSERT INTO items (sku, name, name_key, description, price_cents, quantity, version,
+                       created_at, updated_at)
+    SELECT r.sku, r.name, r.name_key, r.description, r.price_cents, coalesce(r.quantity, 0), 1,
+           :now, :now
+    FROM stockroom_import_rows r
+    ORDER BY r.line
+    ON CONFLICT (sku) DO NOTHING
+    RETURNING *
+), ledger AS (
+    INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
+    SELECT id, quantity, :reason, quantity, :now FROM created WHERE quantity > 0 ORDER BY id
+    RETURNING *
+), created_events AS (
+    {
+    _events(
+        "item.created",
+        "SELECT gen_random_uuid()::text AS event_id, c.* FROM created c ORDER BY c.id",
+        _item_json("e"),
+        "e.updated_at",
+    )
+}
+), stock_events AS (
+    {_STOCK_EVENTS}
+), done AS (
+    DELETE FROM stockroom_import_rows r USING created c WHERE r.sku = c.sku
+)
+SELECT count(*) FROM created"""
+
+# Then the items that exist: lock them (in sku order, so concurrent imports cannot
+# deadlock), update what differs, and write an `import` adjustment where the quantity
+# changes; events: item.updated where name, description or price changed, stock.adjusted
+# per ledger row.
 _UPDATE = f"""
 WITH current AS (
     SELECT i.id, i.quantity AS old_quantity, i.name AS old_name,
-           i.description AS old_description, i.price_cents AS old_price_cents, r.*
-    FROM items i JOIN stockroom_import_rows r ON r.sku = i.sku
-    ORDER BY i.id
-    FOR UPDATE OF i
+           i.description AS old_description, i.price_cents AS old_price_cents,
+           r.name, r.name_key, r.description, r.price_cents, r.quantity
+    FROM (SELECT * FROM stockroom_import_rows ORDER BY sku) r
+    CROSS JOIN LATERAL (
+        SELECT id, quantity, name, description, price_cents FROM items
+        WHERE items.sku = r.sku FOR UPDATE
+    ) i
 ), changed AS (
     UPDATE items i SET
         name = c.name, name_key = c.name_key, description = c.description,
@@ -155,89 +203,44 @@ WITH current AS (
     )
 }
 ), stock_events AS (
-    {
-    _events(
-        "stock.adjusted",
-        "SELECT gen_random_uuid()::text AS event_id, l.* FROM ledger l ORDER BY l.id",
-        _adjustment_json("e"),
-        "e.created_at",
-    )
-}
+    {_STOCK_EVENTS}
 )
 SELECT (SELECT count(*) FROM current), (SELECT count(*) FROM changed)"""
 
-# New items, in file order, with an `import` adjustment for their starting stock, and their
-# events: item.created, then stock.adjusted for the starting stock.
-_INSERT = f"""
-WITH created AS (
-    INSERT INTO items (sku, name, name_key, description, price_cents, quantity, version,
-                       created_at, updated_at)
-    SELECT r.sku, r.name, r.name_key, r.description, r.price_cents, coalesce(r.quantity, 0), 1,
-           :now, :now
-    FROM stockroom_import_rows r
-    WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.sku = r.sku)
-    ORDER BY r.line
-    RETURNING *
-), ledger AS (
-    INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
-    SELECT id, quantity, :reason, quantity, :now FROM created WHERE quantity > 0 ORDER BY id
-    RETURNING *
-), created_events AS (
-    {
-    _events(
-        "item.created",
-        "SELECT gen_random_uuid()::text AS event_id, c.* FROM created c ORDER BY c.id",
-        _item_json("e"),
-        "e.updated_at",
-    )
-}
-), stock_events AS (
-    {
-    _events(
-        "stock.adjusted",
-        "SELECT gen_random_uuid()::text AS event_id, l.* FROM ledger l ORDER BY l.id",
-        _adjustment_json("e"),
-        "e.created_at",
-    )
-}
-)
-SELECT count(*) FROM created"""
 
-
-async def _copy_batch(session: AsyncSession, rows: Sequence[tuple[int, ImportRow]]) -> None:
+async def _copy_batch(session: AsyncSession, rows: Sequence[ValidRow]) -> None:
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     await session.execute(text("TRUNCATE stockroom_import_rows"))
     await raw.driver_connection.copy_records_to_table(  # type: ignore[union-attr]
-        "stockroom_import_rows",
-        columns=_BATCH_COLUMNS,
-        records=[
-            (line, r.sku, r.name, fold_name(r.name), r.description, to_cents(r.price), r.quantity)
-            for line, r in rows
-        ],
+        "stockroom_import_rows", columns=_BATCH_COLUMNS, records=rows
     )
 
 
 async def first_time_seen(
-    session: AsyncSession, rows: list[tuple[int, ImportRow]], report: ImportReport
-) -> list[tuple[int, ImportRow]]:
+    session: AsyncSession, rows: list[ValidRow], report: ImportReport
+) -> list[ValidRow]:
+    """COPY the batch into stockroom_import_rows, drop (and report) the rows whose sku came
+    earlier in the file; returns the others."""
     await _copy_batch(session, rows)
-    dropped = (await session.execute(text(_DUPLICATES))).all()
+    dropped = sorted(tuple(row) for row in await session.execute(text(_DUPLICATES)))
     for line, sku, first_line in dropped:
         report.fail(line, f"sku {sku!r} appears again (first on line {first_line})")
+    if not dropped:
+        return rows
     gone = {line for line, _, _ in dropped}
-    return [(line, row) for line, row in rows if line not in gone]
+    return [row for row in rows if row.line not in gone]
 
 
-async def upsert(
-    session: AsyncSession, rows: Sequence[tuple[int, ImportRow]], counts: Counts
-) -> None:
+async def upsert(session: AsyncSession, rows: Sequence[ValidRow], counts: Counts) -> None:
     """The batch is already in stockroom_import_rows (see first_time_seen)."""
     params = {"now": utcnow(), "reason": REASON_IMPORT}
-    matched, changed = (await session.execute(text(_UPDATE), params)).one()
     created = (await session.execute(text(_INSERT), params)).scalar_one()
+    matched = changed = 0
+    if created < len(rows):  # some exist
+        matched, changed = (await session.execute(text(_UPDATE), params)).one()
     if matched + created != len(rows):
-        # Another request created one of these skus between the two statements.
+        # Another request deleted one of these items between the two statements.
         raise RaceError
     counts.created += created
     counts.updated += changed

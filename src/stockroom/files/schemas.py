@@ -2,26 +2,45 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import NamedTuple, NotRequired
+
+from pydantic import BaseModel, ConfigDict, Field, with_config
+
+# pydantic reads TypedDicts from typing_extensions only, on Python < 3.12.
+from typing_extensions import TypedDict
 
 from stockroom.items.schemas import Money, Name, OptionalDescription, Quantity, Sku
 
-__all__ = ["MAX_REPORTED_ERRORS", "ImportError_", "ImportReport", "ImportRow"]
+__all__ = ["MAX_REPORTED_ERRORS", "ImportError_", "ImportReport", "ImportRow", "ValidRow"]
 
 MAX_REPORTED_ERRORS = 100
 
 
-class ImportRow(BaseModel):
+# A TypedDict, not a model: a batch of rows is validated in one call and comes back as
+# plain dicts, several times faster than a model instance per row; the rules are the same
+# annotated types as POST /items uses.
+@with_config(ConfigDict(extra="forbid"))
+class ImportRow(TypedDict):
     """One item of a file: the rules of POST /items. A missing quantity leaves an existing
     item's stock as it is (and is 0 for a new one)."""
 
-    model_config = ConfigDict(extra="forbid")
-
     sku: Sku
     name: Name
-    description: OptionalDescription = None
+    description: NotRequired[OptionalDescription]
     price: Money
-    quantity: Quantity | None = None
+    quantity: NotRequired[Quantity | None]
+
+
+class ValidRow(NamedTuple):
+    """A valid row as the database takes it (the columns of the PostgreSQL batch table)."""
+
+    line: int
+    sku: str
+    name: str
+    name_key: str
+    description: str | None
+    price_cents: int
+    quantity: int | None
 
 
 class ImportError_(BaseModel):  # noqa: N801 - "ImportError" is a builtin

@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
 from sqlalchemy import (
     Column,
     Integer,
@@ -48,7 +49,7 @@ from stockroom.files.formats import (
     csv_rows,
     ndjson_rows,
 )
-from stockroom.files.schemas import ImportReport, ImportRow
+from stockroom.files.schemas import ImportReport, ImportRow, ValidRow
 from stockroom.items.models import Item, fold_name
 from stockroom.items.repository import ItemFilter, ItemRepository, Keyset
 from stockroom.items.service import to_cents
@@ -131,27 +132,54 @@ class ImportOptions:
 
 @dataclass
 class _Parsed:
-    rows: list[tuple[int, ImportRow]] = field(default_factory=list)
+    rows: list[ValidRow] = field(default_factory=list)
     errors: list[RecordError] = field(default_factory=list)
+
+
+_ROWS = TypeAdapter(list[ImportRow])
 
 
 def _parse(reader: Reader, chunk: bytes, final: bool) -> _Parsed:
     """Decode, split and validate one chunk. Runs in a worker thread."""
     records, errors = reader.feed(chunk, final)
-    parsed = _Parsed(errors=errors)
     is_csv = isinstance(reader, CsvReader)
+    lines: list[int] = []
+    values: list[dict[str, Any]] = []
     for record in records:
         fields = {k: v for k, v in record.fields.items() if k not in _IGNORED_COLUMNS}
-        if is_csv:
-            fields = _from_csv(fields)
-        try:
-            parsed.rows.append((record.line, ImportRow.model_validate(fields)))
-        except ValidationError as exc:
-            parsed.errors.append(RecordError(record.line, _first_problem(exc)))
+        lines.append(record.line)
+        values.append(_from_csv(fields) if is_csv else fields)
+    parsed = _Parsed(rows=_validate(lines, values, errors), errors=errors)
     if final or reader.broken:
         reader.finish()
     parsed.errors.sort(key=lambda error: error.line)
     return parsed
+
+
+def _validate(
+    lines: list[int], values: list[dict[str, Any]], errors: list[RecordError]
+) -> list[ValidRow]:
+    """The valid rows of a chunk, validated in one call; a bad row's first problem goes to
+    ``errors`` (then the good rows are validated again: bad rows are rare)."""
+    try:
+        valid = _ROWS.validate_python(values)
+    except ValidationError as exc:
+        problems: dict[int, str] = {}
+        for error in exc.errors(include_url=False):
+            index = error["loc"][0]
+            assert isinstance(index, int)
+            problems.setdefault(index, _problem(error))
+        errors.extend(RecordError(lines[index], problem) for index, problem in problems.items())
+        keep = [index for index in range(len(values)) if index not in problems]
+        lines = [lines[index] for index in keep]
+        valid = _ROWS.validate_python([values[index] for index in keep])
+    return [
+        ValidRow(
+            line, row["sku"], row["name"], fold_name(row["name"]), row.get("description"),
+            to_cents(row["price"]), row.get("quantity"),
+        )
+        for line, row in zip(lines, valid, strict=True)
+    ]  # fmt: skip
 
 
 def _from_csv(fields: dict[str, Any]) -> dict[str, Any]:
@@ -166,9 +194,9 @@ def _from_csv(fields: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def _first_problem(exc: ValidationError) -> str:
-    error = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in error["loc"]) or "row"
+def _problem(error: ErrorDetails) -> str:
+    """A row's problem as ``field: message`` (the location without the row's index)."""
+    where = ".".join(str(part) for part in error["loc"][1:]) or "row"
     return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
@@ -215,25 +243,49 @@ async def import_items(
     return report
 
 
-async def _parsed_chunks(
-    chunks: AsyncIterator[bytes], reader: Reader, queue: asyncio.Queue[_Parsed | None]
+@dataclass
+class _Batch:
+    rows: list[ValidRow] = field(default_factory=list)
+    # Problems found while reading the rows of this batch (their lines come before its end).
+    errors: list[RecordError] = field(default_factory=list)
+
+
+async def _read_batches(
+    chunks: AsyncIterator[bytes],
+    reader: Reader,
+    batch_rows: int,
+    queue: asyncio.Queue[_Batch | None],
 ) -> None:
-    """Read and parse ahead (in a worker thread) while the previous batch is written; the
-    small queue keeps memory bounded. Ends with None."""
+    """Read and parse (in a worker thread) the next batch while the previous one is written:
+    the database and the parser work at the same time, and memory holds at most three
+    batches (one written, one waiting in the queue, one being read). Ends with None."""
+    batch = _Batch()
     try:
         final = False
         iterator = aiter(chunks)
-        while not final:
+        while not final and not reader.broken:
             try:
                 chunk = await anext(iterator)
             except StopAsyncIteration:
                 chunk, final = b"", True
             parsed = await asyncio.to_thread(_parse, reader, chunk, final)
-            await queue.put(parsed)
-            if reader.broken:
-                break
+            batch.rows += parsed.rows
+            batch.errors += parsed.errors
+            # Whole batches of one size but the last: the same statements every time.
+            while len(batch.rows) >= batch_rows:
+                full = _Batch(batch.rows[:batch_rows], batch.errors)
+                batch = _Batch(batch.rows[batch_rows:])
+                await queue.put(full)
+    except FileError:
+        await queue.put(batch)  # problems reported before the file turned out unreadable
+        raise
+    else:
+        await queue.put(batch)
     finally:
-        await queue.put(None)
+        # The end, for the writer; unless the writer is gone and cancelled us.
+        task = asyncio.current_task()
+        if task is None or not task.cancelling():
+            await queue.put(None)
 
 
 async def _run(
@@ -244,35 +296,25 @@ async def _run(
     report: ImportReport,
 ) -> None:
     batch_rows = BATCH_ROWS_POSTGRESQL if _on_postgresql(session) else BATCH_ROWS
-    batch: list[tuple[int, ImportRow]] = []
     rows_read = 0
     apply = True
-
-    async def flush(rows: list[tuple[int, ImportRow]]) -> None:
-        nonlocal apply
-        apply = await _apply_batch(session, rows, report, apply=apply)
-        if options.atomic and report.failed:
-            apply = False  # keep reading to report every bad row, but write nothing more
-        if not options.one_transaction:
-            await session.commit()
-
-    queue: asyncio.Queue[_Parsed | None] = asyncio.Queue(maxsize=2)
-    producer = asyncio.create_task(_parsed_chunks(chunks, reader, queue))
+    queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
+    producer = asyncio.create_task(_read_batches(chunks, reader, batch_rows, queue))
     try:
-        while (parsed := await queue.get()) is not None:
-            for error in parsed.errors:
+        while (batch := await queue.get()) is not None:
+            for error in batch.errors:
                 report.fail(error.line, error.message)
-            batch.extend(parsed.rows)
-            rows_read += len(parsed.rows) + len(parsed.errors)
+            rows_read += len(batch.rows) + len(batch.errors)
             if options.progress is not None:
                 options.progress(rows_read)
             if options.atomic and report.failed:
-                apply = False
-            # Whole batches of one size: the same SQL every time, so prepared statements
-            # are reused.
-            while len(batch) >= batch_rows:
-                await flush(batch[:batch_rows])
-                del batch[:batch_rows]
+                apply = False  # keep reading to report every bad row, but write nothing more
+            if batch.rows:
+                apply = await _apply_batch(session, batch.rows, report, apply=apply)
+                if options.atomic and report.failed:
+                    apply = False
+                if not options.one_transaction:
+                    await session.commit()
         await producer  # raises what the reading or parsing raised
     except FileError as exc:
         report.fail(exc.line, exc.message)
@@ -283,8 +325,6 @@ async def _run(
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await producer
-    if batch:
-        await flush(batch)
 
 
 def _on_postgresql(session: AsyncSession) -> bool:
@@ -292,7 +332,7 @@ def _on_postgresql(session: AsyncSession) -> bool:
 
 
 async def _apply_batch(
-    session: AsyncSession, rows: list[tuple[int, ImportRow]], report: ImportReport, *, apply: bool
+    session: AsyncSession, rows: list[ValidRow], report: ImportReport, *, apply: bool
 ) -> bool:
     """Upsert one batch by sku; returns whether to go on applying."""
     on_postgresql = _on_postgresql(session)
@@ -322,29 +362,29 @@ async def _apply_batch(
 
 
 async def _first_time_seen(
-    session: AsyncSession, rows: list[tuple[int, ImportRow]], report: ImportReport
-) -> list[tuple[int, ImportRow]]:
+    session: AsyncSession, rows: list[ValidRow], report: ImportReport
+) -> list[ValidRow]:
     """Drop (and report) rows whose sku came earlier in the file."""
-    skus = {row.sku for _, row in rows}
+    skus = {row.sku for row in rows}
     found = await session.execute(select(_seen.c.sku, _seen.c.line).where(_seen.c.sku.in_(skus)))
     first: dict[str, int] = dict(found.all())  # from earlier batches
-    unique: list[tuple[int, ImportRow]] = []
-    for line, row in rows:
+    unique: list[ValidRow] = []
+    for row in rows:
         if row.sku in first:
-            report.fail(line, f"sku {row.sku!r} appears again (first on line {first[row.sku]})")
+            report.fail(row.line, f"sku {row.sku!r} appears again (first on line {first[row.sku]})")
         else:
-            first[row.sku] = line
-            unique.append((line, row))
+            first[row.sku] = row.line
+            unique.append(row)
     if unique:
-        await session.execute(insert(_seen), [{"sku": r.sku, "line": n} for n, r in unique])
+        await session.execute(insert(_seen), [{"sku": r.sku, "line": r.line} for r in unique])
     return unique
 
 
 async def _upsert(
-    session: AsyncSession, rows: Sequence[tuple[int, ImportRow]], counts: postgresql.Counts
+    session: AsyncSession, rows: Sequence[ValidRow], counts: postgresql.Counts
 ) -> None:
     now = utcnow()
-    skus = [row.sku for _, row in rows]
+    skus = [row.sku for row in rows]
     # FOR UPDATE (PostgreSQL): nobody changes these items until the batch commits, so the
     # quantity each adjustment starts from is the real one.
     existing = {
@@ -360,7 +400,7 @@ async def _upsert(
             )
         ).all()
     }  # fmt: skip
-    new = [row for _, row in rows if row.sku not in existing]
+    new = [row for row in rows if row.sku not in existing]
     new_ids: list[int] = []
     adjustments: list[dict[str, Any]] = []
     if new:
@@ -370,9 +410,9 @@ async def _upsert(
                 {
                     "sku": row.sku,
                     "name": row.name,
-                    "name_key": fold_name(row.name),
+                    "name_key": row.name_key,
                     "description": row.description,
-                    "price_cents": to_cents(row.price),
+                    "price_cents": row.price_cents,
                     "quantity": row.quantity or 0,
                     "version": 1,
                     "created_at": now,
@@ -381,7 +421,7 @@ async def _upsert(
                 for row in new
             ],
         )
-        ids = {sku: item_id for item_id, sku in created.all()}
+        ids = {sku: item_id for item_id, sku in created}
         new_ids = list(ids.values())
         adjustments += [
             _adjustment(ids[row.sku], row.quantity, row.quantity, now)
@@ -390,7 +430,7 @@ async def _upsert(
         ]
         counts.created += len(new)
     changes: list[dict[str, Any]] = []
-    for _, row in rows:
+    for row in rows:
         current = existing.get(row.sku)
         if current is None:
             continue
@@ -438,16 +478,15 @@ async def _record_events(
     await events.record_many(session, rows)
 
 
-def _changes(current: Any, row: ImportRow) -> dict[str, Any]:
+def _changes(current: Any, row: ValidRow) -> dict[str, Any]:
     change: dict[str, Any] = {}
     if row.name != current.name:
         change["name"] = row.name
-        change["name_key"] = fold_name(row.name)
+        change["name_key"] = row.name_key
     if row.description != current.description:
         change["description"] = row.description
-    price_cents = to_cents(row.price)
-    if price_cents != current.price_cents:
-        change["price_cents"] = price_cents
+    if row.price_cents != current.price_cents:
+        change["price_cents"] = row.price_cents
     if row.quantity is not None and row.quantity != current.quantity:
         change["quantity"] = row.quantity
     return change

@@ -112,8 +112,15 @@ _INVISIBLE = frozenset({"Cc", "Cf", "Cs", "Cn", "Zs", "Zl", "Zp"})
 NO_NUL_PATTERN = r"^[^\x00]*$"
 
 
+# Printable ASCII but the space: one of these makes a name visible at once (the check of every
+# character below is the slow way to the same answer; imports run it a million times).
+_ASCII_VISIBLE = re.compile(r"[!-~]")
+
+
 def _visible(name: str) -> str:
-    if all(unicodedata.category(char) in _INVISIBLE for char in name):
+    if _ASCII_VISIBLE.search(name) is None and all(
+        unicodedata.category(char) in _INVISIBLE for char in name
+    ):
         raise PydanticCustomError("name_invisible", "must contain a visible character")
     return name
 
