@@ -53,6 +53,7 @@ HUGE_CONNECTIONS = 1024
 MAX_TAIL_RATIO = 3.0  # p99 <= 3x p50
 MAX_LOOP_LAG_P99 = 0.010  # seconds
 LAG_METRIC = "stockroom_event_loop_lag_seconds_bucket"
+METRICS_TIMEOUT = 60  # a server just out of a c=1024 run may take a while to answer
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,7 @@ def start_servers(work: Path) -> dict[str, Server]:
 def lag_buckets(server: Server) -> dict[float, float]:
     """Stockroom's event-loop lag histogram from its /metrics: cumulative count per bound."""
     buckets = {}
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
+    for line in httpx.get(server.url + "/metrics", timeout=METRICS_TIMEOUT).text.splitlines():
         if line.startswith(LAG_METRIC + "{"):
             bound = re.search(r'le="([^"]+)"', line).group(1)  # type: ignore[union-attr]
             buckets[float(bound)] = float(line.rsplit(" ", 1)[1])
@@ -231,7 +232,7 @@ def quantile(before: dict[float, float], after: dict[float, float], q: float) ->
 def server_errors(server: Server) -> int:
     """5xx answers Stockroom counted so far (its own /metrics), any route."""
     pattern = re.compile(r'^stockroom_http_requests_total\{.*status="5\d\d".*\} ([\d.e+]+)$')
-    lines = httpx.get(server.url + "/metrics").text.splitlines()
+    lines = httpx.get(server.url + "/metrics", timeout=METRICS_TIMEOUT).text.splitlines()
     return sum(int(float(m.group(1))) for line in lines if (m := pattern.match(line)))
 
 
@@ -242,7 +243,7 @@ def huge_load(server: Server, script: Path, headers: dict[str, str]) -> dict[str
     result = wrk(server.url, script, HUGE_CONNECTIONS, SECONDS)
     result["server_5xx"] = server_errors(server) - errors_before
     started = time.monotonic()
-    after = httpx.get(server.url + "/items/42", headers=headers, timeout=10)
+    after = httpx.get(server.url + "/items/42", headers=headers, timeout=METRICS_TIMEOUT)
     result["after_status"] = after.status_code
     result["after_ms"] = (time.monotonic() - started) * 1000
     return result
