@@ -277,3 +277,15 @@ async def test_other_requests_keep_answering_during_an_import(
         f"{max(answered_during) * 1000:.1f} ms, median "
         f"{sorted(answered_during)[len(answered_during) // 2] * 1000:.1f} ms"
     )
+
+
+async def test_a_stray_quote_in_an_unquoted_field_loses_no_lines(client: httpx.AsyncClient) -> None:
+    """A quote inside an unquoted field is an ordinary character (as Python's csv reads it):
+    it must not open a quoted field that swallows the lines after it."""
+    text = 'sku,name,price\nQ-1,5" nails,1.00\nQ-2,Plain,2.00\nQ-3,"Quoted, with comma",3.00\n'
+    report = (await post_csv(client, text)).json()
+    assert report["created"] == 3, report
+    assert report["failed"] == 0
+    found = await items(client)
+    assert found["Q-1"]["name"] == '5" nails'
+    assert found["Q-3"]["name"] == "Quoted, with comma"

@@ -147,6 +147,28 @@ def _parse_all(complete: list[tuple[int, list[str]]]) -> Iterator[list[str]] | N
     return iter(fields)
 
 
+def _ends_inside_quotes(line: str, in_quotes: bool) -> bool:
+    """Whether a quoted field is still open at the end of ``line`` (RFC 4180: a field is
+    quoted only if it starts with a quote; ``""`` inside it is one quote). A quote inside an
+    unquoted field is an ordinary character, as Python's csv module reads it, so it cannot
+    swallow the lines after it."""
+    at_field_start = not in_quotes
+    i, end = 0, len(line)
+    while i < end:
+        char = line[i]
+        if in_quotes:
+            if char == '"':
+                if i + 1 < end and line[i + 1] == '"':
+                    i += 1  # an escaped quote
+                else:
+                    in_quotes = False
+        elif char == '"' and at_field_start:
+            in_quotes = True
+        at_field_start = not in_quotes and char == ","
+        i += 1
+    return in_quotes
+
+
 class CsvReader:
     """RFC 4180 CSV with a header row; quoted fields may hold commas, quotes and newlines."""
 
@@ -154,7 +176,7 @@ class CsvReader:
         self._lines = _Lines()
         self._pending: list[str] = []  # lines of a record whose quotes are still open
         self._pending_size = 0
-        self._quotes = 0
+        self._in_quotes = False
         self._start = 0
         self.columns: list[str] | None = None
 
@@ -170,8 +192,9 @@ class CsvReader:
                 self._start = line_no
             self._pending.append(text)
             self._pending_size += len(text)
-            self._quotes += text.count('"')
-            if self._quotes % 2 == 0:  # every quote closed: the record is complete
+            if '"' in text:
+                self._in_quotes = _ends_inside_quotes(text, self._in_quotes)
+            if not self._in_quotes:  # no quoted field left open: the record is complete
                 complete.append((self._start, self._pending))
                 self._reset()
             elif self._pending_size > MAX_RECORD_BYTES:
@@ -187,7 +210,7 @@ class CsvReader:
     def _reset(self) -> None:
         self._pending = []
         self._pending_size = 0
-        self._quotes = 0
+        self._in_quotes = False
 
     def _records(
         self, complete: list[tuple[int, list[str]]], errors: list[RecordError]
