@@ -1,0 +1,428 @@
+"""make bench-events: webhook deliveries/s and commit->delivery latency of a real
+`stockroom serve` (dispatcher on) to a fast local receiver, on PostgreSQL.
+
+- backlog: a webhook subscribed to "*", then BACKLOG events committed in one transaction
+  (seeded with SQL, shaped like item.created events); deliveries/s = events / (last receipt
+  - commit).
+- steady: POST /items at RATE/s (open loop: request i is sent at start + i/RATE, whatever
+  the answers before it) for SECONDS s; each creates one item.created event. Latency of an
+  event = the receiver's clock when it got it - the event's created_at (taken inside the
+  writing transaction, just before its commit); same host, same clock.
+
+The server is one uvicorn process pinned to core 0 (`taskset -c 0`); the receiver (a
+minimal asyncio HTTP/1.1 server, this file with --receiver) and the load driver share core 1;
+PostgreSQL is not pinned. Writes results.md and results.json (with the raw latencies) under
+bench/results/<UTC timestamp>/ and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, ClassVar
+
+import asyncpg
+import httpx
+import orjson
+import psutil
+from wrkrun import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+DATABASE = "stockroom_bench_events"
+TARGETS = {"deliveries_per_s": 1000.0, "p99_s": 1.0}
+SERVER_CORE, CLIENT_CORE = "0", "1"
+# BENCH_PIN=0 leaves scheduling to the OS (a shared machine whose core 0 is busy otherwise).
+PIN = os.environ.get("BENCH_PIN", "1") != "0" and shutil.which("taskset") is not None
+
+
+# --- the receiver (a process of its own) -----------------------------------------------------
+
+
+class _Receiving(asyncio.Protocol):
+    """HTTP/1.1 keep-alive, just enough: POST anything -> 204 and the receipt is noted
+    (webhook-id, time); GET /count, GET /dump (JSON), POST /reset."""
+
+    records: ClassVar[list[tuple[str, float]]] = []  # shared by every connection
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.buffer = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            lines = bytes(self.buffer[:end]).decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            total = end + 4 + int(headers.get("content-length", "0"))
+            if len(self.buffer) < total:
+                return
+            del self.buffer[:total]
+            method, path = lines[0].split(" ")[:2]
+            self.answer(method, path, headers)
+
+    def answer(self, method: str, path: str, headers: dict[str, str]) -> None:
+        if method == "GET" and path == "/count":
+            self.send(200, str(len(self.records)).encode())
+        elif method == "GET" and path == "/dump":
+            self.send(200, orjson.dumps(self.records))
+        elif path == "/reset":
+            self.records.clear()
+            self.send(204, b"")
+        else:
+            self.records.append((headers.get("webhook-id", ""), time.time()))
+            self.send(204, b"")
+
+    def send(self, status: int, body: bytes) -> None:
+        reason = {200: "OK", 204: "No Content"}[status]
+        length = f"content-length: {len(body)}\r\n" if status != 204 else ""
+        self.transport.write(f"HTTP/1.1 {status} {reason}\r\n{length}\r\n".encode() + body)
+
+
+def run_receiver(port: int) -> None:
+    import uvloop
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(_Receiving, "127.0.0.1", port, backlog=1024)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        async with server:
+            await stop.wait()
+
+    uvloop.run(serve())
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def pinned(core: str, command: list[str]) -> list[str]:
+    return ["taskset", "-c", core, *command] if PIN else command
+
+
+def wait_for(url: str, what: str) -> None:
+    for _ in range(600):
+        try:
+            if httpx.get(url, timeout=2).status_code < 300:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start")
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+async def seed_events(dsn: str, count: int) -> float:
+    """Commit ``count`` item.created-shaped events in one transaction; returns the time
+    just after the commit."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(
+            """
+            INSERT INTO events (id, type, body, created_at)
+            SELECT e.id, 'item.created',
+                   json_build_object(
+                     'id', e.id, 'type', 'item.created',
+                     'created_at', to_char(now() AT TIME ZONE 'UTC',
+                                           'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                     'data', json_build_object(
+                       'id', e.n, 'sku', 'SEED-' || e.n, 'name', 'Seeded item ' || e.n,
+                       'description', null, 'price', '10.00', 'quantity', 0, 'version', 1,
+                       'created_at', now(), 'updated_at', now()))::text,
+                   now()
+            FROM (SELECT gen_random_uuid()::text AS id, n FROM generate_series(1, $1) n) e
+            """,
+            count,
+        )
+        return time.time()
+    finally:
+        await connection.close()
+
+
+async def created_at(dsn: str, ids: list[str]) -> dict[str, float]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT id, extract(epoch FROM created_at)::float8 AS t FROM events "
+            "WHERE id = ANY($1::text[])",
+            ids,
+        )
+        return {row["id"]: row["t"] for row in rows}
+    finally:
+        await connection.close()
+
+
+async def delivered_in_database(dsn: str) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        return int(
+            await connection.fetchval(
+                "SELECT count(*) FROM webhook_deliveries WHERE status = 'delivered'"
+            )
+        )
+    finally:
+        await connection.close()
+
+
+def receipts(receiver: str) -> list[tuple[str, float]]:
+    return [(i, t) for i, t in httpx.get(f"{receiver}/dump", timeout=60).json()]
+
+
+def wait_for_receipts(receiver: str, count: int, within: float) -> None:
+    deadline = time.monotonic() + within
+    while int(httpx.get(f"{receiver}/count", timeout=10).text) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the receiver did not get {count} deliveries in {within:.0f} s")
+        time.sleep(0.05)
+
+
+async def drive(base: str, key: str, rate: float, seconds: float) -> dict[str, Any]:
+    """POST /items at ``rate``/s for ``seconds`` s, open loop."""
+    total = round(rate * seconds)
+    statuses: dict[int, int] = {}
+    durations: list[float] = []
+    prefix = uuid.uuid4().hex[:6]
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30, limits=limits
+    ) as http:
+
+        async def one(n: int) -> None:
+            sent = time.perf_counter()
+            try:
+                response = await http.post(
+                    "/items", json={"sku": f"S-{prefix}-{n:06d}", "name": f"Item {n}", "price": 1}
+                )
+                code = response.status_code
+            except httpx.HTTPError:
+                code = 0
+            durations.append(time.perf_counter() - sent)
+            statuses[code] = statuses.get(code, 0) + 1
+
+        tasks = []
+        start = time.perf_counter()
+        for n in range(total):
+            delay = start + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(n)))
+        sent_for = time.perf_counter() - start
+        await asyncio.gather(*tasks)
+        answered_for = time.perf_counter() - start
+    return {
+        "requests": total,
+        "statuses": statuses,
+        "sent_per_s": total / sent_for,
+        "answered_per_s": total / answered_for,
+        "request_p50_ms": percentile(durations, 50) * 1000,
+        "request_p99_ms": percentile(durations, 99) * 1000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--receiver", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--backlog", type=int, default=int(os.environ.get("BENCH_BACKLOG", 20_000)))
+    parser.add_argument("--rate", type=float, default=float(os.environ.get("BENCH_RATE", 500)))
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 20)))
+    args = parser.parse_args()
+    if args.receiver:
+        run_receiver(args.receiver)
+        return
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = ROOT / "bench" / "results" / stamp
+    out_dir.mkdir(parents=True)
+    dsn = ADMIN_DSN.rsplit("/", 1)[0] + "/" + DATABASE
+
+    async def recreate() -> str:
+        admin = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+            await admin.execute(f"CREATE DATABASE {DATABASE}")
+            return str(await admin.fetchval("SHOW server_version"))
+        finally:
+            await admin.close()
+
+    pg_version = asyncio.run(recreate())
+    url = dsn.replace("postgresql://", "postgresql+asyncpg://")
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")},
+        "STOCKROOM_DATABASE_URL": url,
+        "STOCKROOM_LOG_LEVEL": "warning",
+        "STOCKROOM_WEBHOOK_ALLOW_PRIVATE": "true",  # the receiver is on 127.0.0.1
+        # Operator overrides for experiments (e.g. STOCKROOM_WEBHOOK_CONCURRENCY) pass through.
+        **{k: v for k, v in os.environ.items() if k.startswith("STOCKROOM_WEBHOOK_")},
+    }
+    stockroom = [sys.executable, "-m", "stockroom"]
+    subprocess.run([*stockroom, "migrate"], env=env, check=True)
+    key = subprocess.run(
+        [*stockroom, "apikey", "create", "--name", "bench", "--scopes", "admin"],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+    receiver_port, server_port = free_port(), free_port()
+    receiver_url = f"http://127.0.0.1:{receiver_port}"
+    base = f"http://127.0.0.1:{server_port}"
+    receiver = subprocess.Popen(
+        pinned(CLIENT_CORE, [sys.executable, __file__, "--receiver", str(receiver_port)])
+    )
+    log = out_dir / "server.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            pinned(SERVER_CORE, [*stockroom, "serve", "--port", str(server_port)]),
+            env=env, stdout=subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
+    if PIN:
+        os.sched_setaffinity(0, {int(CLIENT_CORE)})  # the load driver, beside the receiver
+    results: dict[str, Any] = {"backlog_events": args.backlog, "rate": args.rate}
+    raw: dict[str, Any] = {}
+    try:
+        wait_for(f"{receiver_url}/count", "the receiver")
+        wait_for(f"{base}/healthz", "stockroom serve")
+        server_ps = psutil.Process(server.pid)
+        hook = httpx.post(
+            f"{base}/webhooks",
+            json={"url": f"{receiver_url}/hook", "events": ["*"]},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert hook.status_code == 201, hook.text
+
+        # (a) a backlog of committed events, drained.
+        print(f"backlog: {args.backlog:,} events ...", flush=True)
+        cpu = server_ps.cpu_times()
+        committed = asyncio.run(seed_events(dsn, args.backlog))
+        wait_for_receipts(receiver_url, args.backlog, within=900)
+        got = receipts(receiver_url)
+        cpu_after = server_ps.cpu_times()
+        print(f"  delivered in {max(t for _, t in got) - committed:.1f} s", flush=True)
+        last = max(t for _, t in got)
+        first = min(t for _, t in got)
+        ids = {i for i, _ in got}
+        results["backlog_seconds"] = last - committed
+        results["backlog_deliveries_per_s"] = args.backlog / (last - committed)
+        results["backlog_first_delivery_s"] = first - committed
+        results["backlog_duplicates"] = len(got) - len(ids)
+        results["backlog_server_cpu_ms_per_delivery"] = (
+            (cpu_after.user + cpu_after.system - cpu.user - cpu.system) * 1000 / len(got)
+        )
+        for _ in range(100):  # the outcomes are written in batches, just after
+            if asyncio.run(delivered_in_database(dsn)) >= args.backlog:
+                break
+            time.sleep(0.1)
+        results["backlog_delivered_in_database"] = asyncio.run(delivered_in_database(dsn))
+        httpx.post(f"{receiver_url}/reset")
+
+        # (b) steady writes, latency from commit to delivery.
+        print(f"steady: {args.rate:.0f} changes/s for {args.seconds:.0f} s ...", flush=True)
+        cpu = server_ps.cpu_times()
+        driven = asyncio.run(drive(base, key, args.rate, args.seconds))
+        created = driven["statuses"].get(201, 0)
+        print(f"  answers: {driven['statuses']}", flush=True)
+        wait_for_receipts(receiver_url, created, within=300)
+        got = receipts(receiver_url)
+        cpu_after = server_ps.cpu_times()
+        births = asyncio.run(created_at(dsn, [i for i, _ in got]))
+        first_receipt: dict[str, float] = {}
+        for event_id, at in got:
+            first_receipt.setdefault(event_id, at)
+        latencies = [at - births[event_id] for event_id, at in first_receipt.items()]
+        results.update({f"steady_{k}": v for k, v in driven.items()})
+        results["steady_events_delivered"] = len(first_receipt)
+        results["steady_duplicates"] = len(got) - len(first_receipt)
+        results["steady_latency_p50_s"] = percentile(latencies, 50)
+        results["steady_latency_p99_s"] = percentile(latencies, 99)
+        results["steady_latency_max_s"] = max(latencies)
+        results["steady_latency_mean_s"] = statistics.fmean(latencies)
+        results["steady_server_cpu_share"] = (
+            cpu_after.user + cpu_after.system - cpu.user - cpu.system
+        ) / (driven["requests"] / driven["answered_per_s"])
+        raw["steady_latencies_s"] = latencies
+    finally:
+        server.send_signal(signal.SIGTERM)
+        receiver.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+        receiver.wait(timeout=10)
+
+        async def drop() -> None:
+            admin = await asyncpg.connect(ADMIN_DSN)
+            try:
+                await admin.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+            finally:
+                await admin.close()
+
+        asyncio.run(drop())
+
+    met = {
+        "deliveries": results["backlog_deliveries_per_s"] >= TARGETS["deliveries_per_s"],
+        "p99": results["steady_latency_p99_s"] < TARGETS["p99_s"],
+    }
+    yes = {True: "yes", False: "**no**"}
+    table = [
+        "| measure | value | target | met |",
+        "|---|---|---|---|",
+        f"| backlog of {args.backlog:,} events: deliveries/s | "
+        f"{results['backlog_deliveries_per_s']:,.0f} ({results['backlog_seconds']:.1f} s) | "
+        f">= 1,000 | {yes[met['deliveries']]} |",
+        f"| backlog: server CPU per delivery | "
+        f"{results['backlog_server_cpu_ms_per_delivery']:.2f} ms | | |",
+        f"| steady: writes sent/s, answered/s (201s) | {results['steady_sent_per_s']:,.0f}, "
+        f"{results['steady_answered_per_s']:,.0f} ({created:,} of "
+        f"{results['steady_requests']:,}) | {args.rate:,.0f} | |",
+        f"| steady: POST /items p50 / p99 | {results['steady_request_p50_ms']:,.0f} ms / "
+        f"{results['steady_request_p99_ms']:,.0f} ms | | |",
+        f"| steady: commit -> delivery p50 | {results['steady_latency_p50_s'] * 1000:,.0f} ms | "
+        "| |",
+        f"| steady: commit -> delivery p99 | {results['steady_latency_p99_s'] * 1000:,.0f} ms | "
+        f"< 1,000 ms | {yes[met['p99']]} |",
+        f"| steady: commit -> delivery max | {results['steady_latency_max_s'] * 1000:,.0f} ms "
+        "| | |",
+        f"| steady: server CPU (cores busy) | {results['steady_server_cpu_share']:.2f} | | |",
+        f"| duplicates (backlog, steady) | {results['backlog_duplicates']}, "
+        f"{results['steady_duplicates']} | 0 | |",
+    ]
+    machine = (
+        f"{platform.node()}: {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
+        f"PostgreSQL {pg_version}, load average {os.getloadavg()[0]:.1f}, "
+        + ("server on core 0, receiver and driver on core 1" if PIN else "not pinned")
+    )
+    text = "\n".join(
+        [
+            f"# bench-events {stamp}",
+            "",
+            machine,
+            "Command: `make bench-events`",
+            "",
+            *table,
+            "",
+        ]
+    )
+    (out_dir / "results.md").write_text(text)
+    (out_dir / "results.json").write_text(json.dumps({**results, **raw}, indent=2))
+    print()
+    print(text)
+    print(f"written to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
