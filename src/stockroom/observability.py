@@ -99,6 +99,8 @@ def configure_logging(level: int) -> None:
         logger.propagate = True
     # Stockroom writes its own access line (with route template and request id).
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request at info; each webhook attempt is in the database already.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
 
 
 class AccessLog:
