@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 
 from stockroom.app import create_app
 from stockroom.auth import service as keys
+from stockroom.db import write_connection
 from stockroom.migrations import upgrade_async
 from stockroom.models import Base
 from stockroom.settings import Settings
@@ -194,7 +195,9 @@ _UNRESTARTED = {"events"}
 
 async def empty_tables(application: FastAPI) -> None:
     tables = [t for t in Base.metadata.sorted_tables if t.name not in _KEPT_TABLES]
-    async with application.state.engine.begin() as connection:
+    # A write transaction from the start (BEGIN IMMEDIATE on SQLite): it waits for the
+    # background writers of the app instead of failing when one commits first.
+    async with write_connection(application.state.engine) as connection, connection.begin():
         for table in reversed(tables):
             await connection.execute(table.delete())
         if connection.dialect.name == "sqlite":

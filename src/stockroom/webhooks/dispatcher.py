@@ -11,7 +11,6 @@ thousand deliveries a second are a few transactions, not a thousand.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import random
 import time
@@ -86,6 +85,7 @@ class Dispatcher:
         self._outcomes: list[Outcome] = []
         self._outcome_ready = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._closing = False
 
     async def run(self) -> None:
         """Dispatch until :meth:`stop`; then finish (or give back) what is in flight."""
@@ -101,9 +101,10 @@ class Dispatcher:
                 await self._wakeup.wait(self._flag)
         finally:
             await self._wind_down()
-            saver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await saver
+            # Not cancelled mid-write: the saver finishes the batch it is writing, then stops.
+            self._closing = True
+            self._outcome_ready.set()
+            await saver
             await self._flush_outcomes()
 
     def stop(self) -> None:
@@ -196,6 +197,8 @@ class Dispatcher:
     async def _save_outcomes(self) -> None:
         while True:
             await self._outcome_ready.wait()
+            if self._closing:
+                return  # run() writes what is left
             await asyncio.sleep(_SAVE_EVERY)
             self._outcome_ready.clear()
             try:
@@ -204,6 +207,8 @@ class Dispatcher:
                 log.warning("cannot record webhook attempts; retrying", error=str(exc))
                 self._outcome_ready.set()
                 await asyncio.sleep(_RETRY_SECONDS)
+            if self._closing:  # (its wake-up may have been cleared above)
+                return
 
     async def _flush_outcomes(self) -> None:
         batch, self._outcomes = self._outcomes, []
