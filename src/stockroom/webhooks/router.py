@@ -20,7 +20,7 @@ router = APIRouter(
     prefix="/webhooks",
     tags=["webhooks"],
     dependencies=[ADMIN],
-    responses=problem_responses(401, 403, 413, 422, 500, 503),
+    responses=problem_responses(400, 401, 403, 413, 422, 500, 503),
 )
 WebhookId = Annotated[str, Path(max_length=64, description="The webhook's id.")]
 
