@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from wrkrun import free_port
+from wrkrun import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -104,12 +104,7 @@ def main() -> None:
     results: dict[str, float] = {}
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_healthy(base)
         rss = PeakRss(server.pid)
         rss.start()
         headers = {"Authorization": f"Bearer {key}"}

@@ -21,7 +21,7 @@ from pathlib import Path
 import asyncpg
 import httpx
 import psutil
-from wrkrun import free_port
+from wrkrun import free_port, wait_healthy
 
 from files import ADMIN_DSN, psql, write_rows
 
@@ -56,12 +56,7 @@ def import_cpu(data: Path, rows: int) -> tuple[float, float, float]:
     server = subprocess.Popen([*stockroom, "serve", "--port", str(port)], env=env)
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_healthy(base)
         process = psutil.Process(server.pid)
         server_before = sum(process.cpu_times()[:2])
         backends_before = backends_cpu()

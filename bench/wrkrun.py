@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import socket
 import subprocess
+import time
 
 __all__ = ["free_port", "run_wrk"]
 
@@ -13,6 +14,18 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def wait_healthy(base: str, attempts: int = 100) -> None:
+    """Until the server at ``base`` answers /healthz (or ``attempts`` tries at 0.1 s)."""
+    import httpx
+
+    for _ in range(attempts):
+        try:
+            if httpx.get(f"{base}/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
 
 
 def _ms(value: str) -> float:
