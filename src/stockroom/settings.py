@@ -156,6 +156,13 @@ class Settings(BaseSettings):
     webhook_concurrency: int = Field(
         64, ge=1, le=1000, description="Deliveries in flight at once, per process."
     )
+    webhook_concurrency_per_webhook: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="Deliveries in flight at once to one webhook, per process: a slow "
+        "receiver holds no more than this many of the process's slots.",
+    )
     events_retention_days: int = Field(
         7,
         ge=7,

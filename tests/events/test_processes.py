@@ -461,7 +461,7 @@ async def test_sigterm_lets_deliveries_in_flight_finish_or_gives_them_back(
             else:
                 assert (state.status, state.attempts) == ("pending", 0)
                 assert state.next_attempt_at <= now  # due: not held by the stopped worker
-        gave_back = [line for line in worker.lines() if line["event"].startswith("gave back")]
+        gave_back = [line for line in worker.lines() if line.get("which") == "unfinished"]
         assert [line["count"] for line in gave_back] == ([] if finished else [IN_FLIGHT])
 
         # Another worker delivers the rest (and, if given back, those in flight again).

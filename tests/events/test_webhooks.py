@@ -382,7 +382,9 @@ async def test_an_outcome_for_a_delivery_deleted_meanwhile_is_dropped(
         async with app.state.sessions() as session:
             while await service.fan_out(session):
                 pass
-            claimed.extend(await service.claim(session, 10, dt.timedelta(minutes=1)))
+            claimed.extend(
+                await service.claim(session, 10, dt.timedelta(minutes=1), per_webhook=10)
+            )
         return len(claimed) == 2
 
     await wait_until(claim_both)
@@ -394,3 +396,64 @@ async def test_an_outcome_for_a_delivery_deleted_meanwhile_is_dropped(
         await service.save_outcomes(session, outcomes)
     recorded = await attempts(client, kept["id"])
     assert [(a["status"], a["response_status"]) for a in recorded] == [("delivered", 204)]
+
+
+async def test_a_hanging_receiver_holds_only_its_share_of_the_slots(
+    database_url: str, receiver: Receiver, client: httpx.AsyncClient
+) -> None:
+    """Four slots, two per webhook: while one receiver hangs on every request, another
+    webhook still gets all its deliveries, and the hanging one never has more than its two
+    in flight. (``client``: the tables are emptied afterwards.)"""
+    async with (
+        running_app(
+            database_url,
+            webhook_concurrency=4,
+            webhook_concurrency_per_webhook=2,
+            webhook_timeout=30,
+            shutdown_timeout=1,
+        ) as application,
+        await admin(application) as http,
+    ):
+        await subscribe(http, f"{receiver.url}/hang", ["item.created"])
+        await subscribe(http, f"{receiver.url}/ok", ["item.created"])
+        for n in range(12):
+            created = await http.post("/items", json={"sku": f"SH-{n}", "name": "S", "price": 1})
+            assert created.status_code == 201
+        await wait_until(lambda: len(receiver.on("/ok")) == 12)
+        assert len(receiver.on("/hang")) == 2
+
+
+async def test_a_claim_takes_at_most_its_share_of_each_webhook(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """service.claim: per webhook at most ``per_webhook`` of its oldest due deliveries,
+    none of a skipped webhook; a claimed delivery is not due again until its lease ends."""
+    many = await subscribe(client, "https://93.184.216.34/many", ["item.created"])
+    few = await subscribe(client, "https://93.184.216.34/few", ["item.updated"])
+    skipped = await subscribe(client, "https://93.184.216.34/skipped", ["item.created"])
+    for n in range(6):
+        created = await client.post("/items", json={"sku": f"CL-{n}", "name": "C", "price": 1})
+        assert created.status_code == 201
+        if n < 2:
+            patched = await client.patch(f"/items/{created.json()['id']}", json={"name": "D"})
+            assert patched.status_code == 200
+
+    async def fanned_out() -> bool:
+        async with app.state.sessions() as session:
+            while await service.fan_out(session):
+                pass
+            pending = await service.backlog(session)
+        return pending.pending == 6 + 2 + 6
+
+    await wait_until(fanned_out)
+    lease = dt.timedelta(minutes=1)
+
+    async def take() -> list[str]:
+        async with app.state.sessions() as session:
+            got = await service.claim(session, 100, lease, per_webhook=4, skip=[skipped["id"]])
+        return [c.webhook_id for c in got]
+
+    first = await take()
+    assert sorted(first) == sorted([many["id"]] * 4 + [few["id"]] * 2)
+    assert await take() == [many["id"]] * 2  # the rest of its due deliveries
+    assert await take() == []

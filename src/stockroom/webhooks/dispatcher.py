@@ -2,10 +2,18 @@
 attempt. Runs inside ``stockroom serve`` (unless ``STOCKROOM_WEBHOOK_DISPATCHER=off``) or
 alone as ``stockroom worker``; any number of them may share one PostgreSQL.
 
-One loop: turn new events into deliveries (``fan_out``), claim as many due deliveries as
-there are free slots, start a task per delivery, sleep until woken (a new event, a free
-slot) or the poll interval. Outcomes are written in batches by a second task, so that a
-thousand deliveries a second are a few transactions, not a thousand.
+One loop: turn new events into deliveries (``fan_out``), claim due deliveries in batches,
+start a task per delivery as slots free up, sleep until woken (a new event, a webhook
+running short of claimed deliveries) or the poll interval. Steps are at least
+``_STEP_GAP`` apart, so a burst of commits costs one fan-out and one claim, not one each.
+Outcomes are written in batches by a second task. At a thousand deliveries a second the
+database sees a few dozen transactions a second, not thousands.
+
+Two bounds: ``STOCKROOM_WEBHOOK_CONCURRENCY`` deliveries in flight in all, and
+``STOCKROOM_WEBHOOK_CONCURRENCY_PER_WEBHOOK`` to any one webhook. A receiver that hangs
+holds only its own share of the slots, claims skip a webhook that already has a round
+waiting, and the others go on. The per-webhook bound also keeps the connection pool small:
+httpx's pool does work for every pooled connection each time a request starts or ends.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import asyncio
 import datetime as dt
 import random
 import time
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -37,6 +46,8 @@ __all__ = ["MAX_RESPONSE_BYTES", "Dispatcher", "create_http_client", "dispatchin
 MAX_RESPONSE_BYTES = 64 * 1024
 MAX_BACKOFF_SECONDS = 3600.0
 _SAVE_EVERY = 0.02  # seconds outcomes gather before they are written together
+_STEP_GAP = 0.01  # seconds at least between two steps (wake-ups in between are one)
+_CLAIM_ROUNDS = 4  # a claim takes up to this many rounds of a webhook's in-flight bound
 _RETRY_SECONDS = 1.0
 _USER_AGENT = f"Stockroom-Webhooks/{__version__}"
 
@@ -81,7 +92,13 @@ class Dispatcher:
         # One attempt may take this long in all; the claim lasts longer than that.
         self._attempt_limit = settings.webhook_connect_timeout + 3 * settings.webhook_timeout
         self._lease = dt.timedelta(seconds=self._attempt_limit + 30)
+        self._concurrency = settings.webhook_concurrency
+        self._per_webhook = min(settings.webhook_concurrency_per_webhook, self._concurrency)
         self._in_flight: dict[asyncio.Task[None], Claimed] = {}
+        self._busy: Counter[str] = Counter()  # in flight, by webhook id
+        # Claimed, not started yet, by webhook id: (monotonic time after which the lease no
+        # longer covers a whole attempt, delivery).
+        self._ready: dict[str, deque[tuple[float, Claimed]]] = {}
         self._outcomes: list[Outcome] = []
         self._outcome_ready = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -92,6 +109,7 @@ class Dispatcher:
         saver = asyncio.create_task(self._save_outcomes(), name="webhook-outcomes")
         try:
             while not self._stopping.is_set():
+                started = time.monotonic()
                 try:
                     await self._step()
                 except Exception as exc:
@@ -99,6 +117,9 @@ class Dispatcher:
                     await asyncio.sleep(_RETRY_SECONDS)
                     continue
                 await self._wakeup.wait(self._flag)
+                gap = started + _STEP_GAP - time.monotonic()
+                if gap > 0 and not self._stopping.is_set():
+                    await asyncio.sleep(gap)
         finally:
             await self._wind_down()
             # Not cancelled mid-write: the saver finishes the batch it is writing, then stops.
@@ -115,20 +136,74 @@ class Dispatcher:
         async with self._sessions() as session:
             while await service.fan_out(session) > 0:
                 pass
-            free = self._settings.webhook_concurrency - len(self._in_flight)
-            if free <= 0 or self._stopping.is_set():
+            # Claimed deliveries are topped up to about twice the concurrency, a batch at a
+            # time, from webhooks that do not have a round waiting already. Those waiting
+            # for a webhook at its own bound do not count: they cannot use a free slot.
+            startable = sum(
+                len(queue)
+                for webhook_id, queue in self._ready.items()
+                if self._busy[webhook_id] < self._per_webhook
+            )
+            want = 2 * self._concurrency - len(self._in_flight) - startable
+            if want >= max(1, self._concurrency // 2) and not self._stopping.is_set():
+                stocked = [w for w, queue in self._ready.items() if len(queue) >= self._per_webhook]
+                before = time.monotonic()
+                claimed = await service.claim(
+                    session,
+                    want,
+                    self._lease,
+                    per_webhook=_CLAIM_ROUNDS * self._per_webhook,
+                    skip=stocked,
+                )
+                usable_until = before + self._lease.total_seconds() - self._attempt_limit
+                for delivery in claimed:
+                    self._ready.setdefault(delivery.webhook_id, deque()).append(
+                        (usable_until, delivery)
+                    )
+                if len(claimed) == want:
+                    self._flag.set()  # there may be more, of webhooks this claim left out
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        now = time.monotonic()
+        for webhook_id in list(self._ready):
+            if len(self._in_flight) >= self._concurrency or self._stopping.is_set():
                 return
-            claimed = await service.claim(session, free, self._lease)
-        for delivery in claimed:
-            task = asyncio.create_task(self._deliver(delivery), name="webhook-delivery")
-            self._in_flight[task] = delivery
-            task.add_done_callback(self._finished)
+            if self._busy[webhook_id] >= self._per_webhook:
+                continue
+            # Taken out and put back at the end: when the overall bound binds, the webhooks
+            # take turns.
+            queue = self._ready.pop(webhook_id)
+            while (
+                queue
+                and self._busy[webhook_id] < self._per_webhook
+                and len(self._in_flight) < self._concurrency
+            ):
+                usable_until, delivery = queue.popleft()
+                if now > usable_until:
+                    # Waited so long that its lease could end mid-attempt and another
+                    # instance send it too: left; it is due again when the lease ends.
+                    continue
+                task = asyncio.create_task(self._deliver(delivery), name="webhook-delivery")
+                self._in_flight[task] = delivery
+                self._busy[webhook_id] += 1
+                task.add_done_callback(self._finished)
+            if queue:
+                self._ready[webhook_id] = queue
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(task, None)
+        delivery = self._in_flight.pop(task, None)
+        if delivery is not None:
+            self._busy[delivery.webhook_id] -= 1
+            if self._busy[delivery.webhook_id] <= 0:
+                del self._busy[delivery.webhook_id]
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery crashed", error=str(task.exception()))
-        self._flag.set()  # a free slot: claim more
+        self._start_ready()
+        if delivery is not None and len(self._ready.get(delivery.webhook_id, ())) < (
+            self._per_webhook
+        ):
+            self._flag.set()  # this webhook is running short: claim more
 
     async def _deliver(self, delivery: Claimed) -> None:
         body = delivery.body.encode()
@@ -222,6 +297,10 @@ class Dispatcher:
     async def _wind_down(self) -> None:
         """Let deliveries in flight finish within the shutdown timeout; give the others
         back for another instance (their lease would otherwise hold them)."""
+        # Claimed but not started: given back at once, another instance can send them now.
+        waiting = [delivery for queue in self._ready.values() for _, delivery in queue]
+        self._ready.clear()
+        await self._give_back(waiting, "not started")
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=self._settings.shutdown_timeout)
         unfinished = dict(self._in_flight)
@@ -229,12 +308,18 @@ class Dispatcher:
             task.cancel()
         if unfinished:
             await asyncio.wait(set(unfinished))
-            try:
-                async with self._sessions() as session:
-                    await service.release(session, list(unfinished.values()))
-            except Exception as exc:
-                log.warning("cannot give back unfinished deliveries", error=str(exc))
-            log.info("gave back unfinished webhook deliveries", count=len(unfinished))
+        await self._give_back(list(unfinished.values()), "unfinished")
+
+    async def _give_back(self, deliveries: list[Claimed], which: str) -> None:
+        if not deliveries:
+            return
+        try:
+            async with self._sessions() as session:
+                await service.release(session, deliveries)
+        except Exception as exc:
+            log.warning("cannot give back unfinished deliveries", error=str(exc))
+        else:
+            log.info("gave back webhook deliveries", which=which, count=len(deliveries))
 
 
 @asynccontextmanager

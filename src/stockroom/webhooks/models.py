@@ -31,6 +31,8 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("webhook_id", "event_seq"),
         Index(None, "status", "next_attempt_at"),
+        # Claims: each webhook's oldest due deliveries (see service.claim).
+        Index(None, "webhook_id", "status", "next_attempt_at"),
         Index(None, "event_seq"),
         {"sqlite_autoincrement": True},
     )

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import bindparam, delete, func, insert, select, true, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stockroom.db import begin_write, utcnow
@@ -237,23 +237,64 @@ class Claimed:
     secret: str
 
 
-async def claim(session: AsyncSession, limit: int, lease: dt.timedelta) -> list[Claimed]:
-    """Take up to ``limit`` due deliveries for ``lease`` (they are due again after it)."""
+async def claim(
+    session: AsyncSession,
+    limit: int,
+    lease: dt.timedelta,
+    *,
+    per_webhook: int,
+    skip: Collection[str] = (),
+) -> list[Claimed]:
+    """Take up to ``limit`` due deliveries for ``lease`` (they are due again after it), at
+    most ``per_webhook`` of any one webhook and none of the webhooks in ``skip``: one
+    webhook's backlog does not crowd out the others'. Oldest due first."""
     now = utcnow()
-    is_due = (Delivery.status == PENDING, Delivery.next_attempt_at <= now)
+    is_due = [Delivery.status == PENDING, Delivery.next_attempt_at <= now]
+    if skip:
+        is_due.append(Delivery.webhook_id.not_in(skip))
     # A look without the lock first: on SQLite the lock is the database's write lock.
     if await session.scalar(select(Delivery.id).where(*is_due).limit(1)) is None:
         await session.rollback()
         return []
     await session.rollback()
     await begin_write(session)
-    due = (
-        select(Delivery.id)
-        .where(*is_due)
-        .order_by(Delivery.next_attempt_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    )
+    if session.get_bind().dialect.name == "postgresql":
+        # Per webhook, its oldest due rows through the (webhook_id, status,
+        # next_attempt_at) index, skipping rows another instance is claiming.
+        oldest = (
+            select(Delivery.id, Delivery.next_attempt_at)
+            .where(Delivery.webhook_id == Webhook.id, *is_due)
+            .order_by(Delivery.next_attempt_at)
+            .limit(per_webhook)
+            .with_for_update(skip_locked=True)
+            .lateral()
+        )
+        due = (
+            select(oldest.c.id)
+            .select_from(Webhook)
+            .join(oldest, true())
+            .order_by(oldest.c.next_attempt_at)
+            .limit(limit)
+        )
+    else:
+        # SQLite: one writer at a time (the claim holds the write lock), no row locks.
+        ranked = (
+            select(
+                Delivery.id,
+                Delivery.next_attempt_at,
+                func.row_number()
+                .over(partition_by=Delivery.webhook_id, order_by=Delivery.next_attempt_at)
+                .label("rank"),
+            )
+            .where(*is_due)
+            .subquery()
+        )
+        due = (
+            select(ranked.c.id)
+            .where(ranked.c.rank <= per_webhook)
+            .order_by(ranked.c.next_attempt_at)
+            .limit(limit)
+        )
     ids = (await session.scalars(due)).all()
     if not ids:
         await session.rollback()
