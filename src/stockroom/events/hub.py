@@ -23,6 +23,7 @@ __all__ = ["EventHub", "Subscription"]
 
 READ_BATCH = 500
 _RETRY_SECONDS = 1.0
+_MIN_GAP = 0.02  # seconds at least between two reads of the log (one per burst of commits)
 
 log = structlog.get_logger("stockroom.events")
 
@@ -111,7 +112,10 @@ class EventHub:
             await self.start()
         while True:
             await self._wakeup.wait(self._flag)
+            started = asyncio.get_running_loop().time()
             await self._catch_up()
+            # Commits that come in the meantime are read together, in one go, next time.
+            await asyncio.sleep(started + _MIN_GAP - asyncio.get_running_loop().time())
 
     async def _catch_up(self) -> None:
         assert self.position is not None

@@ -32,7 +32,16 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import orjson
-from sqlalchemy import delete, insert, literal, select, text, tuple_
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    delete,
+    insert,
+    literal,
+    literal_column,
+    select,
+    tuple_,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from stockroom.db import begin_write, utcnow
@@ -159,8 +168,17 @@ def record_adjustment(session: AsyncSession, adjustment: Adjustment) -> None:
     session.info[SESSION_WROTE_EVENTS] = True
 
 
-async def _horizon(connection: AsyncConnection | AsyncSession) -> int | None:
-    """PostgreSQL: the oldest running transaction id; events below it are final.
+# PostgreSQL: the oldest transaction still running, as of the statement's own snapshot.
+# Every event below it is final, and visible to that same snapshot if it committed. One
+# expression in the reading statement: no round trip of its own, and no gap between it and
+# the read.
+_HORIZON: ColumnElement[int] = literal_column(
+    "pg_snapshot_xmin(pg_current_snapshot())::text::bigint", BigInteger()
+)
+
+
+def _final(connection: AsyncConnection | AsyncSession) -> ColumnElement[bool] | None:
+    """PostgreSQL: the condition for an event to be final (see ``_HORIZON``).
     SQLite: None (every committed event is final)."""
     if isinstance(connection, AsyncConnection):
         dialect = connection.dialect
@@ -168,8 +186,7 @@ async def _horizon(connection: AsyncConnection | AsyncSession) -> int | None:
         dialect = connection.get_bind().dialect
     if dialect.name != "postgresql":
         return None
-    xmin = await connection.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text"))
-    return int(xmin)
+    return Event.txid < _HORIZON
 
 
 async def read_after(
@@ -182,13 +199,13 @@ async def read_after(
 ) -> list[LoggedEvent]:
     """Up to ``limit`` final events after ``after`` (and not after ``until``), in order;
     without their bodies (``""``) unless ``bodies``."""
-    horizon = await _horizon(connection)
+    final = _final(connection)
     key = tuple_(Event.txid, Event.seq)
     body = Event.body if bodies else literal("")
     stmt = select(Event.txid, Event.seq, Event.id, Event.type, body, Event.created_at)
     stmt = stmt.where(key > tuple_(*after))
-    if horizon is not None:
-        stmt = stmt.where(Event.txid < horizon)
+    if final is not None:
+        stmt = stmt.where(final)
     if until is not None:
         stmt = stmt.where(key <= tuple_(*until))
     rows = await connection.execute(stmt.order_by(Event.txid, Event.seq).limit(limit))
@@ -200,10 +217,10 @@ async def read_after(
 
 async def latest_position(connection: AsyncConnection | AsyncSession) -> Position:
     """The position of the last final event: a reader starting here misses nothing later."""
-    horizon = await _horizon(connection)
+    final = _final(connection)
     stmt = select(Event.txid, Event.seq)
-    if horizon is not None:
-        stmt = stmt.where(Event.txid < horizon)
+    if final is not None:
+        stmt = stmt.where(final)
     row = (
         await connection.execute(stmt.order_by(Event.txid.desc(), Event.seq.desc()).limit(1))
     ).first()

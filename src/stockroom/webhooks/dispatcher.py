@@ -47,6 +47,7 @@ MAX_RESPONSE_BYTES = 64 * 1024
 MAX_BACKOFF_SECONDS = 3600.0
 _SAVE_EVERY = 0.02  # seconds outcomes gather before they are written together
 _STEP_GAP = 0.01  # seconds at least between two steps (wake-ups in between are one)
+_FAN_OUT_GAP = 0.05  # seconds at least between two fan-outs of new events
 _CLAIM_ROUNDS = 4  # a claim takes up to this many rounds of a webhook's in-flight bound
 _RETRY_SECONDS = 1.0
 _USER_AGENT = f"Stockroom-Webhooks/{__version__}"
@@ -102,6 +103,8 @@ class Dispatcher:
         self._outcomes: list[Outcome] = []
         self._outcome_ready = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._last_fan_out = -_FAN_OUT_GAP
+        self._fan_out_owed = False  # a step came too soon after a fan-out to do one
         self._closing = False
 
     async def run(self) -> None:
@@ -116,7 +119,8 @@ class Dispatcher:
                     log.warning("webhook dispatch step failed; retrying", error=str(exc))
                     await asyncio.sleep(_RETRY_SECONDS)
                     continue
-                await self._wakeup.wait(self._flag)
+                owed = self._last_fan_out + _FAN_OUT_GAP - time.monotonic()
+                await self._wakeup.wait(self._flag, at_most=owed if self._fan_out_owed else None)
                 gap = started + _STEP_GAP - time.monotonic()
                 if gap > 0 and not self._stopping.is_set():
                     await asyncio.sleep(gap)
@@ -134,8 +138,16 @@ class Dispatcher:
 
     async def _step(self) -> None:
         async with self._sessions() as session:
-            while await service.fan_out(session) > 0:
-                pass
+            # New events become deliveries at most every _FAN_OUT_GAP: under a stream of
+            # commits each fan-out takes a batch of them (one transaction), while steps for
+            # claims can come faster.
+            now = time.monotonic()
+            if now >= self._last_fan_out + _FAN_OUT_GAP:
+                self._last_fan_out, self._fan_out_owed = now, False
+                while await service.fan_out(session) >= service.FAN_OUT_BATCH:
+                    pass
+            else:
+                self._fan_out_owed = True
             # Claimed deliveries are topped up to about twice the concurrency, a batch at a
             # time, from webhooks that do not have a round waiting already. Those waiting
             # for a webhook at its own bound do not count: they cannot use a free slot.

@@ -34,6 +34,7 @@ from stockroom.webhooks.security import AddressRefusedError, check_host, generat
 __all__ = [
     "DELIVERED",
     "FAILED",
+    "FAN_OUT_BATCH",
     "PENDING",
     "Claimed",
     "Outcome",
@@ -51,7 +52,7 @@ __all__ = [
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 ALL_EVENTS = "*"
-_FAN_OUT_BATCH = 1000
+FAN_OUT_BATCH = 1000  # events a fan-out passes at most
 
 
 # --- subscriptions ------------------------------------------------------------------------
@@ -191,7 +192,7 @@ async def fan_out(session: AsyncSession) -> int:
     if row is None:  # another instance is at it
         await session.rollback()
         return 0
-    events = await read_after(session, Position(*row), limit=_FAN_OUT_BATCH, bodies=False)
+    events = await read_after(session, Position(*row), limit=FAN_OUT_BATCH, bodies=False)
     if not events:
         await session.rollback()
         return 0
