@@ -8,6 +8,7 @@ slow it down. Paths choose the behaviour:
 - ``/fail``: always 500;
 - ``/hang``: never answers (until the server stops);
 - ``/slow``: 204 after ``Receiver.delay`` seconds (the test may change it at any time);
+- ``/cookie``: 204 that sets a cookie;
 - ``/big``: 200 with a 1 MB body;
 - ``/redirect``: 302 to ``/ok`` (which must not be followed).
 """
@@ -84,6 +85,8 @@ class Receiver:
             status, payload = 200, b"x" * 1_000_000
         elif path == "/redirect":
             status, extra = 302, [(b"location", b"/ok")]
+        elif path == "/cookie":
+            extra = [(b"set-cookie", b"session=secret; Path=/")]
         await send({"type": "http.response.start", "status": status, "headers": extra})
         await send({"type": "http.response.body", "body": payload})
 

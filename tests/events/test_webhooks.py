@@ -295,6 +295,20 @@ async def test_redirects_are_not_followed_and_big_answers_are_cut(
         assert receiver.on("/ok") == []  # the redirect's target was never called
 
 
+async def test_a_cookie_set_by_a_receiver_is_never_sent(
+    dispatching_app: FastAPI, receiver: Receiver
+) -> None:
+    async with await admin(dispatching_app) as http:
+        await subscribe(http, f"{receiver.url}/cookie", ["item.created"])
+        await subscribe(http, f"{receiver.url}/ok", ["item.created"])
+        for n in range(3):
+            await http.post("/items", json={"sku": f"K-{n}", "name": "K", "price": 1})
+            await wait_until(lambda n=n: len(receiver.on("/ok")) == n + 1)
+        sent = receiver.on("/cookie") + receiver.on("/ok")
+        assert len(sent) == 6
+        assert all("cookie" not in request.headers for request in sent)
+
+
 async def test_private_addresses_are_refused_again_when_delivering(
     database_url: str, client: httpx.AsyncClient, receiver: Receiver
 ) -> None:

@@ -25,6 +25,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpx
 import structlog
@@ -57,7 +58,8 @@ log = structlog.get_logger("stockroom.webhooks")
 
 def create_http_client(settings: Settings) -> httpx.AsyncClient:
     """The one outbound HTTP client of a process: timeouts on everything, a bounded pool,
-    no redirects, no proxy from the environment, the SSRF check at every connect."""
+    no redirects, no proxy from the environment, no cookies, the SSRF check at every
+    connect."""
     limits = httpx.Limits(
         max_connections=settings.webhook_concurrency,
         max_keepalive_connections=settings.webhook_concurrency,
@@ -72,6 +74,9 @@ def create_http_client(settings: Settings) -> httpx.AsyncClient:
         timeout=timeout,
         follow_redirects=False,
         headers={"user-agent": _USER_AGENT},
+        # A cookie one receiver sets is kept by no one: it would go out with every later
+        # delivery to that host, whichever webhook they belong to.
+        cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
     )
 
 
