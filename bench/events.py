@@ -260,20 +260,19 @@ async def drive(base: str, key: str, rate: float, seconds: float) -> dict[str, A
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--receiver", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--backlog", type=int, default=int(os.environ.get("BENCH_BACKLOG", 20_000)))
-    parser.add_argument("--rate", type=float, default=float(os.environ.get("BENCH_RATE", 500)))
-    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 20)))
-    args = parser.parse_args()
-    if args.receiver:
-        run_receiver(args.receiver)
-        return
+TOPOLOGIES = {
+    "one": "`stockroom serve` (its dispatcher on, as shipped) on core 0",
+    "two": "the same plus one `stockroom worker` (a second dispatcher) on core 1",
+}
 
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out_dir = ROOT / "bench" / "results" / stamp
-    out_dir.mkdir(parents=True)
+
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    return float(sum(p.cpu_times().user + p.cpu_times().system for p in processes))
+
+
+def measure(args: argparse.Namespace, topology: str, out_dir: Path) -> dict[str, Any]:
+    """One run: a fresh database, the processes of ``topology``, the backlog, the steady
+    writes. Returns the figures (raw latencies under "steady_latencies_s")."""
     dsn = ADMIN_DSN.rsplit("/", 1)[0] + "/" + DATABASE
 
     async def recreate() -> str:
@@ -285,7 +284,7 @@ def main() -> None:
         finally:
             await admin.close()
 
-    pg_version = asyncio.run(recreate())
+    results: dict[str, Any] = {"pg_version": asyncio.run(recreate())}
     url = dsn.replace("postgresql://", "postgresql+asyncpg://")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")},
@@ -308,20 +307,31 @@ def main() -> None:
     receiver = subprocess.Popen(
         pinned(CLIENT_CORE, [sys.executable, __file__, "--receiver", str(receiver_port)])
     )
-    log = out_dir / "server.log"
-    with log.open("w") as sink:
-        server = subprocess.Popen(
-            pinned(SERVER_CORE, [*stockroom, "serve", "--port", str(server_port)]),
-            env=env, stdout=subprocess.DEVNULL, stderr=sink,
-        )  # fmt: skip
+    processes: list[subprocess.Popen[bytes]] = []
+    with (out_dir / f"server-{topology}.log").open("w") as sink:
+        processes.append(
+            subprocess.Popen(
+                pinned(SERVER_CORE, [*stockroom, "serve", "--port", str(server_port)]),
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+            )
+        )
+        if topology == "two":
+            processes.append(
+                subprocess.Popen(
+                    pinned(CLIENT_CORE, [*stockroom, "worker"]),
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=sink,
+                )
+            )
     if PIN:
         os.sched_setaffinity(0, {int(CLIENT_CORE)})  # the load driver, beside the receiver
-    results: dict[str, Any] = {"backlog_events": args.backlog, "rate": args.rate}
-    raw: dict[str, Any] = {}
     try:
         wait_for(f"{receiver_url}/count", "the receiver")
         wait_for(f"{base}/healthz", "stockroom serve")
-        server_ps = psutil.Process(server.pid)
+        ours = [psutil.Process(process.pid) for process in processes]
         hook = httpx.post(
             f"{base}/webhooks",
             json={"url": f"{receiver_url}/hook", "events": ["*"]},
@@ -330,23 +340,19 @@ def main() -> None:
         assert hook.status_code == 201, hook.text
 
         # (a) a backlog of committed events, drained.
-        print(f"backlog: {args.backlog:,} events ...", flush=True)
-        cpu = server_ps.cpu_times()
+        print(f"[{topology}] backlog: {args.backlog:,} events ...", flush=True)
+        cpu = cpu_seconds(ours)
         committed = asyncio.run(seed_events(dsn, args.backlog))
         wait_for_receipts(receiver_url, args.backlog, within=900)
         got = receipts(receiver_url)
-        cpu_after = server_ps.cpu_times()
-        print(f"  delivered in {max(t for _, t in got) - committed:.1f} s", flush=True)
+        cpu_used = cpu_seconds(ours) - cpu
         last = max(t for _, t in got)
-        first = min(t for _, t in got)
-        ids = {i for i, _ in got}
+        print(f"  delivered in {last - committed:.1f} s", flush=True)
         results["backlog_seconds"] = last - committed
         results["backlog_deliveries_per_s"] = args.backlog / (last - committed)
-        results["backlog_first_delivery_s"] = first - committed
-        results["backlog_duplicates"] = len(got) - len(ids)
-        results["backlog_server_cpu_ms_per_delivery"] = (
-            (cpu_after.user + cpu_after.system - cpu.user - cpu.system) * 1000 / len(got)
-        )
+        results["backlog_first_delivery_s"] = min(t for _, t in got) - committed
+        results["backlog_duplicates"] = len(got) - len({i for i, _ in got})
+        results["backlog_cpu_ms_per_delivery"] = cpu_used * 1000 / len(got)
         for _ in range(100):  # the outcomes are written in batches, just after
             if asyncio.run(delivered_in_database(dsn)) >= args.backlog:
                 break
@@ -355,34 +361,38 @@ def main() -> None:
         httpx.post(f"{receiver_url}/reset")
 
         # (b) steady writes, latency from commit to delivery.
-        print(f"steady: {args.rate:.0f} changes/s for {args.seconds:.0f} s ...", flush=True)
-        cpu = server_ps.cpu_times()
+        print(
+            f"[{topology}] steady: {args.rate:.0f} changes/s for {args.seconds:.0f} s", flush=True
+        )
+        cpu, started = cpu_seconds(ours), time.perf_counter()
         driven = asyncio.run(drive(base, key, args.rate, args.seconds))
+        cpu_used = cpu_seconds(ours) - cpu
+        busy = cpu_used / (time.perf_counter() - started)
         created = driven["statuses"].get(201, 0)
         print(f"  answers: {driven['statuses']}", flush=True)
         wait_for_receipts(receiver_url, created, within=300)
         got = receipts(receiver_url)
-        cpu_after = server_ps.cpu_times()
         births = asyncio.run(created_at(dsn, [i for i, _ in got]))
         first_receipt: dict[str, float] = {}
         for event_id, at in got:
             first_receipt.setdefault(event_id, at)
         latencies = [at - births[event_id] for event_id, at in first_receipt.items()]
         results.update({f"steady_{k}": v for k, v in driven.items()})
+        results["steady_created"] = created
         results["steady_events_delivered"] = len(first_receipt)
         results["steady_duplicates"] = len(got) - len(first_receipt)
         results["steady_latency_p50_s"] = percentile(latencies, 50)
         results["steady_latency_p99_s"] = percentile(latencies, 99)
         results["steady_latency_max_s"] = max(latencies)
         results["steady_latency_mean_s"] = statistics.fmean(latencies)
-        results["steady_server_cpu_share"] = (
-            cpu_after.user + cpu_after.system - cpu.user - cpu.system
-        ) / (driven["requests"] / driven["answered_per_s"])
-        raw["steady_latencies_s"] = latencies
+        results["steady_cpu_cores_busy"] = busy
+        results["steady_latencies_s"] = latencies
     finally:
-        server.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
         receiver.send_signal(signal.SIGTERM)
-        server.wait(timeout=60)
+        for process in processes:
+            process.wait(timeout=60)
         receiver.wait(timeout=10)
 
         async def drop() -> None:
@@ -393,46 +403,107 @@ def main() -> None:
                 await admin.close()
 
         asyncio.run(drop())
+    return results
 
-    met = {
-        "deliveries": results["backlog_deliveries_per_s"] >= TARGETS["deliveries_per_s"],
-        "p99": results["steady_latency_p99_s"] < TARGETS["p99_s"],
-    }
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--receiver", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--backlog", type=int, default=int(os.environ.get("BENCH_BACKLOG", 20_000)))
+    parser.add_argument("--rate", type=float, default=float(os.environ.get("BENCH_RATE", 500)))
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 20)))
+    parser.add_argument(
+        "--topologies", default=os.environ.get("BENCH_TOPOLOGIES", ",".join(TOPOLOGIES))
+    )
+    args = parser.parse_args()
+    if args.receiver:
+        run_receiver(args.receiver)
+        return
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out_dir = ROOT / "bench" / "results" / stamp
+    out_dir.mkdir(parents=True)
+    topologies = [t for t in args.topologies.split(",") if t]
+    runs = {topology: measure(args, topology, out_dir) for topology in topologies}
+
     yes = {True: "yes", False: "**no**"}
+
+    def row(label: str, target: str, cell: Any) -> str:
+        return f"| {label} | " + " | ".join(cell(runs[t]) for t in topologies) + f" | {target} |"
+
     table = [
-        "| measure | value | target | met |",
-        "|---|---|---|---|",
-        f"| backlog of {args.backlog:,} events: deliveries/s | "
-        f"{results['backlog_deliveries_per_s']:,.0f} ({results['backlog_seconds']:.1f} s) | "
-        f">= 1,000 | {yes[met['deliveries']]} |",
-        f"| backlog: server CPU per delivery | "
-        f"{results['backlog_server_cpu_ms_per_delivery']:.2f} ms | | |",
-        f"| steady: writes sent/s, answered/s (201s) | {results['steady_sent_per_s']:,.0f}, "
-        f"{results['steady_answered_per_s']:,.0f} ({created:,} of "
-        f"{results['steady_requests']:,}) | {args.rate:,.0f} | |",
-        f"| steady: POST /items p50 / p99 | {results['steady_request_p50_ms']:,.0f} ms / "
-        f"{results['steady_request_p99_ms']:,.0f} ms | | |",
-        f"| steady: commit -> delivery p50 | {results['steady_latency_p50_s'] * 1000:,.0f} ms | "
-        "| |",
-        f"| steady: commit -> delivery p99 | {results['steady_latency_p99_s'] * 1000:,.0f} ms | "
-        f"< 1,000 ms | {yes[met['p99']]} |",
-        f"| steady: commit -> delivery max | {results['steady_latency_max_s'] * 1000:,.0f} ms "
-        "| | |",
-        f"| steady: server CPU (cores busy) | {results['steady_server_cpu_share']:.2f} | | |",
-        f"| duplicates (backlog, steady) | {results['backlog_duplicates']}, "
-        f"{results['steady_duplicates']} | 0 | |",
+        "| measure | " + " | ".join(topologies) + " | target |",
+        "|---|" + "---|" * len(topologies) + "---|",
+        row(
+            f"backlog of {args.backlog:,} events: deliveries/s",
+            ">= 1,000",
+            lambda r: (
+                f"{r['backlog_deliveries_per_s']:,.0f} ({r['backlog_seconds']:.1f} s), "
+                f"met: {yes[r['backlog_deliveries_per_s'] >= TARGETS['deliveries_per_s']]}"
+            ),
+        ),
+        row(
+            "backlog: CPU of our processes per delivery",
+            "",
+            lambda r: f"{r['backlog_cpu_ms_per_delivery']:.2f} ms",
+        ),
+        row(
+            "steady: POST /items due/s, answered/s (201s)",
+            f"{args.rate:,.0f}/s",
+            lambda r: (
+                f"{r['steady_sent_per_s']:,.0f}, {r['steady_answered_per_s']:,.0f} "
+                f"({r['steady_created']:,} of {r['steady_requests']:,})"
+            ),
+        ),
+        row(
+            "steady: POST /items p50 / p99",
+            "",
+            lambda r: (
+                f"{r['steady_request_p50_ms']:,.0f} ms / {r['steady_request_p99_ms']:,.0f} ms"
+            ),
+        ),
+        row(
+            "steady: commit -> delivery p50",
+            "",
+            lambda r: f"{r['steady_latency_p50_s'] * 1000:,.0f} ms",
+        ),
+        row(
+            "steady: commit -> delivery p99",
+            "< 1,000 ms",
+            lambda r: (
+                f"{r['steady_latency_p99_s'] * 1000:,.0f} ms, "
+                f"met: {yes[r['steady_latency_p99_s'] < TARGETS['p99_s']]}"
+            ),
+        ),
+        row(
+            "steady: commit -> delivery max",
+            "",
+            lambda r: f"{r['steady_latency_max_s'] * 1000:,.0f} ms",
+        ),
+        row(
+            "steady: our processes' CPU (cores busy)",
+            "",
+            lambda r: f"{r['steady_cpu_cores_busy']:.2f}",
+        ),
+        row(
+            "duplicates (backlog, steady)",
+            "0",
+            lambda r: f"{r['backlog_duplicates']}, {r['steady_duplicates']}",
+        ),
     ]
+    first = runs[topologies[0]]
     machine = (
         f"{platform.node()}: {os.cpu_count()} cores, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
-        f"PostgreSQL {pg_version}, load average {os.getloadavg()[0]:.1f}, "
-        + ("server on core 0, receiver and driver on core 1" if PIN else "not pinned")
+        f"PostgreSQL {first['pg_version']}, load average {os.getloadavg()[0]:.1f}, "
+        + ("receiver and driver on core 1" if PIN else "not pinned")
     )
     text = "\n".join(
         [
             f"# bench-events {stamp}",
             "",
             machine,
+            *(f"- {t}: {TOPOLOGIES[t]}" for t in topologies),
             "Command: `make bench-events`",
             "",
             *table,
@@ -440,7 +511,7 @@ def main() -> None:
         ]
     )
     (out_dir / "results.md").write_text(text)
-    (out_dir / "results.json").write_text(json.dumps({**results, **raw}, indent=2))
+    (out_dir / "results.json").write_text(json.dumps(runs, indent=2))
     print()
     print(text)
     print(f"written to {out_dir}")
