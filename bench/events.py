@@ -4,14 +4,22 @@
 - backlog: a webhook subscribed to "*", then BACKLOG events committed in one transaction
   (seeded with SQL, shaped like item.created events); deliveries/s = events / (last receipt
   - commit).
-- steady: POST /items at RATE/s (open loop: request i is sent at start + i/RATE, whatever
-  the answers before it) for SECONDS s; each creates one item.created event. Latency of an
-  event = the receiver's clock when it got it - the event's created_at (taken inside the
-  writing transaction, just before its commit); same host, same clock.
+- log: RATE changes/s for SECONDS s committed straight into the log (one event per
+  transaction, open loop, no API in the way): the event machinery at that rate.
+- steady: POST /items at RATE/s (open loop: request i is due at start + i/RATE, whatever
+  the answers before it) for SECONDS s; each creates one item.created event: the same, end
+  to end, with the API's own work on the same machine.
+Latency of an event = the receiver's clock when it got it - the event's created_at (taken
+inside the writing transaction, just before its commit); same host, same clock.
 
-The server is one uvicorn process pinned to core 0 (`taskset -c 0`); the receiver (a
-minimal asyncio HTTP/1.1 server, this file with --receiver) and the load driver share core 1;
-PostgreSQL is not pinned. Writes results.md and results.json (with the raw latencies) under
+Topologies (BENCH_TOPOLOGIES, both by default): "one", `stockroom serve` with its
+dispatcher, as shipped; "two", the same plus one `stockroom worker` (another dispatcher
+sharing the queue).
+
+With BENCH_PIN=1 (the default) the server is pinned to core 0 (`taskset -c 0`), the worker,
+the receiver (a minimal asyncio HTTP/1.1 server, this file with --receiver) and the load
+driver to core 1; PostgreSQL is not pinned. BENCH_PIN=0 leaves all of it to the OS.
+Writes results.md and results.json (with the raw latencies) under
 bench/results/<UTC timestamp>/ and prints the table.
 """
 
@@ -131,31 +139,59 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
 
 
+# item.created-shaped events, as many as $1, written straight into the log.
+SEED_SQL = """
+INSERT INTO events (id, type, body, created_at)
+SELECT e.id, 'item.created',
+       json_build_object(
+         'id', e.id, 'type', 'item.created',
+         'created_at', to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+         'data', json_build_object(
+           'id', e.n, 'sku', 'SEED-' || e.n, 'name', 'Seeded item ' || e.n,
+           'description', null, 'price', '10.00', 'quantity', 0, 'version', 1,
+           'created_at', now(), 'updated_at', now()))::text,
+       now()
+FROM (SELECT gen_random_uuid()::text AS id, n FROM generate_series(1, $1) n) e
+"""
+
+
 async def seed_events(dsn: str, count: int) -> float:
     """Commit ``count`` item.created-shaped events in one transaction; returns the time
     just after the commit."""
     connection = await asyncpg.connect(dsn)
     try:
-        await connection.execute(
-            """
-            INSERT INTO events (id, type, body, created_at)
-            SELECT e.id, 'item.created',
-                   json_build_object(
-                     'id', e.id, 'type', 'item.created',
-                     'created_at', to_char(now() AT TIME ZONE 'UTC',
-                                           'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-                     'data', json_build_object(
-                       'id', e.n, 'sku', 'SEED-' || e.n, 'name', 'Seeded item ' || e.n,
-                       'description', null, 'price', '10.00', 'quantity', 0, 'version', 1,
-                       'created_at', now(), 'updated_at', now()))::text,
-                   now()
-            FROM (SELECT gen_random_uuid()::text AS id, n FROM generate_series(1, $1) n) e
-            """,
-            count,
-        )
+        await connection.execute(SEED_SQL, count)
         return time.time()
     finally:
         await connection.close()
+
+
+async def commit_events(dsn: str, rate: float, seconds: float) -> dict[str, Any]:
+    """One event per transaction at ``rate``/s for ``seconds`` s, open loop, straight into
+    the log (no API in the way): what the event machinery does at that rate of changes."""
+    total = round(rate * seconds)
+    lag: list[float] = []
+    async with asyncpg.create_pool(dsn, min_size=8, max_size=8) as pool:
+
+        async def one(scheduled: float) -> None:
+            await pool.execute(SEED_SQL, 1)
+            lag.append(time.perf_counter() - scheduled)
+
+        tasks = []
+        start = time.perf_counter()
+        for n in range(total):
+            scheduled = start + n / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(scheduled)))
+        await asyncio.gather(*tasks)
+        took = time.perf_counter() - start
+    return {
+        "committed": total,
+        "committed_per_s": total / took,
+        "commit_p99_ms": percentile(lag, 99) * 1000,
+    }
 
 
 async def created_at(dsn: str, ids: list[str]) -> dict[str, float]:
@@ -360,7 +396,19 @@ def measure(args: argparse.Namespace, topology: str, out_dir: Path) -> dict[str,
         results["backlog_delivered_in_database"] = asyncio.run(delivered_in_database(dsn))
         httpx.post(f"{receiver_url}/reset")
 
-        # (b) steady writes, latency from commit to delivery.
+        # (b) a steady stream of changes committed straight into the log.
+        print(f"[{topology}] log: {args.rate:.0f} changes/s for {args.seconds:.0f} s", flush=True)
+        committed = asyncio.run(commit_events(dsn, args.rate, args.seconds))
+        results.update({f"log_{k}": v for k, v in committed.items()})
+        results.update(
+            {
+                f"log_{k}": v
+                for k, v in latency_of_receipts(dsn, receiver_url, committed["committed"]).items()
+            }
+        )
+        httpx.post(f"{receiver_url}/reset")
+
+        # (c) steady writes through the API, latency from commit to delivery.
         print(
             f"[{topology}] steady: {args.rate:.0f} changes/s for {args.seconds:.0f} s", flush=True
         )
@@ -370,23 +418,12 @@ def measure(args: argparse.Namespace, topology: str, out_dir: Path) -> dict[str,
         busy = cpu_used / (time.perf_counter() - started)
         created = driven["statuses"].get(201, 0)
         print(f"  answers: {driven['statuses']}", flush=True)
-        wait_for_receipts(receiver_url, created, within=300)
-        got = receipts(receiver_url)
-        births = asyncio.run(created_at(dsn, [i for i, _ in got]))
-        first_receipt: dict[str, float] = {}
-        for event_id, at in got:
-            first_receipt.setdefault(event_id, at)
-        latencies = [at - births[event_id] for event_id, at in first_receipt.items()]
         results.update({f"steady_{k}": v for k, v in driven.items()})
         results["steady_created"] = created
-        results["steady_events_delivered"] = len(first_receipt)
-        results["steady_duplicates"] = len(got) - len(first_receipt)
-        results["steady_latency_p50_s"] = percentile(latencies, 50)
-        results["steady_latency_p99_s"] = percentile(latencies, 99)
-        results["steady_latency_max_s"] = max(latencies)
-        results["steady_latency_mean_s"] = statistics.fmean(latencies)
+        results.update(
+            {f"steady_{k}": v for k, v in latency_of_receipts(dsn, receiver_url, created).items()}
+        )
         results["steady_cpu_cores_busy"] = busy
-        results["steady_latencies_s"] = latencies
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)
@@ -404,6 +441,27 @@ def measure(args: argparse.Namespace, topology: str, out_dir: Path) -> dict[str,
 
         asyncio.run(drop())
     return results
+
+
+def latency_of_receipts(dsn: str, receiver_url: str, count: int) -> dict[str, Any]:
+    """Wait for ``count`` deliveries; commit -> first receipt of each (the event's
+    created_at is taken in its transaction, just before the commit; same host, same clock)."""
+    wait_for_receipts(receiver_url, count, within=300)
+    got = receipts(receiver_url)
+    births = asyncio.run(created_at(dsn, [i for i, _ in got]))
+    first_receipt: dict[str, float] = {}
+    for event_id, at in got:
+        first_receipt.setdefault(event_id, at)
+    latencies = [at - births[event_id] for event_id, at in first_receipt.items()]
+    return {
+        "events_delivered": len(first_receipt),
+        "duplicates": len(got) - len(first_receipt),
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p99_s": percentile(latencies, 99),
+        "latency_max_s": max(latencies),
+        "latency_mean_s": statistics.fmean(latencies),
+        "latencies_s": latencies,
+    }
 
 
 def main() -> None:
@@ -448,6 +506,20 @@ def main() -> None:
             lambda r: f"{r['backlog_cpu_ms_per_delivery']:.2f} ms",
         ),
         row(
+            "log: changes committed/s (one event per transaction)",
+            f"{args.rate:,.0f}/s",
+            lambda r: f"{r['log_committed_per_s']:,.0f} ({r['log_committed']:,})",
+        ),
+        row(
+            "log: commit -> delivery p50 / p99",
+            "p99 < 1,000 ms",
+            lambda r: (
+                f"{r['log_latency_p50_s'] * 1000:,.0f} ms / "
+                f"{r['log_latency_p99_s'] * 1000:,.0f} ms, "
+                f"met: {yes[r['log_latency_p99_s'] < TARGETS['p99_s']]}"
+            ),
+        ),
+        row(
             "steady: POST /items due/s, answered/s (201s)",
             f"{args.rate:,.0f}/s",
             lambda r: (
@@ -486,9 +558,9 @@ def main() -> None:
             lambda r: f"{r['steady_cpu_cores_busy']:.2f}",
         ),
         row(
-            "duplicates (backlog, steady)",
+            "duplicates (backlog, log, steady)",
             "0",
-            lambda r: f"{r['backlog_duplicates']}, {r['steady_duplicates']}",
+            lambda r: f"{r['backlog_duplicates']}, {r['log_duplicates']}, {r['steady_duplicates']}",
         ),
     ]
     first = runs[topologies[0]]
