@@ -13,9 +13,12 @@ import httpx
 import pytest
 import standardwebhooks
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from stockroom.db import utcnow
+from stockroom.events.models import Event
 from stockroom.webhooks import service
+from stockroom.webhooks.models import Delivery
 from tests.conftest import client_for, create_key, problem
 from tests.events.conftest import running_app, wait_until
 from tests.events.receiver import Receiver
@@ -471,3 +474,46 @@ async def test_a_claim_takes_at_most_its_share_of_each_webhook(
     assert sorted(first) == sorted([many["id"]] * 4 + [few["id"]] * 2)
     assert await take() == [many["id"]] * 2  # the rest of its due deliveries
     assert await take() == []
+
+
+async def test_a_webhook_gets_the_events_after_it_was_made_of_its_types(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Fan-out: one delivery per event and matching webhook; none for events older than
+    the webhook, none of a type it did not ask for."""
+
+    async def change(sku: str) -> None:
+        created = await client.post("/items", json={"sku": sku, "name": "F", "price": 1})
+        assert created.status_code == 201
+        patched = await client.patch(f"/items/{created.json()['id']}", json={"name": "G"})
+        assert patched.status_code == 200
+
+    await change("FO-0")  # before any webhook
+    every = await subscribe(client, "https://93.184.216.34/every")
+    await change("FO-1")
+    updates = await subscribe(client, "https://93.184.216.34/updates", ["item.updated"])
+    await change("FO-2")
+
+    async def per_webhook() -> dict[str, list[str]]:
+        async with app.state.sessions() as session:
+            while await service.fan_out(session):
+                pass
+            rows = await session.execute(
+                select(Delivery.webhook_id, Event.type)
+                .join(Event, Event.seq == Delivery.event_seq)
+                .order_by(Event.seq)
+            )
+            found: dict[str, list[str]] = {}
+            for webhook_id, event_type in rows:
+                found.setdefault(webhook_id, []).append(event_type)
+            return found
+
+    expected = {
+        every["id"]: ["item.created", "item.updated"] * 2,
+        updates["id"]: ["item.updated"],
+    }
+    await wait_until(lambda: _equals(per_webhook, expected))
+
+
+async def _equals(read: Any, expected: Any) -> bool:
+    return bool(await read() == expected)

@@ -35,7 +35,9 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    and_,
     delete,
+    func,
     insert,
     literal,
     literal_column,
@@ -60,6 +62,8 @@ __all__ = [
     "LoggedEvent",
     "Position",
     "adjustment_event",
+    "batch_end",
+    "between",
     "event_exists",
     "event_row",
     "format_time",
@@ -213,6 +217,34 @@ async def read_after(
         LoggedEvent(Position(txid, seq), event_id, kind, body, created_at)
         for txid, seq, event_id, kind, body, created_at in rows
     ]
+
+
+async def batch_end(
+    connection: AsyncConnection | AsyncSession, after: Position, *, limit: int
+) -> tuple[Position, int] | None:
+    """The position of the last of the next ``limit`` final events after ``after``, and how
+    many they are (None: there is none yet). Every event in ``between(after, end)`` is final
+    then: a reader can work on that range with set-based SQL, in later statements."""
+    final = _final(connection)
+    key = tuple_(Event.txid, Event.seq)
+    stmt = select(Event.txid, Event.seq).where(key > tuple_(*after))
+    if final is not None:
+        stmt = stmt.where(final)
+    batch = stmt.order_by(Event.txid, Event.seq).limit(limit).subquery()
+    row = (
+        await connection.execute(
+            select(batch.c.txid, batch.c.seq, func.count().over())
+            .order_by(batch.c.txid.desc(), batch.c.seq.desc())
+            .limit(1)
+        )
+    ).first()
+    return (Position(row[0], row[1]), row[2]) if row is not None else None
+
+
+def between(after: Position, end: Position) -> ColumnElement[bool]:
+    """Events after ``after`` up to and including ``end``, in log order."""
+    key = tuple_(Event.txid, Event.seq)
+    return and_(key > tuple_(*after), key <= tuple_(*end))
 
 
 async def latest_position(connection: AsyncConnection | AsyncSession) -> Position:

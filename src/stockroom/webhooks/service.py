@@ -19,12 +19,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from sqlalchemy import bindparam, delete, func, insert, select, true, tuple_, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stockroom.db import begin_write, utcnow
+from stockroom.db import UTCDateTime, begin_write, utcnow
 from stockroom.errors import InvalidRequestError, NotFoundError
-from stockroom.events.log import Position, read_after
+from stockroom.events.log import Position, batch_end, between, read_after
 from stockroom.events.models import Event
 from stockroom.http import decode_cursor, encode_cursor, invalid_cursor
 from stockroom.webhooks.models import Delivery, DeliveryAttempt, DispatchCursor, Webhook
@@ -192,35 +204,34 @@ async def fan_out(session: AsyncSession) -> int:
     if row is None:  # another instance is at it
         await session.rollback()
         return 0
-    events = await read_after(session, Position(*row), limit=FAN_OUT_BATCH, bodies=False)
-    if not events:
+    cursor = Position(*row)
+    batch = await batch_end(session, cursor, limit=FAN_OUT_BATCH)
+    if batch is None:
         await session.rollback()
         return 0
-    webhooks = (await session.execute(select(Webhook.id, Webhook.events, Webhook.created_at))).all()
-    now = utcnow()
-    rows = [
-        {
-            "webhook_id": webhook_id,
-            "event_seq": event.position.seq,
-            "status": PENDING,
-            "attempts": 0,
-            "next_attempt_at": now,
-            "created_at": now,
-        }
-        for event in events
-        for webhook_id, types, created_at in webhooks
-        # A webhook gets the events committed after it was made.
-        if event.created_at >= created_at
-        and (types == ALL_EVENTS or event.type in types.split(","))
-    ]
-    if rows:
-        await session.execute(insert(Delivery), rows)
-    last = events[-1].position
+    end, count = batch
+    # One delivery per event of the batch and matching webhook, made by the database: no
+    # row of the batch comes into Python. A webhook gets the events committed after it was
+    # made, of the types it asked for ("*": all).
+    now = bindparam("now", utcnow(), type_=UTCDateTime())
+    comma = literal(",")
+    wanted = or_(
+        Webhook.events == ALL_EVENTS,
+        (comma + Webhook.events + comma).contains(comma + Event.type + comma),
+    )
+    matches = (
+        select(Webhook.id, Event.seq, literal(PENDING), literal(0), now, now)
+        .select_from(Event)
+        .join(Webhook, and_(Event.created_at >= Webhook.created_at, wanted))
+        .where(between(cursor, end))
+    )
+    columns = ["webhook_id", "event_seq", "status", "attempts", "next_attempt_at", "created_at"]
+    await session.execute(insert(Delivery).from_select(columns, matches))
     await session.execute(
-        update(DispatchCursor).where(DispatchCursor.id == 1).values(txid=last.txid, seq=last.seq)
+        update(DispatchCursor).where(DispatchCursor.id == 1).values(txid=end.txid, seq=end.seq)
     )
     await session.commit()
-    return len(events)
+    return int(count)
 
 
 @dataclass(frozen=True, slots=True)
