@@ -38,6 +38,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -166,6 +167,18 @@ async def seed_events(dsn: str, count: int) -> float:
         await connection.close()
 
 
+async def open_loop(rate: float, total: int) -> AsyncIterator[tuple[int, float]]:
+    """(n, the time it is due) for n in 0..total-1, each at its time: start + n / rate,
+    whatever happened to the ones before (open loop)."""
+    start = time.perf_counter()
+    for n in range(total):
+        scheduled = start + n / rate
+        delay = scheduled - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        yield n, scheduled
+
+
 async def commit_events(dsn: str, rate: float, seconds: float) -> dict[str, Any]:
     """One event per transaction at ``rate``/s for ``seconds`` s, open loop, straight into
     the log (no API in the way): what the event machinery does at that rate of changes."""
@@ -177,14 +190,8 @@ async def commit_events(dsn: str, rate: float, seconds: float) -> dict[str, Any]
             await pool.execute(SEED_SQL, 1)
             lag.append(time.perf_counter() - scheduled)
 
-        tasks = []
         start = time.perf_counter()
-        for n in range(total):
-            scheduled = start + n / rate
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(scheduled)))
+        tasks = [asyncio.create_task(one(due)) async for _, due in open_loop(rate, total)]
         await asyncio.gather(*tasks)
         took = time.perf_counter() - start
     return {
@@ -275,12 +282,8 @@ async def drive(base: str, key: str, rate: float, seconds: float) -> dict[str, A
 
     workers = [asyncio.create_task(connection()) for _ in range(DRIVER_CONNECTIONS)]
     start = time.perf_counter()
-    for n in range(total):
-        scheduled = start + n / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        due.put_nowait((n, scheduled))
+    async for job in open_loop(rate, total):
+        due.put_nowait(job)
     sent_for = time.perf_counter() - start
     for _ in workers:
         due.put_nowait(None)
