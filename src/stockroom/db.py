@@ -39,6 +39,7 @@ __all__ = [
     "create_read_engine",
     "create_session_factory",
     "is_unique_violation",
+    "on_postgresql",
     "read",
     "utcnow",
     "write_connection",
@@ -233,6 +234,12 @@ def create_session_factory(
     # expire_on_commit=False: objects stay readable after the service commits, without a
     # lazy reload that async sessions cannot do.
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False, info=info)
+
+
+def on_postgresql(connection: AsyncConnection | AsyncSession) -> bool:
+    """Whether this session or connection talks to PostgreSQL (else SQLite)."""
+    bind = connection if isinstance(connection, AsyncConnection) else connection.get_bind()
+    return bind.dialect.name == "postgresql"
 
 
 async def begin_write(session: AsyncSession) -> None:

@@ -35,6 +35,7 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Select,
     and_,
     delete,
     func,
@@ -46,7 +47,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from stockroom.db import begin_write, utcnow
+from stockroom.db import begin_write, on_postgresql, utcnow
 from stockroom.events.models import Event
 from stockroom.items.models import Item
 from stockroom.items.schemas import ItemPublic
@@ -181,16 +182,16 @@ _HORIZON: ColumnElement[int] = literal_column(
 )
 
 
-def _final(connection: AsyncConnection | AsyncSession) -> ColumnElement[bool] | None:
-    """PostgreSQL: the condition for an event to be final (see ``_HORIZON``).
-    SQLite: None (every committed event is final)."""
-    if isinstance(connection, AsyncConnection):
-        dialect = connection.dialect
-    else:
-        dialect = connection.get_bind().dialect
-    if dialect.name != "postgresql":
-        return None
-    return Event.txid < _HORIZON
+_log_order = tuple_(Event.txid, Event.seq)
+
+
+def _final_after(
+    connection: AsyncConnection | AsyncSession, *columns: Any, after: Position = START
+) -> Select[Any]:
+    """``columns`` of the final events after ``after``: on PostgreSQL those below the
+    horizon (see ``_HORIZON``); on SQLite every committed event is final."""
+    stmt = select(*columns).where(_log_order > tuple_(*after))
+    return stmt.where(Event.txid < _HORIZON) if on_postgresql(connection) else stmt
 
 
 async def read_after(
@@ -203,15 +204,11 @@ async def read_after(
 ) -> list[LoggedEvent]:
     """Up to ``limit`` final events after ``after`` (and not after ``until``), in order;
     without their bodies (``""``) unless ``bodies``."""
-    final = _final(connection)
-    key = tuple_(Event.txid, Event.seq)
     body = Event.body if bodies else literal("")
-    stmt = select(Event.txid, Event.seq, Event.id, Event.type, body, Event.created_at)
-    stmt = stmt.where(key > tuple_(*after))
-    if final is not None:
-        stmt = stmt.where(final)
+    columns = (Event.txid, Event.seq, Event.id, Event.type, body, Event.created_at)
+    stmt = _final_after(connection, *columns, after=after)
     if until is not None:
-        stmt = stmt.where(key <= tuple_(*until))
+        stmt = stmt.where(_log_order <= tuple_(*until))
     rows = await connection.execute(stmt.order_by(Event.txid, Event.seq).limit(limit))
     return [
         LoggedEvent(Position(txid, seq), event_id, kind, body, created_at)
@@ -225,11 +222,7 @@ async def batch_end(
     """The position of the last of the next ``limit`` final events after ``after``, and how
     many they are (None: there is none yet). Every event in ``between(after, end)`` is final
     then: a reader can work on that range with set-based SQL, in later statements."""
-    final = _final(connection)
-    key = tuple_(Event.txid, Event.seq)
-    stmt = select(Event.txid, Event.seq).where(key > tuple_(*after))
-    if final is not None:
-        stmt = stmt.where(final)
+    stmt = _final_after(connection, Event.txid, Event.seq, after=after)
     batch = stmt.order_by(Event.txid, Event.seq).limit(limit).subquery()
     row = (
         await connection.execute(
@@ -243,16 +236,12 @@ async def batch_end(
 
 def between(after: Position, end: Position) -> ColumnElement[bool]:
     """Events after ``after`` up to and including ``end``, in log order."""
-    key = tuple_(Event.txid, Event.seq)
-    return and_(key > tuple_(*after), key <= tuple_(*end))
+    return and_(_log_order > tuple_(*after), _log_order <= tuple_(*end))
 
 
 async def latest_position(connection: AsyncConnection | AsyncSession) -> Position:
     """The position of the last final event: a reader starting here misses nothing later."""
-    final = _final(connection)
-    stmt = select(Event.txid, Event.seq)
-    if final is not None:
-        stmt = stmt.where(final)
+    stmt = _final_after(connection, Event.txid, Event.seq)
     row = (
         await connection.execute(stmt.order_by(Event.txid.desc(), Event.seq.desc()).limit(1))
     ).first()

@@ -36,7 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from stockroom.db import is_unique_violation, utcnow, write_connection
+from stockroom.db import is_unique_violation, on_postgresql, utcnow, write_connection
 from stockroom.errors import InvalidRequestError
 from stockroom.events import log as events
 from stockroom.files import postgresql
@@ -218,7 +218,7 @@ async def import_items(
             if options.on_begin is not None:
                 await options.on_begin(session)
             await session.run_sync(lambda s: _seen.create(s.connection()))
-            if _on_postgresql(session):
+            if on_postgresql(session):
                 await session.execute(text(postgresql.CREATE_BATCH_TABLE))
             if not options.one_transaction:
                 await session.commit()
@@ -295,7 +295,7 @@ async def _run(
     options: ImportOptions,
     report: ImportReport,
 ) -> None:
-    batch_rows = BATCH_ROWS_POSTGRESQL if _on_postgresql(session) else BATCH_ROWS
+    batch_rows = BATCH_ROWS_POSTGRESQL if on_postgresql(session) else BATCH_ROWS
     rows_read = 0
     apply = True
     queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
@@ -327,22 +327,18 @@ async def _run(
                 await producer
 
 
-def _on_postgresql(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "postgresql"
-
-
 async def _apply_batch(
     session: AsyncSession, rows: list[ValidRow], report: ImportReport, *, apply: bool
 ) -> bool:
     """Upsert one batch by sku; returns whether to go on applying."""
-    on_postgresql = _on_postgresql(session)
-    if on_postgresql:
+    postgres = on_postgresql(session)
+    if postgres:
         unique = await postgresql.first_time_seen(session, rows, report)
     else:
         unique = await _first_time_seen(session, rows, report)
     if not apply or not unique:
         return apply
-    upsert = postgresql.upsert if on_postgresql else _upsert
+    upsert = postgresql.upsert if postgres else _upsert
     for attempt in range(_RETRIES_ON_RACE):
         counts = postgresql.Counts()
         try:
@@ -550,7 +546,7 @@ async def export_chunks(
     """The export as byte chunks, streamed from a server-side cursor (or, for CSV on
     PostgreSQL, from COPY ... TO STDOUT, which formats the rows in the server)."""
     async with sessions() as session:
-        if fmt == "csv" and _on_postgresql(session):
+        if fmt == "csv" and on_postgresql(session):
             async for chunk in postgresql.copy_csv(session, where, keyset):
                 yield chunk
             return

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from sqlalchemy import delete, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stockroom.db import utcnow
+from stockroom.db import on_postgresql, utcnow
 from stockroom.errors import ConflictError, InvalidRequestError
 from stockroom.idempotency.models import IdempotencyRecord
 
@@ -121,7 +121,7 @@ async def take(session: AsyncSession, scope: Scope) -> StoredAnswer | None:
 async def lock(session: AsyncSession, scope: Scope) -> IdempotencyRecord | None:
     """Lock the key (owner and key; the request hash may not be known yet) for this
     transaction; return its unexpired record, if any."""
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgresql(session):
         locked = await session.scalar(
             text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": scope.lock_id}
         )

@@ -347,7 +347,7 @@ class Dispatcher:
             async with self._sessions() as session:
                 await service.release(session, deliveries)
         except Exception as exc:
-            log.warning("cannot give back unfinished deliveries", error=str(exc))
+            log.warning("cannot give back webhook deliveries", which=which, error=str(exc))
         else:
             log.info("gave back webhook deliveries", which=which, count=len(deliveries))
 

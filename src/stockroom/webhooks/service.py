@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stockroom.db import UTCDateTime, begin_write, utcnow
+from stockroom.db import UTCDateTime, begin_write, on_postgresql, utcnow
 from stockroom.errors import InvalidRequestError, NotFoundError
 from stockroom.events.log import Position, batch_end, between, read_after
 from stockroom.events.models import Event
@@ -270,7 +270,7 @@ async def claim(
         return []
     await session.rollback()
     await begin_write(session)
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgresql(session):
         # Per webhook, its oldest due rows through the (webhook_id, status,
         # next_attempt_at) index, skipping rows another instance is claiming.
         oldest = (
