@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError
 __all__ = [
     "DEFAULT_DATABASE_URL",
     "ENV_PREFIX",
+    "Backend",
     "Settings",
     "SettingsError",
     "load_settings",
@@ -27,6 +28,8 @@ __all__ = [
 ]
 
 ENV_PREFIX = "STOCKROOM_"
+# The databases Stockroom runs on; each domain that differs by database has a store per one.
+Backend = Literal["postgresql", "sqlite"]
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./stockroom.db"
 
 # Plain driver names that we rewrite to the async driver we ship, so that a URL copied from
@@ -223,7 +226,12 @@ class Settings(BaseSettings):
 
     @property
     def is_sqlite(self) -> bool:
-        return self.database.get_backend_name() == "sqlite"
+        return self.backend == "sqlite"
+
+    @property
+    def backend(self) -> Backend:
+        """Which database: the key by which the lifespan picks each domain's store."""
+        return "sqlite" if self.database.get_backend_name() == "sqlite" else "postgresql"
 
     @property
     def log_level_number(self) -> int:
