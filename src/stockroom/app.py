@@ -21,6 +21,7 @@ from stockroom.events.router import router as events_router
 from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
 from stockroom.files.router import router as files_router
 from stockroom.idempotency.service import InFlightKeys, purge_expired
+from stockroom.items.event_types import EVENT_TYPES
 from stockroom.items.router import router as items_router
 from stockroom.ledger.router import router as ledger_router
 from stockroom.middleware import (
@@ -31,6 +32,7 @@ from stockroom.middleware import (
 from stockroom.observability import AccessLog, Metrics, configure_logging, watch_event_loop
 from stockroom.ratelimit import RateLimiter
 from stockroom.settings import Settings, load_settings
+from stockroom.stores import open_stores
 from stockroom.system import DOCS_ASSETS_PATH, docs_assets
 from stockroom.system import router as system_router
 from stockroom.webhooks.router import router as webhooks_router
@@ -62,6 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.engine = engine
         app.state.read_engine = create_read_engine(engine, settings)
         app.state.sessions = sessions
+        stores = open_stores(settings, engine, on_commit=wakeup.wake)
+        await stores.database.start()
+        app.state.stores = stores
         app.state.authenticator = Authenticator(
             sessions, enabled=settings.auth, ttl=settings.auth_cache_seconds
         )
@@ -107,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await task
             if limiter is not None:
                 await limiter.close()
+            await stores.database.close()
             await engine.dispose()
             metrics.forget_this_process()
             log.info("stopped")
@@ -121,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.event_types = EVENT_TYPES
     install_error_handlers(app)
     app.include_router(system_router)
     # Before the items router: /items/import and /items/export are not /items/{item_id}.

@@ -29,12 +29,12 @@ from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
 from stockroom.files import service as files
 from stockroom.files.formats import CsvReader, NdjsonReader
 from stockroom.files.schemas import ImportReport
-from stockroom.files.service import ImportOptions
-from stockroom.items.repository import ItemFilter, Keyset
+from stockroom.items.repository import ItemFilter, Keyset, Listing
 from stockroom.items.schemas import SORT_KEYS
 from stockroom.migrations import upgrade
 from stockroom.observability import MULTIPROC_DIR_VARIABLE, configure_logging
 from stockroom.settings import Settings, SettingsError, load_settings
+from stockroom.stores import Stores, open_stores
 
 __all__ = ["main"]
 
@@ -248,6 +248,20 @@ def _run_with_engine(
     return asyncio.run(run())
 
 
+def _run_with_stores(work: Callable[[Stores], Awaitable[T]]) -> T:
+    """Run ``work`` with the stores of the configured database, then close them."""
+
+    async def run(engine: AsyncEngine, _sessions: Any) -> T:
+        stores = open_stores(_settings(), engine, on_commit=lambda: None)
+        await stores.database.start()
+        try:
+            return await work(stores)
+        finally:
+            await stores.database.close()
+
+    return _run_with_engine(run)
+
+
 @cli.command("import")
 def import_file(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or NDJSON file.")],
@@ -267,12 +281,13 @@ def import_file(
             while chunk := await asyncio.to_thread(stream.read, _FILE_CHUNK):
                 yield chunk
 
-    async def work(engine: AsyncEngine, _sessions: Any) -> ImportReport:
-        options = ImportOptions(atomic=atomic, progress=progress)
-        return await files.import_items(engine, chunks(), reader, options)
+    async def work(stores: Stores) -> ImportReport:
+        return await files.import_items(
+            stores.database, stores.writer, chunks(), reader, atomic=atomic, progress=progress
+        )
 
     try:
-        report = _run_with_engine(work)
+        report = _run_with_stores(work)
     except files.ImportRejectedError as exc:
         progress.done()
         print(exc.report.model_dump_json(), file=sys.stderr)  # noqa: T201
@@ -296,15 +311,16 @@ def export_file(
     progress = _Progress("exported")
     out = sys.stdout.buffer
 
-    async def work(_engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+    async def work(stores: Stores) -> None:
         lines = 0
-        async for chunk in files.export_chunks(sessions, ItemFilter(), Keyset(sort), format):
+        listing = Listing(ItemFilter(), Keyset(sort))
+        async for chunk in files.export_chunks(stores.items, listing, format):
             await asyncio.to_thread(out.write, chunk)
             lines += chunk.count(b"\n")
             progress(lines)
         await asyncio.to_thread(out.flush)
 
-    _run_with_engine(work)
+    _run_with_stores(work)
     progress.done()
 
 

@@ -120,8 +120,10 @@ def create_engine(settings: Settings) -> AsyncEngine:
         connect_args["server_settings"] = {"application_name": "stockroom"}
     engine = create_async_engine(
         settings.database,
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
+        # The requests' statements run on the asyncpg pool of database/_postgresql.py; this
+        # engine serves the background work and the admin endpoints.
+        pool_size=settings.database_background_pool_size,
+        max_overflow=0,
         pool_timeout=settings.database_pool_timeout,
         # No pool_pre_ping: it costs every request a round trip (a third of a GET's). A
         # connection the server closed is replaced at checkout instead (_on_checkout), and

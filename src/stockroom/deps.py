@@ -8,7 +8,9 @@ from typing import Annotated
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-__all__ = ["ReadEngineDep", "SessionDep"]
+from stockroom.database import Database
+
+__all__ = ["DatabaseDep", "ReadEngineDep", "SessionDep"]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -29,5 +31,12 @@ async def get_read_engine(request: Request) -> AsyncEngine:
     return engine
 
 
+def get_database(request: Request) -> Database:
+    """The process's database (``stockroom.database``): write transactions of the stores."""
+    database: Database = request.app.state.stores.database
+    return database
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 ReadEngineDep = Annotated[AsyncEngine, Depends(get_read_engine)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
