@@ -270,7 +270,7 @@ async def _first_time_seen(
     assert counts.repeated is not None
     skus = {row.sku for row in rows}
     found = await connection.execute(select(_seen.c.sku, _seen.c.line).where(_seen.c.sku.in_(skus)))
-    first: dict[str, int] = dict(found.tuples().all())  # from earlier batches
+    first: dict[str, int] = {row[0]: row[1] for row in found}  # from earlier batches
     unique: list[ValidRow] = []
     for row in rows:
         if row.sku in first:
