@@ -89,9 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub = EventHub(engine, wakeup, queue_size=settings.events_stream_buffer)
         app.state.event_hub = hub
         watcher = asyncio.create_task(
-            watch_event_loop(
-                metrics, lambda: metrics.sample_pool(engine.pool, settings.database_max_overflow)
-            ),
+            watch_event_loop(metrics, lambda: metrics.sample_pool(stores.database.pool_status())),
             name="event-loop-watch",
         )
         log.info("started", database=settings.database.get_backend_name(), version=__version__)

@@ -15,11 +15,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
-__all__ = ["Database"]
+__all__ = ["Database", "PoolStatus"]
 
 T = TypeVar("T")
+
+
+class PoolStatus(NamedTuple):
+    """The requests' connection pool, for the pool gauges of /metrics."""
+
+    size: int  # connections kept
+    maximum: int  # with the overflow
+    checked_out: int
+    overflow: int  # open above ``size``
 
 
 class Database(Protocol):
@@ -47,5 +56,4 @@ class Database(Protocol):
         once more on a new connection if the first turned out dead (a read changes
         nothing)."""
 
-    def pool_status(self) -> tuple[int, int]:
-        """Connections in use and the most there can be (the pool gauges)."""
+    def pool_status(self) -> PoolStatus: ...

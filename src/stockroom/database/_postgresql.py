@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
+from stockroom.database import PoolStatus
 from stockroom.errors import UnavailableError
 from stockroom.settings import Settings
 
@@ -127,11 +128,13 @@ class PostgresDatabase:
         async with self.connection() as connection:
             return await query(connection)
 
-    def pool_status(self) -> tuple[int, int]:
+    def pool_status(self) -> PoolStatus:
+        size = self._settings.database_pool_size
+        maximum = size + self._settings.database_max_overflow
         if self._pool is None:
-            return 0, 0
-        in_use = self._pool.get_size() - self._pool.get_idle_size()
-        return in_use, self._pool.get_max_size()
+            return PoolStatus(size, maximum, 0, 0)
+        opened = self._pool.get_size()
+        return PoolStatus(size, maximum, opened - self._pool.get_idle_size(), max(0, opened - size))
 
 
 @contextmanager

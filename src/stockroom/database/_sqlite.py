@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from stockroom.database import PoolStatus
 from stockroom.db import write_connection
 
 __all__ = ["SqliteDatabase"]
@@ -55,6 +56,9 @@ class SqliteDatabase:
         async with self._engine.connect() as connection:
             return await query(connection)
 
-    def pool_status(self) -> tuple[int, int]:
+    def pool_status(self) -> PoolStatus:
         pool: Any = self._engine.pool
-        return pool.checkedout(), pool.size() + pool.overflow()
+        overflow = max(0, pool.overflow())  # QueuePool counts from -size up
+        return PoolStatus(
+            pool.size(), pool.size() + pool._max_overflow, pool.checkedout(), overflow
+        )

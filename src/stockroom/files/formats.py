@@ -311,10 +311,10 @@ def _cell(value: Any) -> str:
         return ""
     if not isinstance(value, str):
         return str(value)
-    value = protect(value)
-    if _NEEDS_QUOTES.search(value):
-        return '"' + value.replace('"', '""') + '"'
-    return value
+    text = protect(value)
+    if _NEEDS_QUOTES.search(text):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def ndjson_rows(rows: Iterable[dict[str, Any]]) -> bytes:

@@ -79,7 +79,8 @@ class ItemFilter:
         if self.max_price_cents is not None:
             clauses.append(Item.price_cents <= bindparam("max_price"))
         if self.in_stock is not None:
-            zero = literal_column("0")  # in the statement's text: in_stock is in its shape
+            # In the statement's text, not a parameter: in_stock is part of the shape.
+            zero: ColumnElement[int] = literal_column("0")
             clauses.append(Item.quantity > zero if self.in_stock else Item.quantity == zero)
         return clauses
 
