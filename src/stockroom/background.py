@@ -19,7 +19,8 @@ from stockroom.events.wakeup import Wakeup, listen_for_events
 from stockroom.observability import Metrics
 from stockroom.settings import Settings
 from stockroom.webhooks.dispatcher import dispatching
-from stockroom.webhooks.service import backlog
+from stockroom.webhooks.queue import backlog
+from stockroom.webhooks.store import STORES
 
 __all__ = ["EVENT_PRUNE_INTERVAL", "event_services", "purge_periodically"]
 
@@ -102,7 +103,11 @@ async def event_services(
     try:
         async with AsyncExitStack() as stack:
             if dispatcher:
-                await stack.enter_async_context(dispatching(settings, sessions, wakeup, metrics))
+                # The database's delivery store, picked once for the dispatcher's life.
+                store = STORES[settings.backend]()
+                await stack.enter_async_context(
+                    dispatching(settings, sessions, wakeup, store, metrics)
+                )
             yield
     finally:
         if hub is not None:
