@@ -14,7 +14,7 @@ from stockroom import __version__
 from stockroom.auth.router import router as auth_router
 from stockroom.auth.service import Authenticator
 from stockroom.background import event_services, purge_periodically
-from stockroom.db import create_engine, create_read_engine, create_session_factory
+from stockroom.db import create_session_factory
 from stockroom.errors import install_error_handlers
 from stockroom.events.hub import EventHub
 from stockroom.events.router import router as events_router
@@ -32,7 +32,7 @@ from stockroom.middleware import (
 from stockroom.observability import AccessLog, Metrics, configure_logging, watch_event_loop
 from stockroom.ratelimit import RateLimiter
 from stockroom.settings import Settings, load_settings
-from stockroom.stores import open_stores
+from stockroom.stores import create_engine, open_stores
 from stockroom.system import DOCS_ASSETS_PATH, docs_assets
 from stockroom.system import router as system_router
 from stockroom.webhooks.router import router as webhooks_router
@@ -62,7 +62,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # A commit that wrote events wakes this process's readers at once.
         sessions = create_session_factory(engine, info={SESSION_WAKEUP: wakeup.wake})
         app.state.engine = engine
-        app.state.read_engine = create_read_engine(engine, settings)
         app.state.sessions = sessions
         stores = open_stores(settings, engine, on_commit=wakeup.wake)
         await stores.database.start()
@@ -92,11 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watch_event_loop(metrics, lambda: metrics.sample_pool(stores.database.pool_status())),
             name="event-loop-watch",
         )
-        log.info("started", database=settings.database.get_backend_name(), version=__version__)
+        log.info("started", database=settings.backend, version=__version__)
         try:
             async with event_services(
                 settings,
                 sessions,
+                stores.database,
                 wakeup,
                 hub=hub,
                 metrics=metrics,

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from stockroom.auth import service as keys
 from stockroom.background import event_services
-from stockroom.db import create_engine, create_session_factory
+from stockroom.db import create_session_factory
 from stockroom.errors import StockroomError
 from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
 from stockroom.files import service as files
@@ -34,7 +34,7 @@ from stockroom.items.schemas import SORT_KEYS
 from stockroom.migrations import upgrade
 from stockroom.observability import MULTIPROC_DIR_VARIABLE, configure_logging
 from stockroom.settings import Settings, SettingsError, load_settings
-from stockroom.stores import Stores, open_stores
+from stockroom.stores import Stores, create_engine, open_stores
 
 __all__ = ["main"]
 
@@ -112,16 +112,19 @@ async def _deliver_webhooks(settings: Settings) -> None:
     engine = create_engine(settings)
     wakeup = Wakeup(settings.events_poll_seconds)
     sessions = create_session_factory(engine, info={SESSION_WAKEUP: wakeup.wake})
+    stores = open_stores(settings, engine, on_commit=wakeup.wake)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with event_services(settings, sessions, wakeup, dispatcher=True):
-            log.info("worker started", database=settings.database.get_backend_name())
+        await stores.database.start()
+        async with event_services(settings, sessions, stores.database, wakeup, dispatcher=True):
+            log.info("worker started", database=settings.backend)
             await stop.wait()
             log.info("worker stopping")
     finally:
+        await stores.database.close()
         await engine.dispose()
     log.info("worker stopped")
 

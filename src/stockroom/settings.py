@@ -233,10 +233,6 @@ class Settings(BaseSettings):
         return make_url(self.database_url)
 
     @property
-    def is_sqlite(self) -> bool:
-        return self.backend == "sqlite"
-
-    @property
     def backend(self) -> Backend:
         """Which database: the key by which the lifespan picks each domain's store."""
         return "sqlite" if self.database.get_backend_name() == "sqlite" else "postgresql"

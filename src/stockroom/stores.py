@@ -10,7 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stockroom.database import Database
 from stockroom.database._postgresql import PostgresDatabase
+from stockroom.database._postgresql import create_engine as create_postgresql_engine
 from stockroom.database._sqlite import SqliteDatabase
+from stockroom.database._sqlite import create_engine as create_sqlite_engine
 from stockroom.events._postgresql import PostgresEventStore
 from stockroom.events._sqlite import SqliteEventStore
 from stockroom.events.store import EventStore
@@ -23,7 +25,7 @@ from stockroom.items.store import ItemStore
 from stockroom.items.writer import ItemWriter
 from stockroom.settings import Backend, Settings
 
-__all__ = ["Stores", "open_stores"]
+__all__ = ["Stores", "create_engine", "open_stores"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,14 +37,18 @@ class Stores:
     writer: ItemWriter
 
 
-def _postgresql(settings: Settings, _engine: AsyncEngine, on_commit: Callable[[], None]) -> Stores:
+def _postgresql_stores(
+    settings: Settings, _engine: AsyncEngine, on_commit: Callable[[], None]
+) -> Stores:
     database = PostgresDatabase(settings, on_commit=on_commit)
     events = PostgresEventStore()
     items = PostgresItemStore(database, events)
     return Stores(database, items, events, PostgresKeyStore(), ItemWriter(items, events))
 
 
-def _sqlite(_settings: Settings, engine: AsyncEngine, on_commit: Callable[[], None]) -> Stores:
+def _sqlite_stores(
+    _settings: Settings, engine: AsyncEngine, on_commit: Callable[[], None]
+) -> Stores:
     database = SqliteDatabase(engine, on_commit=on_commit)
     events = SqliteEventStore()
     items = SqliteItemStore(database, events)
@@ -50,8 +56,8 @@ def _sqlite(_settings: Settings, engine: AsyncEngine, on_commit: Callable[[], No
 
 
 _BUILDERS: dict[Backend, Callable[[Settings, AsyncEngine, Callable[[], None]], Stores]] = {
-    "postgresql": _postgresql,
-    "sqlite": _sqlite,
+    "postgresql": _postgresql_stores,
+    "sqlite": _sqlite_stores,
 }
 
 
@@ -60,3 +66,14 @@ def open_stores(
 ) -> Stores:
     """``on_commit`` runs after each committed write (it wakes the event log's readers)."""
     return _BUILDERS[settings.backend](settings, engine, on_commit)
+
+
+_ENGINES: dict[Backend, Callable[[Settings], AsyncEngine]] = {
+    "postgresql": create_postgresql_engine,
+    "sqlite": create_sqlite_engine,
+}
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """The process's one SQLAlchemy engine, for the configured database."""
+    return _ENGINES[settings.backend](settings)

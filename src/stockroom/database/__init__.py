@@ -57,3 +57,8 @@ class Database(Protocol):
         nothing)."""
 
     def pool_status(self) -> PoolStatus: ...
+
+    async def listen(self, channel: str, on_notify: Callable[[], None]) -> None:
+        """Call ``on_notify`` on each notification on ``channel``, until cancelled, where
+        the database can say so (PostgreSQL's LISTEN, not through PgBouncer); elsewhere
+        wait to be cancelled: readers poll."""

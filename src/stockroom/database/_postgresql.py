@@ -15,18 +15,25 @@ connection, a statement timeout, a server shutting down) leave as :class:`Unavai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import asyncpg
 import structlog
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from stockroom.database import PoolStatus
+from stockroom.db import PGBOUNCER_CONNECT_ARGS
 from stockroom.errors import UnavailableError
 from stockroom.settings import Settings
 
-__all__ = ["PostgresDatabase"]
+__all__ = ["PostgresDatabase", "create_engine"]
 
 T = TypeVar("T")
 
@@ -44,6 +51,60 @@ _CONNECTION_ERRORS = (
     asyncpg.ConnectionDoesNotExistError,
 )
 _CLOSE_SECONDS = 5.0
+_RECONNECT_SECONDS = 2.0
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """The process's SQLAlchemy engine on PostgreSQL: the background work and the admin
+    endpoints (the requests' statements run on :class:`PostgresDatabase`'s pool). Its pool
+    is bounded so that overload is a 503, not a pile-up."""
+    statement_ms = int(settings.database_statement_timeout * 1000)
+    connect_args: dict[str, Any] = {
+        "timeout": settings.database_connect_timeout,
+        # The client-side backstop if the server never answers (a dead network).
+        "command_timeout": settings.database_statement_timeout + 5,
+        "server_settings": {
+            "statement_timeout": str(statement_ms),
+            "application_name": "stockroom",
+        },
+    }
+    if settings.database_pgbouncer:
+        connect_args.update(PGBOUNCER_CONNECT_ARGS)
+        # PgBouncer refuses unknown startup parameters, and a session SET would stick to
+        # one server connection only; the timeout is set in every transaction instead.
+        connect_args["server_settings"] = {"application_name": "stockroom"}
+    engine = create_async_engine(
+        settings.database,
+        # The requests' statements run on the asyncpg pool of database/_postgresql.py; this
+        # engine serves the background work and the admin endpoints.
+        pool_size=settings.database_background_pool_size,
+        max_overflow=0,
+        pool_timeout=settings.database_pool_timeout,
+        # No pool_pre_ping: it costs every request a round trip (a third of a GET's). A
+        # connection the server closed is replaced at checkout instead (_on_checkout), and
+        # a read that meets one anyway fails once (a 503).
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )
+    event.listen(engine.sync_engine, "checkout", _on_checkout)
+    if settings.database_pgbouncer:
+        set_timeout = f"SET LOCAL statement_timeout = {statement_ms}"
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            connection.exec_driver_sql(set_timeout)
+
+    return engine
+
+
+def _on_checkout(
+    dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    # asyncpg notices at once when the server closes a connection (restart, failover,
+    # pg_terminate_backend, an idle timeout): the pool then opens a new one instead of
+    # handing out a dead one. Free, unlike a ping.
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("connection closed by the server while in the pool")
 
 
 class PostgresDatabase:
@@ -127,6 +188,35 @@ class PostgresDatabase:
                 raise
         async with self.connection() as connection:
             return await query(connection)
+
+    async def listen(self, channel: str, on_notify: Callable[[], None]) -> None:
+        """Hold one LISTEN connection (not through PgBouncer, where LISTEN cannot work and
+        the poll interval rules); reconnect when it is lost."""
+        if self._pgbouncer:
+            await asyncio.Event().wait()
+        settings = self._settings
+        dsn = settings.database.set(drivername="postgresql").render_as_string(hide_password=False)
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await asyncpg.connect(
+                    dsn,
+                    timeout=settings.database_connect_timeout,
+                    server_settings={"application_name": "stockroom-listen"},
+                )
+                lost = asyncio.Event()
+                connection.add_termination_listener(lambda _conn, flag=lost: flag.set())
+                await connection.add_listener(channel, lambda *_args: on_notify())
+                on_notify()  # anything committed while we were not listening
+                await lost.wait()
+                log.warning("event listener connection lost; reconnecting")
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("event listener cannot connect; polling until it can", error=str(exc))
+            finally:
+                if connection is not None and not connection.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(connection.close(timeout=2))
+            await asyncio.sleep(_RECONNECT_SECONDS)
 
     def pool_status(self) -> PoolStatus:
         size = self._settings.database_pool_size
