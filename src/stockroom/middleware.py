@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import sys
 import time
 import weakref
 from typing import Any
@@ -122,6 +123,9 @@ class RequestContextMiddleware:
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, _brief_lifespan_failures(send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -172,6 +176,23 @@ class RequestContextMiddleware:
             self.metrics.observe_request(route, scope["method"], status, seconds)
             self.access_log.write(request_id, scope["method"], route, status, seconds)
             structlog.contextvars.reset_contextvars(**bound)
+
+
+def _brief_lifespan_failures(send: Send) -> Send:
+    """Starlette reports a failed start-up or shutdown with the whole traceback as the
+    message, which uvicorn logs as it is: tell it in one line instead, the error's type and
+    first line (a traceback helps no one who starts the service, and may quote SQL)."""
+
+    async def send_briefly(message: Message) -> None:
+        if message["type"] in ("lifespan.startup.failed", "lifespan.shutdown.failed"):
+            stage = "start-up" if message["type"] == "lifespan.startup.failed" else "shutdown"
+            failure = sys.exception()  # sent from the framework's except block
+            reason = str(failure).strip().splitlines()[0] if str(failure).strip() else ""
+            what = type(failure).__name__ if failure is not None else "error"
+            message = {**message, "message": f"Application {stage} failed: {what}: {reason}"}
+        await send(message)
+
+    return send_briefly
 
 
 class BodyLimitMiddleware:
