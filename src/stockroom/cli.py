@@ -17,32 +17,32 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import structlog
 import typer
 import uvicorn
 from pydantic import ValidationError
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 from typer._click import exceptions as click  # typer's own copy of click: its errors
 
 from stockroom import __version__
 from stockroom.auth import service as keys
 from stockroom.auth.schemas import KEY_NAME_RULE, KeyCreate
 from stockroom.background import event_services
-from stockroom.db import create_engine, create_session_factory
+from stockroom.db import create_session_factory
 from stockroom.errors import StockroomError
 from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
 from stockroom.files import service as files
 from stockroom.files.formats import CsvReader, NdjsonReader
 from stockroom.files.schemas import ImportReport
-from stockroom.files.service import ImportOptions
-from stockroom.items.repository import ItemFilter, Keyset
+from stockroom.items.repository import ItemFilter, Keyset, Listing
 from stockroom.items.schemas import SORT_KEYS
 from stockroom.migrations import upgrade
 from stockroom.observability import MULTIPROC_DIR_VARIABLE, configure_logging
 from stockroom.settings import Settings, SettingsError, load_settings, unknown_variables
+from stockroom.stores import Stores, create_engine, open_stores
 
 __all__ = ["main"]
 
@@ -107,7 +107,11 @@ def _describe_database_failure(settings: Settings, exc: BaseException) -> str:
 
 def _missing_sqlite_folder(settings: Settings) -> str | None:
     file = settings.database.database
-    if settings.is_sqlite and file not in (None, "", ":memory:") and not Path(file).parent.is_dir():
+    if (
+        settings.backend == "sqlite"
+        and file not in (None, "", ":memory:")
+        and not Path(file).parent.is_dir()
+    ):
         return f"the folder {str(Path(file).parent)!r} does not exist"
     return None
 
@@ -207,16 +211,19 @@ async def _deliver_webhooks(settings: Settings) -> None:
     engine = create_engine(settings)
     wakeup = Wakeup(settings.events_poll_seconds)
     sessions = create_session_factory(engine, info={SESSION_WAKEUP: wakeup.wake})
+    stores = open_stores(settings, engine, on_commit=wakeup.wake)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with event_services(settings, sessions, wakeup, dispatcher=True):
-            log.info("worker started", database=settings.database.get_backend_name())
+        await stores.database.start()
+        async with event_services(settings, sessions, stores.database, wakeup, dispatcher=True):
+            log.info("worker started", database=settings.backend)
             await stop.wait()
             log.info("worker stopping")
     finally:
+        await stores.database.close()
         await engine.dispose()
     log.info("worker stopped")
 
@@ -383,16 +390,21 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _run_with_engine(
-    work: Callable[[AsyncEngine, async_sessionmaker[AsyncSession]], Awaitable[T]],
-) -> T:
+def _run_with_stores(work: Callable[[Stores], Awaitable[T]]) -> T:
+    """Migrate, then run ``work`` with the stores of the configured database, then close
+    them."""
     settings = _settings()
     _migrate(settings)
 
     async def run() -> T:
         engine = create_engine(settings)
         try:
-            return await work(engine, create_session_factory(engine))
+            stores = open_stores(settings, engine, on_commit=lambda: None)
+            await stores.database.start()
+            try:
+                return await work(stores)
+            finally:
+                await stores.database.close()
         finally:
             await engine.dispose()
 
@@ -419,12 +431,13 @@ def import_file(
             while chunk := await asyncio.to_thread(stream.read, _FILE_CHUNK):
                 yield chunk
 
-    async def work(engine: AsyncEngine, _sessions: Any) -> ImportReport:
-        options = ImportOptions(atomic=atomic, progress=progress)
-        return await files.import_items(engine, chunks(), reader, options)
+    async def work(stores: Stores) -> ImportReport:
+        return await files.import_items(
+            stores.database, stores.writer, chunks(), reader, atomic=atomic, progress=progress
+        )
 
     try:
-        report = _run_with_engine(work)
+        report = _run_with_stores(work)
     except files.ImportRejectedError as exc:
         progress.done()
         print(exc.report.model_dump_json(), file=sys.stderr)  # noqa: T201
@@ -448,15 +461,16 @@ def export_file(
     progress = _Progress("exported")
     out = sys.stdout.buffer
 
-    async def work(_engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+    async def work(stores: Stores) -> None:
         lines = 0
-        async for chunk in files.export_chunks(sessions, ItemFilter(), Keyset(sort), format):
+        listing = Listing(ItemFilter(), Keyset(sort))
+        async for chunk in files.export_chunks(stores.items, listing, format):
             await asyncio.to_thread(out.write, chunk)
             lines += chunk.count(b"\n")
             progress(lines)
         await asyncio.to_thread(out.flush)
 
-    _run_with_engine(work)
+    _run_with_stores(work)
     progress.done()
 
 

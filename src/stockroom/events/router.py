@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -17,7 +17,7 @@ from stockroom.errors import (
     problem_responses,
 )
 from stockroom.events.hub import EventHub
-from stockroom.events.log import EVENT_TYPES, Position, event_exists, read_after
+from stockroom.events.log import Position, event_exists, read_after
 
 __all__ = ["CursorGoneError", "router"]
 
@@ -62,7 +62,7 @@ async def stream_events(
 ) -> EventSourceResponse:
     """Every committed change as it becomes final, in log order. With a cursor, the events
     after it are replayed from the log first, with no gap and no duplicate."""
-    wanted = _parse_types(types)
+    wanted = _parse_types(types, request.app.state.event_types)
     cursor = last_event_id if last_event_id is not None else after
     engine: AsyncEngine = request.app.state.engine
     start = None
@@ -83,15 +83,17 @@ async def stream_events(
     )
 
 
-def _parse_types(types: str | None) -> frozenset[str] | None:
+def _parse_types(types: str | None, known: Sequence[str]) -> frozenset[str] | None:
+    """The types asked for (of ``known``: the app's event types, which the domains that
+    write events define)."""
     if types is None:
         return None
     wanted = frozenset(part.strip() for part in types.split(",") if part.strip())
-    unknown = sorted(wanted - set(EVENT_TYPES))
+    unknown = sorted(wanted - set(known))
     if not wanted or unknown:
         raise InvalidRequestError(
             f"Unknown event type(s) {', '.join(unknown) or '(none given)'}; "
-            f"known: {', '.join(EVENT_TYPES)}.",
+            f"known: {', '.join(known)}.",
             loc=("query", "types"),
         )
     return wanted
