@@ -32,14 +32,16 @@ migrate: install
 
 run: install
 	@echo "Stockroom on http://$(HOST):$(PORT)/docs (SQLite file ./stockroom.db; Ctrl-C stops)"
-	@echo "Every endpoint but /ping, /healthz, /readyz and the docs needs an API key. Make one:"
+	@echo "Every endpoint but /ping, /healthz, /readyz, /metrics and the docs needs an API key. Make one:"
 	@echo "    $(BIN)/stockroom apikey create --name me --scopes admin"
 	@echo "and send it as 'Authorization: Bearer <key>'."
 	$(BIN)/stockroom serve --host $(HOST) --port $(PORT)
 
 test: install-test ensure-postgres ensure-pgbouncer lint pytest schemathesis
 
+# tests/test_readme.py runs the README's examples: they need bash and curl.
 pytest: install-test
+	@command -v curl >/dev/null || { apt-get update && apt-get install -y curl; }
 	$(BIN)/pytest
 
 schemathesis: install-test

@@ -7,7 +7,9 @@ a traceback. This module imports nothing from the rest of the package.
 
 from __future__ import annotations
 
+import difflib
 import logging
+from collections.abc import Mapping
 from typing import Annotated, Literal, get_args, get_origin
 
 import limits
@@ -25,6 +27,7 @@ __all__ = [
     "SettingsError",
     "load_settings",
     "reference_table",
+    "unknown_variables",
 ]
 
 ENV_PREFIX = "STOCKROOM_"
@@ -266,6 +269,28 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+
+
+# Variables of the test suite, not of the service (STOCKROOM_TEST_POSTGRES_URL).
+_NOT_SETTINGS_PREFIX = ENV_PREFIX + "TEST_"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``STOCKROOM_*`` variable that names no setting (a misspelling is
+    otherwise silently ignored), with the closest known name if there is one."""
+    known = [name.upper() for name in Settings.model_fields]
+    lines = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(_NOT_SETTINGS_PREFIX):
+            continue
+        name = upper.removeprefix(ENV_PREFIX)
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        lines.append(f"{variable} is not a setting and is ignored{hint}")
+    return lines
 
 
 def _describe(exc: ValidationError) -> str:

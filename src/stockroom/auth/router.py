@@ -9,7 +9,13 @@ from fastapi import APIRouter, Path, Request, status
 from stockroom.auth import service
 from stockroom.auth.deps import ADMIN
 from stockroom.auth.models import ApiKey
-from stockroom.auth.schemas import KeyCreate, KeyCreated, KeyPublic
+from stockroom.auth.schemas import (
+    KEY_NAME_MAX_LENGTH,
+    KEY_NAME_PATTERN,
+    KeyCreate,
+    KeyCreated,
+    KeyPublic,
+)
 from stockroom.deps import SessionDep
 from stockroom.errors import problem_responses
 from stockroom.http import Page
@@ -23,7 +29,9 @@ router = APIRouter(
     responses=problem_responses(400, 401, 403, 413, 422, 500, 503),
 )
 
-KeyName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
+KeyName = Annotated[
+    str, Path(min_length=1, max_length=KEY_NAME_MAX_LENGTH, pattern=KEY_NAME_PATTERN)
+]
 
 
 def _public(record: ApiKey) -> KeyPublic:
