@@ -59,3 +59,4 @@ async def revoke_key(session: SessionDep, request: Request, name: KeyName) -> No
     `STOCKROOM_AUTH_CACHE_SECONDS`."""
     await service.revoke_key(session, name)
     request.app.state.authenticator.forget(name)
+    request.app.state.stream_tokens.forget(name)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-__all__ = ["KeyCreate", "KeyCreated", "KeyPublic", "ScopeName"]
+__all__ = ["KeyCreate", "KeyCreated", "KeyPublic", "ScopeName", "StreamTokenCreated"]
 
 ScopeName = Literal["read", "write", "admin"]
 KeyName = Annotated[
@@ -34,3 +34,12 @@ class KeyCreated(BaseModel):
     scopes: list[ScopeName]
     key: str = Field(description="The secret; shown only in this answer.")
     created_at: dt.datetime
+
+
+class StreamTokenCreated(BaseModel):
+    token: str = Field(
+        description="Pass as `GET /events?token=...`; it opens nothing else. Not an API key."
+    )
+    expires_at: dt.datetime = Field(
+        description="After this the token opens nothing, and a stream opened with it ends."
+    )

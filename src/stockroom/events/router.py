@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Query, Request, status
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.responses import Response
 
-from stockroom.auth.deps import READ
+from stockroom.auth.deps import READ, TOKEN_EXPIRES_STATE, accepts_stream_token
+from stockroom.auth.schemas import StreamTokenCreated
+from stockroom.auth.service import Principal
+from stockroom.auth.tokens import StreamTokens
+from stockroom.edge import is_head, without_body
 from stockroom.errors import (
     InvalidRequestError,
     StockroomError,
@@ -40,12 +47,29 @@ _STREAM_DOC = {
 }
 
 
+@router.post(
+    "/events/tokens",
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(413),
+)
+async def create_stream_token(
+    request: Request, principal: Annotated[Principal, READ]
+) -> StreamTokenCreated:
+    """A short-lived credential for `GET /events?token=...`, for a browser's `EventSource`
+    (which cannot send `Authorization`). It opens nothing else, expires after
+    `STOCKROOM_EVENTS_TOKEN_SECONDS` and stops working when its API key is revoked."""
+    tokens: StreamTokens = request.app.state.stream_tokens
+    issued = await tokens.issue(principal, anonymous=not request.app.state.authenticator.enabled)
+    return StreamTokenCreated(token=issued.token, expires_at=issued.expires_at)
+
+
 @router.get(
     "/events",
     dependencies=[READ],
     response_class=EventSourceResponse,
     responses=_STREAM_DOC,
 )
+@accepts_stream_token
 async def stream_events(
     request: Request,
     types: Annotated[
@@ -59,7 +83,14 @@ async def stream_events(
         str | None,
         Header(description="Resume right after this event id; wins over `after`."),
     ] = None,
-) -> EventSourceResponse:
+    token: Annotated[
+        str | None,
+        Query(
+            description="A stream token from `POST /events/tokens`, instead of the "
+            "`Authorization` header (for `EventSource`). The stream ends when it expires."
+        ),
+    ] = None,
+) -> Response:
     """Every committed change as it becomes final, in log order. With a cursor, the events
     after it are replayed from the log first, with no gap and no duplicate."""
     wanted = _parse_types(types)
@@ -76,11 +107,15 @@ async def stream_events(
     hub: EventHub = request.app.state.event_hub
     if hub.position is None:
         raise UnavailableError("The event stream is not ready yet (no database); retry.")
-    return EventSourceResponse(
-        _messages(engine, hub, start, wanted),
+    # Opened by a stream token: the stream ends when the token expires.
+    ends_at: float | None = getattr(request.state, TOKEN_EXPIRES_STATE, None)
+    response = EventSourceResponse(
+        _messages(engine, hub, start, wanted, ends_at),
         ping=request.app.state.settings.events_heartbeat_seconds,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+    # HEAD: the stream's status and headers; no subscription is made, nothing is read.
+    return without_body(response) if is_head(request) else response
 
 
 def _parse_types(types: str | None) -> frozenset[str] | None:
@@ -107,9 +142,16 @@ async def _messages(
     hub: EventHub,
     start: Position | None,
     wanted: frozenset[str] | None,
+    ends_at: float | None,
 ) -> AsyncIterator[ServerSentEvent]:
     # Subscribed here, not in the endpoint: the generator's `finally` always unsubscribes.
     subscription = hub.subscribe()
+    expiry = None
+    if ends_at is not None:
+        # Ending the subscription ends the stream after what is already queued.
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, ends_at - time.time()), subscription.end
+        )
     try:
         last = subscription.start if start is None else start
         # Replay what the client missed, up to where the live feed begins.
@@ -131,4 +173,6 @@ async def _messages(
             if wanted is None or event.type in wanted:
                 yield ServerSentEvent(data=event.body, event=event.type, id=str(event.position))
     finally:
+        if expiry is not None:
+            expiry.cancel()
         subscription.end()
