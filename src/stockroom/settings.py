@@ -201,7 +201,7 @@ class Settings(BaseSettings):
     )
     events_token_seconds: float = Field(
         3600.0,
-        ge=10,
+        ge=1,
         le=86_400,
         description="Lifetime of a stream token from POST /events/tokens (for a browser's "
         "EventSource); a stream opened with one ends when it expires.",
