@@ -6,8 +6,10 @@ itself over TCP."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
+import struct
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -73,8 +75,17 @@ async def test_a_token_opens_the_stream_and_nothing_else(
         for method, path in (("GET", "/items"), ("POST", "/events/tokens"), ("GET", "/keys")):
             elsewhere = await reader.request(method, path, params={"token": token})
             assert "opens only GET /events" in problem(elsewhere, 401)["detail"]
-        # A forged or altered token is refused.
-        for bad in (token[:-2] + ("AA" if not token.endswith("AA") else "BB"), "st_x.y", key):
+        # A forged or altered token is refused, whatever key id it names.
+        mac = token.rsplit(".", 1)[1]
+        forged = [
+            "st_"
+            + base64.urlsafe_b64encode(struct.pack(">QQ", key_id, 4102444800)).decode().rstrip("=")
+            + "."
+            + mac
+            for key_id in (0, 2, 2**31, 2**63 + 5)
+        ]
+        altered = token[:-2] + ("AA" if not token.endswith("AA") else "BB")
+        for bad in (altered, *forged, "st_x.y", "st_", key):
             refused = await opens(anonymous, bad)
             assert refused.status_code == 401
             assert refused.headers["www-authenticate"] == "Bearer"

@@ -34,6 +34,7 @@ TOKEN_PREFIX = "st_"
 TOKEN_PARAM = "token"
 _PAYLOAD = struct.Struct(">QQ")  # key id, expiry (Unix seconds)
 _CONTEXT = b"stockroom stream token v1\x00"
+_MAX_KEY_ID = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,4 +156,6 @@ def _parse(token: str) -> tuple[int, int, bytes] | None:
     if len(payload) != _PAYLOAD.size or len(mac) != hashlib.sha256().digest_size:
         return None
     key_id, expires = _PAYLOAD.unpack(payload)
+    if not 0 < key_id <= _MAX_KEY_ID:  # never looked up: the column is a 32-bit integer
+        return None
     return key_id, expires, mac
