@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run migrate test pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer install install-test clean bench-files bench-async bench bench-events
+.PHONY: run migrate test pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer ensure-chromium install install-test clean bench-files bench-async bench bench-events
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Stockroom needs Python 3.11"'
@@ -40,7 +40,7 @@ run: install
 test: install-test ensure-postgres ensure-pgbouncer lint pytest schemathesis
 
 # tests/test_readme.py runs the README's examples: they need bash and curl.
-pytest: install-test
+pytest: install-test ensure-chromium
 	@command -v curl >/dev/null || { apt-get update && apt-get install -y curl; }
 	$(BIN)/pytest
 
@@ -64,6 +64,10 @@ ensure-postgres:
 ensure-pgbouncer:
 	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
 		{ apt-get update && apt-get install -y pgbouncer; }
+
+# The browser tests drive Debian's chromium (through playwright, which downloads nothing).
+ensure-chromium:
+	@test -x /usr/bin/chromium || { apt-get update && apt-get install -y chromium; }
 
 # Regenerates the settings table of docs/operations.md from the settings model.
 docs: install

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, status
 
 from stockroom.auth import service
-from stockroom.auth.deps import ADMIN
+from stockroom.auth.deps import ADMIN, READ
 from stockroom.auth.models import ApiKey
 from stockroom.auth.schemas import (
     KEY_NAME_MAX_LENGTH,
@@ -15,12 +15,15 @@ from stockroom.auth.schemas import (
     KeyCreate,
     KeyCreated,
     KeyPublic,
+    StreamTokenCreated,
 )
+from stockroom.auth.service import Principal
+from stockroom.auth.tokens import StreamTokens
 from stockroom.deps import SessionDep
 from stockroom.errors import problem_responses
 from stockroom.http import Page
 
-__all__ = ["router"]
+__all__ = ["router", "stream_tokens_router"]
 
 router = APIRouter(
     prefix="/keys",
@@ -67,3 +70,27 @@ async def revoke_key(session: SessionDep, request: Request, name: KeyName) -> No
     `STOCKROOM_AUTH_CACHE_SECONDS`."""
     await service.revoke_key(session, name)
     request.app.state.authenticator.forget(name)
+    request.app.state.stream_tokens.forget(name)
+
+
+# A credential for the event stream: an auth concern (the stream itself is the events
+# package's), so it lives here, on a router of its own (no admin scope: read is enough).
+stream_tokens_router = APIRouter(
+    tags=["events"], responses=problem_responses(400, 401, 403, 422, 500, 503)
+)
+
+
+@stream_tokens_router.post(
+    "/events/tokens",
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(413),
+)
+async def create_stream_token(
+    request: Request, principal: Annotated[Principal, READ]
+) -> StreamTokenCreated:
+    """A short-lived credential for `GET /events?token=...`, for a browser's `EventSource`
+    (which cannot send `Authorization`). It opens nothing else, expires after
+    `STOCKROOM_EVENTS_TOKEN_SECONDS` and stops working when its API key is revoked."""
+    tokens: StreamTokens = request.app.state.stream_tokens
+    issued = await tokens.issue(principal, anonymous=not request.app.state.authenticator.enabled)
+    return StreamTokenCreated(token=issued.token, expires_at=issued.expires_at)

@@ -15,6 +15,7 @@ __all__ = [
     "KeyCreated",
     "KeyPublic",
     "ScopeName",
+    "StreamTokenCreated",
 ]
 
 ScopeName = Literal["read", "write", "admin"]
@@ -47,3 +48,12 @@ class KeyCreated(BaseModel):
     scopes: list[ScopeName]
     key: str = Field(description="The secret; shown only in this answer.")
     created_at: dt.datetime
+
+
+class StreamTokenCreated(BaseModel):
+    token: str = Field(
+        description="Pass as `GET /events?token=...`; it opens nothing else. Not an API key."
+    )
+    expires_at: dt.datetime = Field(
+        description="After this the token opens nothing, and a stream opened with it ends."
+    )
