@@ -57,7 +57,6 @@ _ADD_STOCK = (
     .returning(Item.quantity)
 )
 _QUANTITY = select(Item.quantity).where(Item.id == bindparam("item_id"))
-_INSERT_ADJUSTMENT = insert(_ADJUSTMENTS).returning(*_ADJUSTMENT_COLUMNS)
 _INSERT = insert(_ITEMS).returning(*ITEM_TABLE_COLUMNS)
 _DELETE = delete(_ITEMS).where(Item.id == bindparam("item_id"))
 
@@ -173,12 +172,14 @@ class SqliteItemStore:
         connection: AsyncConnection,
         rows: Sequence[tuple[int, int, str | None, int, dt.datetime]],
     ) -> list[AdjustmentRow]:
+        if not rows:
+            return []
         keys = ("item_id", "delta", "reason", "quantity_after", "created_at")
-        written = []
-        for row in rows:
-            result = await connection.execute(_INSERT_ADJUSTMENT, dict(zip(keys, row, strict=True)))
-            written.append(AdjustmentRow(*result.one()))
-        return written
+        result = await connection.execute(
+            insert(_ADJUSTMENTS).returning(*_ADJUSTMENT_COLUMNS, sort_by_parameter_order=True),
+            [dict(zip(keys, row, strict=True)) for row in rows],
+        )
+        return [AdjustmentRow(*row) for row in result]
 
     # --- imports --------------------------------------------------------------------------
     async def begin_import(self, connection: AsyncConnection) -> None:
@@ -218,32 +219,66 @@ class SqliteItemStore:
         }
         events: list[dict[str, Any]] = []
         ledger: list[tuple[int, int, str | None, int, dt.datetime]] = []
-        for row in rows:
-            current = existing.get(row.sku)
-            if current is None:
-                item = await self.insert(
-                    connection,
-                    NewItem(
-                        row.sku, row.name, row.name_key, row.description, row.price_cents,
-                        row.quantity or 0, now,
-                    ),
-                )  # fmt: skip
+        new = [row for row in rows if row.sku not in existing]
+        if new:
+            # One executemany (SQLAlchemy batches it into multi-row INSERTs), in file order.
+            values = [
+                {
+                    "sku": row.sku, "name": row.name, "name_key": row.name_key,
+                    "description": row.description, "price_cents": row.price_cents,
+                    "quantity": row.quantity or 0, "version": 1, "created_at": now,
+                    "updated_at": now,
+                }
+                for row in new
+            ]  # fmt: skip
+            created = await connection.execute(
+                insert(_ITEMS).returning(*ITEM_TABLE_COLUMNS, sort_by_parameter_order=True),
+                values,
+            )
+            for item in (ItemRow(*r) for r in created):
                 events.append(event_row(ITEM_CREATED, item_json(item).decode(), now))
                 if item.quantity:
                     ledger.append((item.id, item.quantity, REASON_IMPORT, item.quantity, now))
-                counts.created += 1
+            counts.created += len(new)
+        # Updates grouped by the columns they change: one executemany per group.
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        before: dict[int, ItemRow] = {}
+        for row in rows:
+            current = existing.get(row.sku)
+            if current is None:
                 continue
             change = _changes(current, row)
             if not change:
                 counts.unchanged += 1
                 continue
-            item = await self.update(connection, current.id, change, now)
-            if change.keys() - {"quantity"}:
-                events.append(event_row(ITEM_UPDATED, item_json(item).decode(), now))
-            if "quantity" in change:
-                delta = item.quantity - current.quantity
-                ledger.append((item.id, delta, REASON_IMPORT, item.quantity, now))
+            before[current.id] = current
+            groups.setdefault(tuple(change), []).append(
+                {"b_id": current.id, "b_version": current.version + 1, **change}
+            )
             counts.updated += 1
+        for columns, changes in groups.items():
+            stmt = (
+                update(_ITEMS)
+                .where(Item.id == bindparam("b_id"))
+                .values(
+                    {name: bindparam(name) for name in columns}
+                    | {"version": bindparam("b_version"), "updated_at": now}
+                )
+            )
+            await connection.execute(stmt, changes)
+        if before:
+            updated = await connection.execute(
+                select(*ITEM_TABLE_COLUMNS).where(Item.id.in_(sorted(before))).order_by(Item.id)
+            )
+            for item in (ItemRow(*r) for r in updated):
+                old = before[item.id]
+                if (item.name, item.description, item.price_cents) != (
+                    old.name, old.description, old.price_cents,
+                ):  # fmt: skip
+                    events.append(event_row(ITEM_UPDATED, item_json(item).decode(), now))
+                if item.quantity != old.quantity:
+                    delta = item.quantity - old.quantity
+                    ledger.append((item.id, delta, REASON_IMPORT, item.quantity, now))
         for adjustment in await self.insert_adjustments(connection, ledger):
             events.append(event_row(STOCK_ADJUSTED, adjustment_json(adjustment).decode(), now))
         await self._events.append(connection, events)
