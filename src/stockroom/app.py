@@ -15,7 +15,6 @@ from stockroom.auth.router import router as auth_router
 from stockroom.auth.service import Authenticator
 from stockroom.background import event_services, purge_periodically
 from stockroom.db import create_engine, create_read_engine, create_session_factory
-from stockroom.errors import install_error_handlers
 from stockroom.events.hub import EventHub
 from stockroom.events.router import router as events_router
 from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
@@ -29,6 +28,8 @@ from stockroom.middleware import (
     RequestContextMiddleware,
 )
 from stockroom.observability import AccessLog, Metrics, configure_logging, watch_event_loop
+from stockroom.openapi import install_openapi
+from stockroom.problems import install_error_handlers
 from stockroom.ratelimit import RateLimiter
 from stockroom.settings import Settings, load_settings
 from stockroom.system import DOCS_ASSETS_PATH, docs_assets
@@ -131,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(webhooks_router)
     app.include_router(events_router)
     app.mount(DOCS_ASSETS_PATH, docs_assets(), name="docs-assets")
+    install_openapi(app)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

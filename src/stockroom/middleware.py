@@ -13,8 +13,8 @@ import structlog
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stockroom.errors import internal_error_response, problem_response, unavailable_response
 from stockroom.observability import AccessLog, Metrics
+from stockroom.problems import internal_error_response, problem_response, unavailable_response
 from stockroom.ratelimit import STATE_KEY, Quota
 
 __all__ = [

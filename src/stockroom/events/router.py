@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from stockroom.auth.deps import READ
-from stockroom.errors import (
-    InvalidRequestError,
-    StockroomError,
-    UnavailableError,
-    problem_responses,
-)
+from stockroom.errors import InvalidRequestError, StockroomError, UnavailableError
 from stockroom.events.hub import EventHub
 from stockroom.events.log import EVENT_TYPES, Position, event_exists, read_after
+from stockroom.http import OptionalHeader
+from stockroom.problems import problem_responses
 
 __all__ = ["CursorGoneError", "router"]
 
@@ -29,6 +28,11 @@ router = APIRouter(tags=["events"], responses=problem_responses(401, 403, 422, 5
 class CursorGoneError(StockroomError):
     status, slug, title = 410, "cursor-expired", "Cursor expired"
 
+
+# What `types` may be: a comma-separated list of known types, blank parts ignored, at least
+# one type (the same rule as `_parse_types`, which answers the 422 with a clearer message).
+_ONE_TYPE = "(?:" + "|".join(re.escape(name) for name in EVENT_TYPES) + ")"
+_TYPES_PATTERN = rf"^(?:\s*,)*\s*{_ONE_TYPE}\s*(?:,\s*(?:{_ONE_TYPE}\s*)?)*$"
 
 _STREAM_DOC = {
     200: {
@@ -45,18 +49,25 @@ _STREAM_DOC = {
     dependencies=[READ],
     response_class=EventSourceResponse,
     responses=_STREAM_DOC,
+    operation_id="streamEvents",
 )
 async def stream_events(
     request: Request,
     types: Annotated[
-        str | None,
-        Query(description="Comma-separated event types to receive (default: all)."),
+        str | SkipJsonSchema[None],
+        Query(
+            description="Comma-separated event types to receive (default: all): "
+            + ", ".join(f"`{name}`" for name in EVENT_TYPES)
+            + ".",
+            json_schema_extra={"pattern": _TYPES_PATTERN},
+        ),
     ] = None,
     after: Annotated[
-        str | None, Query(description="Resume right after this event id (cursor).")
+        str | SkipJsonSchema[None],
+        Query(description="Resume right after this event id (cursor)."),
     ] = None,
     last_event_id: Annotated[
-        str | None,
+        OptionalHeader,
         Header(description="Resume right after this event id; wins over `after`."),
     ] = None,
 ) -> EventSourceResponse:

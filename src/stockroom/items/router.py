@@ -5,12 +5,23 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
+from pydantic.json_schema import SkipJsonSchema
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from stockroom.auth.deps import READ, WRITE
 from stockroom.deps import ReadEngineDep, SessionDep
-from stockroom.errors import InvalidRequestError, problem_responses
-from stockroom.http import Cursor, Limit, Page, etag_matches, json_response
+from stockroom.errors import InvalidRequestError
+from stockroom.http import (
+    ETAG_HEADER,
+    LOCATION_HEADER,
+    REPLAYED_HEADER,
+    Cursor,
+    Limit,
+    OptionalHeader,
+    Page,
+    etag_matches,
+    json_response,
+)
 from stockroom.idempotency.deps import IdempotencyDep
 from stockroom.idempotency.service import StoredAnswer
 from stockroom.items import service
@@ -25,6 +36,7 @@ from stockroom.items.schemas import (
     Money,
     SortKey,
 )
+from stockroom.problems import problem_responses
 
 __all__ = ["ITEM_PATH", "ItemFilterDep", "router"]
 
@@ -46,10 +58,14 @@ class _ItemIdConvertor(StringConvertor):
 register_url_convertor("item_id", _ItemIdConvertor())
 ITEM_PATH = "/{item_id:item_id}"
 IfMatch = Annotated[
-    str | None,
+    OptionalHeader,
     Header(description="Apply only if the item's current ETag is one of these (or `*`)."),
 ]
-PriceBound = Annotated[Money | None, Query()]
+IfNoneMatch = Annotated[
+    OptionalHeader,
+    Header(description="Answer 304 (no body) if the item's ETag is one of these (or `*`)."),
+]
+PriceBound = Annotated[Money | SkipJsonSchema[None], Query()]
 
 
 def _public(item: ItemRecord) -> ItemPublic:
@@ -69,8 +85,12 @@ def _created(item: ItemRecord) -> StoredAnswer:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ItemPublic,
-    responses=problem_responses(409),
+    responses={
+        201: {"headers": {**LOCATION_HEADER, **ETAG_HEADER, **REPLAYED_HEADER}},
+        **problem_responses(409),
+    },
     dependencies=[WRITE],
+    operation_id="createItem",
 )
 async def create_item(
     session: SessionDep, body: ItemCreate, idempotency: IdempotencyDep
@@ -83,7 +103,7 @@ async def create_item(
 
 async def item_filter(
     q: Annotated[
-        str | None,
+        str | SkipJsonSchema[None],
         Query(
             max_length=200,
             pattern=SEARCH_PATTERN,
@@ -92,7 +112,7 @@ async def item_filter(
     ] = None,
     min_price: PriceBound = None,
     max_price: PriceBound = None,
-    in_stock: bool | None = None,
+    in_stock: bool | SkipJsonSchema[None] = None,
 ) -> ItemFilter:
     """The list filters, shared by the list and the export."""
     if min_price is not None and max_price is not None and min_price > max_price:
@@ -110,7 +130,7 @@ async def item_filter(
 ItemFilterDep = Annotated[ItemFilter, Depends(item_filter)]
 
 
-@router.get("", response_model=Page[ItemPublic], dependencies=[READ])
+@router.get("", response_model=Page[ItemPublic], dependencies=[READ], operation_id="listItems")
 async def list_items(
     db: ReadEngineDep,
     where: ItemFilterDep,
@@ -133,15 +153,20 @@ async def list_items(
     ITEM_PATH,
     response_model=ItemPublic,
     responses={
-        304: {"description": "Not modified: `If-None-Match` matched the ETag."},
+        200: {"headers": ETAG_HEADER},
+        304: {
+            "description": "Not modified: `If-None-Match` matched the ETag.",
+            "headers": ETAG_HEADER,
+        },
         **problem_responses(404),
     },
     dependencies=[READ],
+    operation_id="getItem",
 )
 async def get_item(
     db: ReadEngineDep,
     item_id: ItemId,
-    if_none_match: Annotated[str | None, Header()] = None,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     item = await service.get_item(db, item_id)
     etag = service.etag_of(item)
@@ -153,8 +178,9 @@ async def get_item(
 @router.patch(
     ITEM_PATH,
     response_model=ItemPublic,
-    responses=problem_responses(404, 409, 412),
+    responses={200: {"headers": ETAG_HEADER}, **problem_responses(404, 409, 412)},
     dependencies=[WRITE],
+    operation_id="updateItem",
 )
 async def update_item(
     session: SessionDep,
@@ -173,6 +199,7 @@ async def update_item(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(404, 409, 412),
     dependencies=[WRITE],
+    operation_id="deleteItem",
 )
 async def delete_item(session: SessionDep, item_id: ItemId, if_match: IfMatch = None) -> None:
     await service.delete_item(session, item_id, if_match=if_match)

@@ -54,12 +54,17 @@ SortKey = Literal[
 
 _MONEY_PATTERN = r"^\d{1,10}\.\d{2}$"
 _MONEY_TEXT = re.compile(r"\d{1,10}(\.\d{1,2})?", re.ASCII)
+# No `multipleOf: 0.01` on the number: in binary floating point 19.99 / 0.01 is not a whole
+# number, so standard validators would refuse prices the service takes. The two-places rule
+# is the string's pattern, and for a number it is said in words (more places: a 422).
 _MONEY_INPUT_SCHEMA = {
     "anyOf": [
-        {"type": "number", "minimum": 0, "maximum": 9999999999.99, "multipleOf": 0.01},
+        {"type": "number", "minimum": 0, "maximum": 9999999999.99},
         {"type": "string", "pattern": r"^\d{1,10}(\.\d{1,2})?$"},
     ],
-    "description": "Amount with at most two decimal places, as a number or a string.",
+    "description": "Amount from 0 to 9999999999.99 with at most two decimal places, as a "
+    'string ("19.99", the exact form) or a JSON number (19.99); more places are a 422. '
+    'Answers always give a string with two places ("19.90").',
     "examples": ["49.90"],
 }
 

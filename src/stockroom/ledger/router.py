@@ -7,14 +7,14 @@ from starlette.responses import Response
 
 from stockroom.auth.deps import READ, WRITE
 from stockroom.deps import SessionDep
-from stockroom.errors import problem_responses
-from stockroom.http import Cursor, Limit, Page
+from stockroom.http import REPLAYED_HEADER, Cursor, Limit, Page
 from stockroom.idempotency.deps import IdempotencyDep
 from stockroom.idempotency.service import StoredAnswer
 from stockroom.items.schemas import ItemId
 from stockroom.ledger import service
 from stockroom.ledger.models import Adjustment
 from stockroom.ledger.schemas import AdjustmentCreate, AdjustmentPublic
+from stockroom.problems import problem_responses
 
 __all__ = ["router"]
 
@@ -37,8 +37,9 @@ def _created(adjustment: Adjustment) -> StoredAnswer:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=AdjustmentPublic,
-    responses=problem_responses(409),
+    responses={201: {"headers": REPLAYED_HEADER}, **problem_responses(409)},
     dependencies=[WRITE],
+    operation_id="createAdjustment",
 )
 async def create_adjustment(
     session: SessionDep, item_id: ItemId, body: AdjustmentCreate, idempotency: IdempotencyDep
@@ -53,7 +54,12 @@ async def create_adjustment(
     )
 
 
-@router.get("", response_model=Page[AdjustmentPublic], dependencies=[READ])
+@router.get(
+    "",
+    response_model=Page[AdjustmentPublic],
+    dependencies=[READ],
+    operation_id="listAdjustments",
+)
 async def list_adjustments(
     session: SessionDep,
     item_id: ItemId,

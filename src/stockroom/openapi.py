@@ -1,0 +1,75 @@
+"""The finishing touches of the OpenAPI document, which no single route can add itself.
+
+- the ``Problem`` and ``ValidationProblem`` components that every error response refers to
+  (:func:`stockroom.problems.problem_responses` writes the references);
+- ``X-Request-ID`` on every response, and ``RateLimit-*`` on every response of a route that
+  needs an API key (those are the limited ones), as references to ``components/headers``.
+
+Routes declare their own headers (``ETag``, ``Location``, ``Idempotent-Replayed``) and their
+operation ids in their decorators.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+
+from stockroom.problems import PROBLEM_SCHEMAS
+
+__all__ = ["install_openapi"]
+
+_INTEGER = {"type": "integer", "minimum": 0}
+_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {
+        "description": "The request's id: the caller's own `X-Request-ID` when it sent a sane "
+        "one (1-128 of `A-Za-z0-9._-`), otherwise a new one. Log lines carry it.",
+        "schema": {"type": "string", "pattern": r"^[A-Za-z0-9._-]{1,128}$"},
+    },
+    "RateLimit-Limit": {
+        "description": "Requests allowed per window (with rate limiting on).",
+        "schema": _INTEGER,
+    },
+    "RateLimit-Remaining": {
+        "description": "Requests left in the window (with rate limiting on).",
+        "schema": _INTEGER,
+    },
+    "RateLimit-Reset": {
+        "description": "Seconds until the budget grows (with rate limiting on).",
+        "schema": _INTEGER,
+    },
+}
+_RATE_LIMIT = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/headers/{name}"}
+
+
+def finish(document: dict[str, Any]) -> dict[str, Any]:
+    """Add the shared components and headers to a document FastAPI built (in place)."""
+    components = document.setdefault("components", {})
+    components.setdefault("schemas", {}).update(PROBLEM_SCHEMAS)
+    components.setdefault("headers", {}).update(_HEADERS)
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            responses: dict[str, Any] = operation.get("responses", {})
+            limited = "401" in responses
+            for response in responses.values():
+                headers = response.setdefault("headers", {})
+                headers["X-Request-ID"] = _ref("X-Request-ID")
+                if limited:
+                    headers.update({name: _ref(name) for name in _RATE_LIMIT})
+    return document
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Serve the finished document at /openapi.json (built once, on first use)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = finish(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
