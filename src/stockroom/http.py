@@ -21,7 +21,6 @@ __all__ = [
     "REPLAYED_HEADER",
     "Cursor",
     "Limit",
-    "OptionalHeader",
     "Page",
     "decode_cursor",
     "encode_cursor",
@@ -34,14 +33,9 @@ T = TypeVar("T")
 
 # The query parameters every list takes.
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
-# `| SkipJsonSchema[None]`: an optional parameter is left out, never sent as null; so the
-# schema says "string", not "string or null" (a generated client would send "null").
 Cursor = Annotated[
-    str | SkipJsonSchema[None],
-    Query(max_length=2048, description="`next_cursor` of the previous page."),
+    str | None, Query(max_length=2048, description="`next_cursor` of the previous page.")
 ]
-# An optional request header: a plain string when present.
-OptionalHeader = str | SkipJsonSchema[None]
 
 # Response headers, as OpenAPI `headers` of the responses that carry them.
 ETAG_HEADER: dict[str, Any] = {

@@ -3,7 +3,10 @@
 - the ``Problem`` and ``ValidationProblem`` components that every error response refers to
   (:func:`stockroom.problems.problem_responses` writes the references);
 - ``X-Request-ID`` on every response, and ``RateLimit-*`` on every response of a route that
-  needs an API key (those are the limited ones), as references to ``components/headers``.
+  needs an API key (those are the limited ones), as references to ``components/headers``;
+- optional parameters (``If-Match``, ``Idempotency-Key``, ``cursor``, ...) as plain optional
+  values: FastAPI writes ``str | None`` as "string or null", and a generated client would
+  then send the text ``null``. Left out is how a client says "none".
 
 Routes declare their own headers (``ETag``, ``Location``, ``Idempotent-Replayed``) and their
 operation ids in their decorators.
@@ -46,6 +49,17 @@ def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/headers/{name}"}
 
 
+def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """``{"anyOf": [X, {"type": "null"}], ...}`` as X (with the outer keywords)."""
+    choices = schema.get("anyOf")
+    if not isinstance(choices, list) or {"type": "null"} not in choices:
+        return schema
+    rest = [choice for choice in choices if choice != {"type": "null"}]
+    outer = {key: value for key, value in schema.items() if key != "anyOf"}
+    inner = rest[0] if len(rest) == 1 else {"anyOf": rest}
+    return {**inner, **outer}
+
+
 def finish(document: dict[str, Any]) -> dict[str, Any]:
     """Add the shared components and headers to a document FastAPI built (in place)."""
     components = document.setdefault("components", {})
@@ -53,6 +67,9 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
     components.setdefault("headers", {}).update(_HEADERS)
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
+            for parameter in operation.get("parameters", []):
+                if not parameter.get("required"):
+                    parameter["schema"] = _not_null(parameter["schema"])
             responses: dict[str, Any] = operation.get("responses", {})
             limited = "401" in responses
             for response in responses.values():

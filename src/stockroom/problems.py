@@ -15,9 +15,11 @@ deployment, which no retry mends) is decided by :func:`is_unavailable`.
 from __future__ import annotations
 
 import sqlite3
+import traceback
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 import orjson
 import structlog
 from fastapi import FastAPI, Request
@@ -289,20 +291,38 @@ def is_unavailable(exc: BaseException) -> bool:
     """
     if isinstance(exc, sa_exc.TimeoutError):  # the pool's timeout
         return True
-    if not isinstance(exc, sa_exc.DBAPIError):
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated:  # SQLAlchemy saw a disconnect
+            return True
+        driver_error: BaseException | None = exc.orig
+    elif _raised_by_driver(exc):
+        # Not wrapped by SQLAlchemy: what fails while the pool opens a connection
+        # (ConnectionRefusedError, asyncpg's TooManyConnectionsError, ...) and asyncpg's
+        # own command timeout (TimeoutError). The same errors from anything else: a 500.
+        driver_error = exc
+    else:
         return False
-    if exc.connection_invalidated:
-        return True
-    orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    sqlstate = getattr(driver_error, "sqlstate", None)
     if isinstance(sqlstate, str):
         return sqlstate.startswith(_TRANSIENT_SQLSTATES)
-    if isinstance(orig, sqlite3.Error):
-        return getattr(orig, "sqlite_errorcode", None) in _SQLITE_BUSY_CODES
-    # asyncpg's own failures reach SQLAlchemy's adapter wrapped with the original exception
-    # as the cause: a socket error (refused, reset, unreachable) or a command timeout.
-    cause = orig.__cause__ if orig is not None else None
-    return isinstance(orig, OSError | TimeoutError) or isinstance(cause, OSError | TimeoutError)
+    if isinstance(driver_error, sqlite3.Error):
+        return getattr(driver_error, "sqlite_errorcode", None) in _SQLITE_BUSY_CODES
+    # asyncpg's socket errors reach SQLAlchemy's adapter as the cause of its own error.
+    cause = driver_error.__cause__ if driver_error is not None else None
+    return isinstance(driver_error, OSError | TimeoutError) or isinstance(
+        cause, OSError | TimeoutError
+    )
+
+
+_DRIVER_MODULES = ("asyncpg.", "aiosqlite.", "sqlalchemy.")
+
+
+def _raised_by_driver(exc: BaseException) -> bool:
+    """Whether the traceback leads into the database driver (or SQLAlchemy's pool)."""
+    return any(
+        str(frame.f_globals.get("__name__", "")).startswith(_DRIVER_MODULES)
+        for frame, _line in traceback.walk_tb(exc.__traceback__)
+    )
 
 
 async def _on_database_error(_request: Request, exc: Exception) -> Response:
@@ -325,5 +345,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     # Every SQLAlchemy error: DBAPIError (what the driver raised, wrapped) and the pool's
-    # TimeoutError. Raw OSError or TimeoutError are not the database's to claim: a 500.
-    app.add_exception_handler(sa_exc.SQLAlchemyError, _on_database_error)
+    # TimeoutError; and what reaches the route unwrapped: asyncpg's errors at connect time,
+    # socket errors and timeouts.
+    for exc_type in (sa_exc.SQLAlchemyError, asyncpg.PostgresError, OSError, TimeoutError):
+        app.add_exception_handler(exc_type, _on_database_error)

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
-from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -15,7 +14,6 @@ from stockroom.auth.deps import READ
 from stockroom.errors import InvalidRequestError, StockroomError, UnavailableError
 from stockroom.events.hub import EventHub
 from stockroom.events.log import EVENT_TYPES, Position, event_exists, read_after
-from stockroom.http import OptionalHeader
 from stockroom.problems import problem_responses
 
 __all__ = ["CursorGoneError", "router"]
@@ -54,7 +52,7 @@ _STREAM_DOC = {
 async def stream_events(
     request: Request,
     types: Annotated[
-        str | SkipJsonSchema[None],
+        str | None,
         Query(
             description="Comma-separated event types to receive (default: all): "
             + ", ".join(f"`{name}`" for name in EVENT_TYPES)
@@ -63,11 +61,11 @@ async def stream_events(
         ),
     ] = None,
     after: Annotated[
-        str | SkipJsonSchema[None],
+        str | None,
         Query(description="Resume right after this event id (cursor)."),
     ] = None,
     last_event_id: Annotated[
-        OptionalHeader,
+        str | None,
         Header(description="Resume right after this event id; wins over `after`."),
     ] = None,
 ) -> EventSourceResponse:

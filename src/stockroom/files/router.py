@@ -14,7 +14,7 @@ from stockroom.db import utcnow
 from stockroom.errors import UnsupportedMediaTypeError
 from stockroom.files import service
 from stockroom.files.schemas import ImportReport
-from stockroom.http import REPLAYED_HEADER, OptionalHeader
+from stockroom.http import REPLAYED_HEADER
 from stockroom.idempotency import service as idempotency
 from stockroom.idempotency.deps import answer_response
 from stockroom.items.repository import Keyset
@@ -60,7 +60,7 @@ _EXPORT_BODY: dict[int | str, dict[str, Any]] = {
     }
 }
 IdempotencyKey = Annotated[
-    OptionalHeader,
+    str | None,
     Header(
         pattern=r"^[\x20-\x7E]{1,255}$",
         description="The same key and the same file within 24 h answer the first report again "

@@ -12,7 +12,6 @@ from starlette.responses import Response
 from stockroom.auth.deps import CurrentPrincipal
 from stockroom.db import begin_write
 from stockroom.deps import SessionDep
-from stockroom.http import OptionalHeader
 from stockroom.idempotency.service import (
     InFlightKeys,
     Scope,
@@ -78,7 +77,7 @@ async def idempotent_request(
     session: SessionDep,
     principal: CurrentPrincipal,
     idempotency_key: Annotated[
-        OptionalHeader,
+        str | None,
         Header(
             pattern=r"^[\x20-\x7E]{1,255}$",
             description="Makes a retry safe: the same key, path and body within 24 h get the "

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
-from pydantic.json_schema import SkipJsonSchema
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from stockroom.auth.deps import READ, WRITE
@@ -17,7 +16,6 @@ from stockroom.http import (
     REPLAYED_HEADER,
     Cursor,
     Limit,
-    OptionalHeader,
     Page,
     etag_matches,
     json_response,
@@ -58,14 +56,14 @@ class _ItemIdConvertor(StringConvertor):
 register_url_convertor("item_id", _ItemIdConvertor())
 ITEM_PATH = "/{item_id:item_id}"
 IfMatch = Annotated[
-    OptionalHeader,
+    str | None,
     Header(description="Apply only if the item's current ETag is one of these (or `*`)."),
 ]
 IfNoneMatch = Annotated[
-    OptionalHeader,
+    str | None,
     Header(description="Answer 304 (no body) if the item's ETag is one of these (or `*`)."),
 ]
-PriceBound = Annotated[Money | SkipJsonSchema[None], Query()]
+PriceBound = Annotated[Money | None, Query()]
 
 
 def _public(item: ItemRecord) -> ItemPublic:
@@ -103,7 +101,7 @@ async def create_item(
 
 async def item_filter(
     q: Annotated[
-        str | SkipJsonSchema[None],
+        str | None,
         Query(
             max_length=200,
             pattern=SEARCH_PATTERN,
@@ -112,7 +110,7 @@ async def item_filter(
     ] = None,
     min_price: PriceBound = None,
     max_price: PriceBound = None,
-    in_stock: bool | SkipJsonSchema[None] = None,
+    in_stock: bool | None = None,
 ) -> ItemFilter:
     """The list filters, shared by the list and the export."""
     if min_price is not None and max_price is not None and min_price > max_price:
