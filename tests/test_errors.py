@@ -70,7 +70,7 @@ async def app_with_a_bug(database_url: str) -> AsyncIterator[FastAPI]:
     async def explode() -> None:
         raise RuntimeError("secret internal detail: password=hunter2")
 
-    application.add_api_route("/explode", explode)
+    application.add_api_route("/explode", explode, include_in_schema=False)
     try:
         yield application
     finally:
