@@ -37,7 +37,8 @@ def _file(media_type: str) -> dict[str, Any]:
     return {"schema": {"type": "string", "format": "binary", "contentMediaType": media_type}}
 
 
-_FILE_TYPES = ("text/csv", "application/x-ndjson")
+# openapi-python-client sends a File body with the last of these: text/csv, the main format.
+_FILE_TYPES = ("application/x-ndjson", "text/csv")
 _IMPORT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
