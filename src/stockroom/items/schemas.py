@@ -162,16 +162,28 @@ class ItemCreate(BaseModel):
     quantity: Quantity = 0
 
 
+def _not_nullable(schema: dict[str, Any]) -> None:
+    """The schema of ``X | None`` as X's: the field may be left out, not sent as null."""
+    choices = [choice for choice in schema.pop("anyOf", []) if choice != {"type": "null"}]
+    schema.pop("default", None)
+    if len(choices) == 1:
+        schema.update({**choices[0], **schema})
+    elif choices:
+        schema["anyOf"] = choices
+
+
 class ItemUpdate(BaseModel):
     """A partial update; fields left out stay as they are."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # `| SkipJsonSchema[None]`: optional, but not nullable in the schema; null is a 422.
-    sku: Sku | SkipJsonSchema[None] = None
-    name: Name | SkipJsonSchema[None] = None
+    # Optional, but not nullable in the schema; null is a 422 (`_no_null_for_required`).
+    # (`X | None`, not `X | SkipJsonSchema[None]`: that is a union whose branch names,
+    # validator function names, would show in the 422's `loc` and `detail`.)
+    sku: Sku | None = Field(None, json_schema_extra=_not_nullable)
+    name: Name | None = Field(None, json_schema_extra=_not_nullable)
     description: OptionalDescription = None
-    price: Money | SkipJsonSchema[None] = None
+    price: Money | None = Field(None, json_schema_extra=_not_nullable)
 
     # Not part of the schema: present only to answer a clear 422 that points to the ledger.
     quantity: SkipJsonSchema[Any] = Field(None, exclude=True)
