@@ -68,8 +68,12 @@ class _Checker:
 def response_checker(application: FastAPI) -> Callable[[httpx.Response], Awaitable[None]]:
     async def check(response: httpx.Response) -> None:
         media_type = response.headers.get("content-type", "").split(";")[0].strip()
-        if media_type not in _JSON_TYPES or response.status_code in (204, 304):
-            return  # streams, files, metrics, 204s and 304s: no JSON to validate
+        if (
+            media_type not in _JSON_TYPES
+            or response.status_code in (204, 304)
+            or response.request.method == "HEAD"
+        ):
+            return  # streams, files, metrics, 204s, 304s and HEAD: no JSON to validate
         checker = _CHECKERS.get(id(application))
         if checker is None or checker.document is not application.openapi():
             checker = _CHECKERS[id(application)] = _Checker(application.openapi())
