@@ -55,6 +55,7 @@ lint: install-test
 	$(BIN)/ruff format --check src tests
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-logo
 
 fmt: install-test
 	$(BIN)/ruff format src tests
@@ -97,4 +98,4 @@ bench: install-test ensure-postgres
 	$(BIN)/python bench/bench.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis src/*.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .hypothesis src/*.egg-info

@@ -14,12 +14,13 @@ from stockroom import __version__
 from stockroom.auth.router import router as auth_router
 from stockroom.auth.service import Authenticator
 from stockroom.background import event_services, purge_periodically
-from stockroom.db import create_engine, create_read_engine, create_session_factory
+from stockroom.db import create_session_factory
 from stockroom.events.hub import EventHub
 from stockroom.events.router import router as events_router
 from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
 from stockroom.files.router import router as files_router
 from stockroom.idempotency.service import InFlightKeys, purge_expired
+from stockroom.items.event_types import EVENT_TYPES
 from stockroom.items.router import router as items_router
 from stockroom.ledger.router import router as ledger_router
 from stockroom.middleware import (
@@ -32,6 +33,7 @@ from stockroom.openapi import install_openapi
 from stockroom.problems import install_error_handlers
 from stockroom.ratelimit import RateLimiter
 from stockroom.settings import Settings, load_settings
+from stockroom.stores import create_engine, open_stores
 from stockroom.system import DOCS_ASSETS_PATH, docs_assets
 from stockroom.system import router as system_router
 from stockroom.webhooks.router import router as webhooks_router
@@ -61,8 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # A commit that wrote events wakes this process's readers at once.
         sessions = create_session_factory(engine, info={SESSION_WAKEUP: wakeup.wake})
         app.state.engine = engine
-        app.state.read_engine = create_read_engine(engine, settings)
         app.state.sessions = sessions
+        stores = open_stores(settings, engine, on_commit=wakeup.wake)
+        await stores.database.start()
+        app.state.stores = stores
         app.state.authenticator = Authenticator(
             sessions, enabled=settings.auth, ttl=settings.auth_cache_seconds
         )
@@ -85,16 +89,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         hub = EventHub(engine, wakeup, queue_size=settings.events_stream_buffer)
         app.state.event_hub = hub
         watcher = asyncio.create_task(
-            watch_event_loop(
-                metrics, lambda: metrics.sample_pool(engine.pool, settings.database_max_overflow)
-            ),
+            watch_event_loop(metrics, lambda: metrics.sample_pool(stores.database.pool_status())),
             name="event-loop-watch",
         )
-        log.info("started", database=settings.database.get_backend_name(), version=__version__)
+        log.info("started", database=settings.backend, version=__version__)
         try:
             async with event_services(
                 settings,
                 sessions,
+                stores.database,
                 wakeup,
                 hub=hub,
                 metrics=metrics,
@@ -108,6 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await task
             if limiter is not None:
                 await limiter.close()
+            await stores.database.close()
             await engine.dispose()
             metrics.forget_this_process()
             log.info("stopped")
@@ -122,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.event_types = EVENT_TYPES
     install_error_handlers(app)
     app.include_router(system_router)
     # Before the items router: /items/import and /items/export are not /items/{item_id}.

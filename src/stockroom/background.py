@@ -12,14 +12,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from stockroom.database import Database
 from stockroom.db import utcnow
 from stockroom.events import log as event_log
 from stockroom.events.hub import EventHub
-from stockroom.events.wakeup import Wakeup, listen_for_events
+from stockroom.events.wakeup import CHANNEL, Wakeup
 from stockroom.observability import Metrics
 from stockroom.settings import Settings
 from stockroom.webhooks.dispatcher import dispatching
-from stockroom.webhooks.service import backlog
+from stockroom.webhooks.queue import backlog
+from stockroom.webhooks.store import STORES
 
 __all__ = ["EVENT_PRUNE_INTERVAL", "event_services", "purge_periodically"]
 
@@ -71,6 +73,7 @@ async def _refresh_backlog(sessions: async_sessionmaker[AsyncSession], metrics: 
 async def event_services(
     settings: Settings,
     sessions: async_sessionmaker[AsyncSession],
+    database: Database,
     wakeup: Wakeup,
     *,
     hub: EventHub | None = None,
@@ -88,9 +91,7 @@ async def event_services(
             purge_periodically("events", sessions, prune, EVENT_PRUNE_INTERVAL), name="event-prune"
         )
     ]
-    if not settings.is_sqlite and not settings.database_pgbouncer:
-        # Through PgBouncer in transaction mode LISTEN cannot work: the poll interval rules.
-        tasks.append(asyncio.create_task(listen_for_events(settings, wakeup), name="event-listen"))
+    tasks.append(asyncio.create_task(database.listen(CHANNEL, wakeup.wake), name="event-listen"))
     if hub is not None:
         try:
             await hub.start()
@@ -102,7 +103,11 @@ async def event_services(
     try:
         async with AsyncExitStack() as stack:
             if dispatcher:
-                await stack.enter_async_context(dispatching(settings, sessions, wakeup, metrics))
+                # The database's delivery store, picked once for the dispatcher's life.
+                store = STORES[settings.backend]()
+                await stack.enter_async_context(
+                    dispatching(settings, sessions, wakeup, store, metrics)
+                )
             yield
     finally:
         if hub is not None:

@@ -23,18 +23,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from stockroom.auth import service as keys
 from stockroom.background import event_services
-from stockroom.db import create_engine, create_session_factory
+from stockroom.db import create_session_factory
 from stockroom.errors import StockroomError
 from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
 from stockroom.files import service as files
 from stockroom.files.formats import CsvReader, NdjsonReader
 from stockroom.files.schemas import ImportReport
-from stockroom.files.service import ImportOptions
-from stockroom.items.repository import ItemFilter, Keyset
+from stockroom.items.repository import ItemFilter, Keyset, Listing
 from stockroom.items.schemas import SORT_KEYS
 from stockroom.migrations import upgrade
 from stockroom.observability import MULTIPROC_DIR_VARIABLE, configure_logging
 from stockroom.settings import Settings, SettingsError, load_settings
+from stockroom.stores import Stores, create_engine, open_stores
 
 __all__ = ["main"]
 
@@ -112,16 +112,19 @@ async def _deliver_webhooks(settings: Settings) -> None:
     engine = create_engine(settings)
     wakeup = Wakeup(settings.events_poll_seconds)
     sessions = create_session_factory(engine, info={SESSION_WAKEUP: wakeup.wake})
+    stores = open_stores(settings, engine, on_commit=wakeup.wake)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        async with event_services(settings, sessions, wakeup, dispatcher=True):
-            log.info("worker started", database=settings.database.get_backend_name())
+        await stores.database.start()
+        async with event_services(settings, sessions, stores.database, wakeup, dispatcher=True):
+            log.info("worker started", database=settings.backend)
             await stop.wait()
             log.info("worker stopping")
     finally:
+        await stores.database.close()
         await engine.dispose()
     log.info("worker stopped")
 
@@ -248,6 +251,20 @@ def _run_with_engine(
     return asyncio.run(run())
 
 
+def _run_with_stores(work: Callable[[Stores], Awaitable[T]]) -> T:
+    """Run ``work`` with the stores of the configured database, then close them."""
+
+    async def run(engine: AsyncEngine, _sessions: Any) -> T:
+        stores = open_stores(_settings(), engine, on_commit=lambda: None)
+        await stores.database.start()
+        try:
+            return await work(stores)
+        finally:
+            await stores.database.close()
+
+    return _run_with_engine(run)
+
+
 @cli.command("import")
 def import_file(
     path: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="CSV or NDJSON file.")],
@@ -267,12 +284,13 @@ def import_file(
             while chunk := await asyncio.to_thread(stream.read, _FILE_CHUNK):
                 yield chunk
 
-    async def work(engine: AsyncEngine, _sessions: Any) -> ImportReport:
-        options = ImportOptions(atomic=atomic, progress=progress)
-        return await files.import_items(engine, chunks(), reader, options)
+    async def work(stores: Stores) -> ImportReport:
+        return await files.import_items(
+            stores.database, stores.writer, chunks(), reader, atomic=atomic, progress=progress
+        )
 
     try:
-        report = _run_with_engine(work)
+        report = _run_with_stores(work)
     except files.ImportRejectedError as exc:
         progress.done()
         print(exc.report.model_dump_json(), file=sys.stderr)  # noqa: T201
@@ -296,15 +314,16 @@ def export_file(
     progress = _Progress("exported")
     out = sys.stdout.buffer
 
-    async def work(_engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> None:
+    async def work(stores: Stores) -> None:
         lines = 0
-        async for chunk in files.export_chunks(sessions, ItemFilter(), Keyset(sort), format):
+        listing = Listing(ItemFilter(), Keyset(sort))
+        async for chunk in files.export_chunks(stores.items, listing, format):
             await asyncio.to_thread(out.write, chunk)
             lines += chunk.count(b"\n")
             progress(lines)
         await asyncio.to_thread(out.flush)
 
-    _run_with_engine(work)
+    _run_with_stores(work)
     progress.done()
 
 

@@ -6,9 +6,11 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-__all__ = ["ReadEngineDep", "SessionDep"]
+from stockroom.database import Database
+
+__all__ = ["DatabaseDep", "SessionDep"]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -22,12 +24,11 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def get_read_engine(request: Request) -> AsyncEngine:
-    """The engine for plain reads (``db.create_read_engine``). The service holds one of its
-    connections only while its statements run, not while the response is sent."""
-    engine: AsyncEngine = request.app.state.read_engine
-    return engine
+def get_database(request: Request) -> Database:
+    """The process's database (``stockroom.database``): write transactions of the stores."""
+    database: Database = request.app.state.stores.database
+    return database
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-ReadEngineDep = Annotated[AsyncEngine, Depends(get_read_engine)]
+DatabaseDep = Annotated[Database, Depends(get_database)]

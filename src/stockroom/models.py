@@ -4,8 +4,7 @@ from stockroom.auth.models import ApiKey
 from stockroom.db import Base
 from stockroom.events.models import Event
 from stockroom.idempotency.models import IdempotencyRecord
-from stockroom.items.models import Item
-from stockroom.ledger.models import Adjustment
+from stockroom.items.models import Adjustment, Item
 from stockroom.webhooks.models import Delivery, DeliveryAttempt, DispatchCursor, Webhook
 
 __all__ = [

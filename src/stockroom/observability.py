@@ -34,7 +34,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from sqlalchemy.pool import Pool, QueuePool
+
+from stockroom.database import PoolStatus
 
 __all__ = [
     "ACCESS_LOGGER",
@@ -232,14 +233,12 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def sample_pool(self, pool: Pool, max_overflow: int) -> None:
-        if not isinstance(pool, QueuePool):
-            return
-        self.pool_size.set(pool.size())
-        self.pool_max.set(pool.size() + max_overflow)
-        self.pool_checked_out.set(pool.checkedout())
-        # QueuePool counts overflow from -size up; below zero means "not overflowing".
-        self.pool_overflow.set(max(0, pool.overflow()))
+    def sample_pool(self, status: PoolStatus) -> None:
+        """The requests' pool (``Database.pool_status``)."""
+        self.pool_size.set(status.size)
+        self.pool_max.set(status.maximum)
+        self.pool_checked_out.set(status.checked_out)
+        self.pool_overflow.set(status.overflow)
 
     def render(self) -> bytes:
         """The text exposition. In multiprocess mode it reads every worker's files, so

@@ -4,6 +4,7 @@
   (:func:`stockroom.problems.problem_responses` writes the references);
 - ``X-Request-ID`` on every response, and ``RateLimit-*`` on every response of a route that
   needs an API key (those are the limited ones), as references to ``components/headers``;
+- the event types the app knows as the pattern of ``GET /events?types=``;
 - optional parameters (``If-Match``, ``Idempotency-Key``, ``cursor``, ...) as plain optional
   values: FastAPI writes ``str | None`` as "string or null", and a generated client would
   then send the text ``null``. Left out is how a client says "none".
@@ -14,6 +15,8 @@ operation ids in their decorators.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI
@@ -60,8 +63,31 @@ def _not_null(schema: dict[str, Any]) -> dict[str, Any]:
     return {**inner, **outer}
 
 
-def finish(document: dict[str, Any]) -> dict[str, Any]:
+def list_pattern(names: Sequence[str]) -> str:
+    """A comma-separated list of some of ``names``: blank parts ignored, at least one name
+    (the rule of ``GET /events?types=``, whose 422 says it in words)."""
+    one = "(?:" + "|".join(re.escape(name) for name in names) + ")"
+    return rf"^(?:\s*,)*\s*{one}\s*(?:,\s*(?:{one}\s*)?)*$"
+
+
+def _describe_event_types(document: dict[str, Any], event_types: Sequence[str]) -> None:
+    for operations in document.get("paths", {}).values():
+        for operation in operations.values():
+            if operation.get("operationId") != "streamEvents":
+                continue
+            for parameter in operation.get("parameters", []):
+                if parameter["name"] == "types":
+                    parameter["schema"]["pattern"] = list_pattern(event_types)
+                    names = ", ".join(f"`{name}`" for name in event_types)
+                    parameter["description"] = (
+                        f"Comma-separated event types to receive (default: all): {names}."
+                    )
+
+
+def finish(document: dict[str, Any], event_types: Sequence[str] = ()) -> dict[str, Any]:
     """Add the shared components and headers to a document FastAPI built (in place)."""
+    if event_types:
+        _describe_event_types(document, event_types)
     components = document.setdefault("components", {})
     components.setdefault("schemas", {}).update(PROBLEM_SCHEMAS)
     components.setdefault("headers", {}).update(_HEADERS)
@@ -86,7 +112,7 @@ def install_openapi(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = finish(build())
+            app.openapi_schema = finish(build(), getattr(app.state, "event_types", ()))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

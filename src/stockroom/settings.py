@@ -69,6 +69,14 @@ class Settings(BaseSettings):
     # All of the pool kept open, no overflow: under a steady load above the pool size an
     # overflow connection is opened and closed again and again (a server process each time).
     database_pool_size: int = Field(20, ge=1, le=1000, description="Connections kept in the pool.")
+    database_background_pool_size: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="PostgreSQL: connections for the background work and the admin endpoints "
+        "(webhook dispatch, the event stream, API key checks, clean-ups), a pool apart from "
+        "the requests' one. A process opens at most this plus the pool size (and overflow).",
+    )
     database_max_overflow: int = Field(
         0, ge=0, le=1000, description="Extra connections allowed above the pool size."
     )
@@ -223,10 +231,6 @@ class Settings(BaseSettings):
     @property
     def database(self) -> URL:
         return make_url(self.database_url)
-
-    @property
-    def is_sqlite(self) -> bool:
-        return self.backend == "sqlite"
 
     @property
     def backend(self) -> Backend:

@@ -76,9 +76,7 @@ async def readyz(request: Request) -> Readiness:
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this instance (all its workers). Open: no key needed."""
     collected: Metrics = request.app.state.metrics
-    collected.sample_pool(
-        request.app.state.engine.pool, request.app.state.settings.database_max_overflow
-    )
+    collected.sample_pool(request.app.state.stores.database.pool_status())
     # With several workers this reads their files: keep that off the event loop.
     body = await asyncio.to_thread(collected.render)
     return Response(body, media_type=METRICS_CONTENT_TYPE)

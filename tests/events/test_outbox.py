@@ -15,7 +15,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stockroom.events.log import START, Position, prune, read_after
-from stockroom.items import service as items
 from stockroom.items.schemas import ItemCreate
 from tests.conftest import ItemFactory
 from tests.events.conftest import logged, wait_until
@@ -84,16 +83,17 @@ async def test_a_rolled_back_change_leaves_no_event(
     class AbortError(Exception):
         pass
 
-    async def fail(_item: Any) -> None:
-        raise AbortError  # after the item, its ledger row and its events were written
+    stores = app.state.stores
 
-    async with app.state.sessions() as session:
-        with pytest.raises(AbortError):
-            await items.create_item(
-                session,
-                ItemCreate(sku="ROLLBACK-1", name="Never", price=1, quantity=3),
-                before_commit=fail,
+    async def create_then_fail() -> None:
+        async with stores.database.transaction() as connection:
+            await stores.writer.create(
+                connection, ItemCreate(sku="ROLLBACK-1", name="Never", price=1, quantity=3)
             )
+            raise AbortError  # after the item, its ledger row and its events were written
+
+    with pytest.raises(AbortError):
+        await create_then_fail()
     assert await logged(app) == []
     assert (await client.get("/items")).json()["data"] == []
 

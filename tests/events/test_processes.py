@@ -40,8 +40,8 @@ from sqlalchemy import select
 from stockroom.db import begin_write, utcnow
 from stockroom.events import log as event_log
 from stockroom.events.models import Event
-from stockroom.items.models import Item
-from stockroom.ledger.models import Adjustment
+from stockroom.items.event_types import ITEM_CREATED
+from stockroom.items.models import Adjustment, Item
 from stockroom.webhooks.models import Delivery
 from tests.conftest import create_key
 from tests.events.conftest import running_app, wait_until
@@ -178,7 +178,7 @@ async def log_events(application: FastAPI, count: int) -> None:
         async with application.state.sessions() as session:
             await begin_write(session)
             for n in range(start, min(start + 100, count)):
-                event_log.record(session, event_log.ITEM_CREATED, {"id": n}, at=utcnow())
+                event_log.record(session, ITEM_CREATED, f'{{"id":{n}}}', at=utcnow())
             await session.commit()
 
 

@@ -17,8 +17,9 @@ from sqlalchemy import select
 
 from stockroom.db import utcnow
 from stockroom.events.models import Event
-from stockroom.webhooks import service
+from stockroom.webhooks import queue
 from stockroom.webhooks.models import Delivery
+from stockroom.webhooks.store import STORES
 from tests.conftest import client_for, create_key, problem
 from tests.events.conftest import running_app, wait_until
 from tests.events.receiver import Receiver
@@ -392,15 +393,16 @@ async def test_an_outcome_for_a_delivery_deleted_meanwhile_is_dropped(
     kept = await subscribe(client, "https://93.184.216.34/kept")
     created = await client.post("/items", json={"sku": "G-1", "name": "G", "price": 1})
     assert created.status_code == 201
-    claimed: list[service.Claimed] = []
+    claimed: list[queue.Claimed] = []
+    store = STORES[app.state.settings.backend]()
 
     async def claim_both() -> bool:
         # The event is readable once every older transaction has ended (events.log).
         async with app.state.sessions() as session:
-            while await service.fan_out(session):
+            while await queue.fan_out(session):
                 pass
             claimed.extend(
-                await service.claim(session, 10, dt.timedelta(minutes=1), per_webhook=10)
+                await queue.claim(session, store, 10, dt.timedelta(minutes=1), per_webhook=10)
             )
         return len(claimed) == 2
 
@@ -408,9 +410,9 @@ async def test_an_outcome_for_a_delivery_deleted_meanwhile_is_dropped(
     assert sorted(c.webhook_id for c in claimed) == sorted([gone["id"], kept["id"]])
     assert (await client.delete(f"/webhooks/{gone['id']}")).status_code == 204
 
-    outcomes = [service.Outcome(c, "delivered", 204, None, 5, None, utcnow()) for c in claimed]
+    outcomes = [queue.Outcome(c, "delivered", 204, None, 5, None, utcnow()) for c in claimed]
     async with app.state.sessions() as session:
-        await service.save_outcomes(session, outcomes)
+        await queue.save_outcomes(session, outcomes)
     recorded = await attempts(client, kept["id"])
     assert [(a["status"], a["response_status"]) for a in recorded] == [("delivered", 204)]
 
@@ -443,8 +445,9 @@ async def test_a_hanging_receiver_holds_only_its_share_of_the_slots(
 async def test_a_claim_takes_at_most_its_share_of_each_webhook(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    """service.claim: per webhook at most ``per_webhook`` of its oldest due deliveries,
-    none of a skipped webhook; a claimed delivery is not due again until its lease ends."""
+    """queue.claim with the database's store: per webhook at most ``per_webhook`` of its
+    oldest due deliveries, none of a skipped webhook; a claimed delivery is not due again
+    until its lease ends."""
     many = await subscribe(client, "https://93.184.216.34/many", ["item.created"])
     few = await subscribe(client, "https://93.184.216.34/few", ["item.updated"])
     skipped = await subscribe(client, "https://93.184.216.34/skipped", ["item.created"])
@@ -457,17 +460,18 @@ async def test_a_claim_takes_at_most_its_share_of_each_webhook(
 
     async def fanned_out() -> bool:
         async with app.state.sessions() as session:
-            while await service.fan_out(session):
+            while await queue.fan_out(session):
                 pass
-            pending = await service.backlog(session)
+            pending = await queue.backlog(session)
         return pending.pending == 6 + 2 + 6
 
     await wait_until(fanned_out)
     lease = dt.timedelta(minutes=1)
+    store = STORES[app.state.settings.backend]()
 
     async def take() -> list[str]:
         async with app.state.sessions() as session:
-            got = await service.claim(session, 100, lease, per_webhook=4, skip=[skipped["id"]])
+            got = await queue.claim(session, store, 100, lease, per_webhook=4, skip=[skipped["id"]])
         return [c.webhook_id for c in got]
 
     first = await take()
@@ -496,7 +500,7 @@ async def test_a_webhook_gets_the_events_after_it_was_made_of_its_types(
 
     async def per_webhook() -> dict[str, list[str]]:
         async with app.state.sessions() as session:
-            while await service.fan_out(session):
+            while await queue.fan_out(session):
                 pass
             rows = await session.execute(
                 select(Delivery.webhook_id, Event.type)

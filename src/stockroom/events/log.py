@@ -1,16 +1,18 @@
 """The event log: write an event in the change's transaction; read the log in a safe order.
 
-Writing: :func:`record` adds the event to the session of the change, so the event commits
-or rolls back with it (a transactional outbox). There is no committed change without its
-event and no event without its change.
+Writing: the domain that owns a change serialises its payload and hands the log a type and
+that JSON (:func:`event_row`); the row is written in the change's own transaction, so it
+commits or rolls back with it (a transactional outbox). There is no committed change without
+its event and no event without its change. The log knows no domain: which types exist and
+what their payloads hold is the business of the packages that write them.
 
 Reading: a sequence number is taken when a row is inserted, not when its transaction
 commits. Two transactions can take seq 7 and 8 and commit 8 first; a reader that moved
 past 8 would never see 7. So readers do not walk ``seq`` alone:
 
 - PostgreSQL: each event stores its transaction's id (``txid``, from
-  ``pg_current_xact_id()``). A reader first asks for ``xmin``, the oldest transaction still
-  running, and then reads only events with ``txid < xmin``, in ``(txid, seq)`` order. Every
+  ``pg_current_xact_id()``). A reader reads only events with ``txid < xmin``, the oldest
+  transaction still running as of its statement's snapshot, in ``(txid, seq)`` order. Every
   transaction below ``xmin`` has ended, so that part of the log can no longer change; and
   every transaction that has not ended has a txid >= xmin, so anything it commits later
   sorts after everything read. The cost: an event becomes readable only once every
@@ -18,6 +20,9 @@ past 8 would never see 7. So readers do not walk ``seq`` alone:
   holds back the events committed while it runs.
 - SQLite: writers take turns (``BEGIN IMMEDIATE``), so seq order is commit order already;
   ``txid`` is 0 and readers walk ``seq``.
+
+That horizon is the view ``event_log_horizon``, defined per database by migration 0005, so
+the reading statements are the same SQL on both.
 
 A position in the log is a :class:`Position` ``(txid, seq)``; its text form is the opaque
 cursor clients see (``id:`` of the stream).
@@ -31,59 +36,41 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import orjson
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Select,
     and_,
+    column,
     delete,
     func,
     insert,
     literal,
-    literal_column,
     select,
+    table,
     tuple_,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from stockroom.db import begin_write, on_postgresql, utcnow
+from stockroom.db import begin_write
 from stockroom.events.models import Event
-from stockroom.items.models import Item
-from stockroom.items.schemas import ItemPublic
-from stockroom.ledger.models import Adjustment
-from stockroom.ledger.schemas import AdjustmentPublic
 
 __all__ = [
-    "EVENT_TYPES",
-    "ITEM_CREATED",
-    "ITEM_DELETED",
-    "ITEM_UPDATED",
-    "STOCK_ADJUSTED",
+    "SESSION_WROTE_EVENTS",
+    "START",
     "LoggedEvent",
     "Position",
-    "adjustment_event",
+    "append",
     "batch_end",
     "between",
     "event_exists",
     "event_row",
     "format_time",
-    "item_event",
     "latest_position",
     "prune",
     "read_after",
     "record",
-    "record_adjustment",
-    "record_item",
-    "record_item_deleted",
-    "record_many",
 ]
-
-ITEM_CREATED = "item.created"
-ITEM_UPDATED = "item.updated"
-ITEM_DELETED = "item.deleted"
-STOCK_ADJUSTED = "stock.adjusted"
-EVENT_TYPES = (ITEM_CREATED, ITEM_UPDATED, ITEM_DELETED, STOCK_ADJUSTED)
 
 # Set on a session that wrote events, for the after-commit wake-up (see events.wakeup).
 SESSION_WROTE_EVENTS = "stockroom_wrote_events"
@@ -124,74 +111,43 @@ def format_time(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-def event_row(event_type: str, data: Any, at: dt.datetime) -> dict[str, Any]:
-    """The columns of one new event (``txid`` comes from the database)."""
+def event_row(event_type: str, payload: str, at: dt.datetime) -> dict[str, Any]:
+    """The columns of one new event (``txid`` comes from the database). ``payload`` is the
+    event's ``data``, already serialised as JSON by the domain that owns it."""
     event_id = str(uuid.uuid4())
-    body = {"id": event_id, "type": event_type, "created_at": format_time(at), "data": data}
-    return {
-        "id": event_id,
-        "type": event_type,
-        "body": orjson.dumps(body).decode(),
-        "created_at": at,
-    }
+    body = (
+        f'{{"id":"{event_id}","type":"{event_type}","created_at":"{format_time(at)}",'
+        f'"data":{payload}}}'
+    )
+    return {"id": event_id, "type": event_type, "body": body, "created_at": at}
 
 
-def record(session: AsyncSession, event_type: str, data: Any, *, at: dt.datetime) -> None:
+def record(session: AsyncSession, event_type: str, payload: str, *, at: dt.datetime) -> None:
     """Add one event to the session's transaction; it commits (or not) with the change."""
-    session.add(Event(**event_row(event_type, data, at)))
+    session.add(Event(**event_row(event_type, payload, at)))
     session.info[SESSION_WROTE_EVENTS] = True
 
 
-async def record_many(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Write many events (made by :func:`item_event`, :func:`adjustment_event`) at once."""
+async def append(connection: AsyncConnection, rows: Sequence[dict[str, Any]]) -> None:
+    """Write events (made by :func:`event_row`) in the connection's transaction."""
     if rows:
-        await session.execute(insert(Event), list(rows))
-        session.info[SESSION_WROTE_EVENTS] = True
+        await connection.execute(insert(Event), list(rows))
 
 
-def item_event(event_type: str, item: Item) -> dict[str, Any]:
-    data = ItemPublic.from_item(item).model_dump(mode="json")
-    return event_row(event_type, data, item.updated_at)
-
-
-def adjustment_event(adjustment: Adjustment) -> dict[str, Any]:
-    data = AdjustmentPublic.model_validate(adjustment, from_attributes=True)
-    return event_row(STOCK_ADJUSTED, data.model_dump(mode="json"), adjustment.created_at)
-
-
-def record_item(session: AsyncSession, event_type: str, item: Item) -> None:
-    session.add(Event(**item_event(event_type, item)))
-    session.info[SESSION_WROTE_EVENTS] = True
-
-
-def record_item_deleted(session: AsyncSession, item: Item) -> None:
-    record(session, ITEM_DELETED, {"id": item.id, "sku": item.sku}, at=utcnow())
-
-
-def record_adjustment(session: AsyncSession, adjustment: Adjustment) -> None:
-    session.add(Event(**adjustment_event(adjustment)))
-    session.info[SESSION_WROTE_EVENTS] = True
-
-
-# PostgreSQL: the oldest transaction still running, as of the statement's own snapshot.
-# Every event below it is final, and visible to that same snapshot if it committed. One
-# expression in the reading statement: no round trip of its own, and no gap between it and
-# the read.
-_HORIZON: ColumnElement[int] = literal_column(
-    "pg_snapshot_xmin(pg_current_snapshot())::text::bigint", BigInteger()
-)
+# The oldest transaction that may still commit an event, as of the statement's own
+# snapshot: every event below it is final, and visible to that same snapshot if it
+# committed. A scalar subquery of the reading statement: no round trip of its own, and no
+# gap between it and the read (PostgreSQL evaluates it once, as an index condition).
+_horizon_view = table("event_log_horizon", column("txid", BigInteger()))
+_HORIZON = select(_horizon_view.c.txid).scalar_subquery()
 
 
 _log_order = tuple_(Event.txid, Event.seq)
 
 
-def _final_after(
-    connection: AsyncConnection | AsyncSession, *columns: Any, after: Position = START
-) -> Select[Any]:
-    """``columns`` of the final events after ``after``: on PostgreSQL those below the
-    horizon (see ``_HORIZON``); on SQLite every committed event is final."""
-    stmt = select(*columns).where(_log_order > tuple_(*after))
-    return stmt.where(Event.txid < _HORIZON) if on_postgresql(connection) else stmt
+def _final_after(*columns: Any, after: Position = START) -> Select[Any]:
+    """``columns`` of the final events after ``after`` (below the horizon)."""
+    return select(*columns).where(_log_order > tuple_(*after), Event.txid < _HORIZON)
 
 
 async def read_after(
@@ -206,7 +162,7 @@ async def read_after(
     without their bodies (``""``) unless ``bodies``."""
     body = Event.body if bodies else literal("")
     columns = (Event.txid, Event.seq, Event.id, Event.type, body, Event.created_at)
-    stmt = _final_after(connection, *columns, after=after)
+    stmt = _final_after(*columns, after=after)
     if until is not None:
         stmt = stmt.where(_log_order <= tuple_(*until))
     rows = await connection.execute(stmt.order_by(Event.txid, Event.seq).limit(limit))
@@ -222,7 +178,7 @@ async def batch_end(
     """The position of the last of the next ``limit`` final events after ``after``, and how
     many they are (None: there is none yet). Every event in ``between(after, end)`` is final
     then: a reader can work on that range with set-based SQL, in later statements."""
-    stmt = _final_after(connection, Event.txid, Event.seq, after=after)
+    stmt = _final_after(Event.txid, Event.seq, after=after)
     batch = stmt.order_by(Event.txid, Event.seq).limit(limit).subquery()
     row = (
         await connection.execute(
@@ -241,7 +197,7 @@ def between(after: Position, end: Position) -> ColumnElement[bool]:
 
 async def latest_position(connection: AsyncConnection | AsyncSession) -> Position:
     """The position of the last final event: a reader starting here misses nothing later."""
-    stmt = _final_after(connection, Event.txid, Event.seq)
+    stmt = _final_after(Event.txid, Event.seq)
     row = (
         await connection.execute(stmt.order_by(Event.txid.desc(), Event.seq.desc()).limit(1))
     ).first()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
-import io
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +66,9 @@ class Record:
 class RecordError:
     line: int
     message: str
+
+
+_NEEDS_QUOTES = re.compile(r'[,"\r\n]')
 
 
 def protect(cell: str) -> str:
@@ -297,14 +300,21 @@ def csv_header() -> bytes:
 
 def csv_rows(rows: Iterable[Sequence[Any]]) -> bytes:
     """RFC 4180 CSV (with LF line ends, as PostgreSQL's COPY writes them), text cells
-    protected against formula injection."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerows(
-        [protect(v) if isinstance(v, str) else ("" if v is None else v) for v in row]
-        for row in rows
-    )
-    return out.getvalue().encode()
+    protected against formula injection. A cell is quoted when it holds a comma, a quote, a
+    CR or a LF, as COPY does (Python's csv module leaves a lone CR unquoted when the line
+    end is LF, and such a file does not read back)."""
+    return "".join(",".join(_cell(v) for v in row) + "\n" for row in rows).encode()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        return str(value)
+    text = protect(value)
+    if _NEEDS_QUOTES.search(text):
+        return '"' + text.replace('"', '""') + '"'
+    return text
 
 
 def ndjson_rows(rows: Iterable[dict[str, Any]]) -> bytes:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, status
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response, StreamingResponse
 
 from stockroom.auth.deps import READ, WRITE, CurrentPrincipal
@@ -15,10 +13,10 @@ from stockroom.errors import UnsupportedMediaTypeError
 from stockroom.files import service
 from stockroom.files.schemas import ImportReport
 from stockroom.http import REPLAYED_HEADER
-from stockroom.idempotency import service as idempotency
-from stockroom.idempotency.deps import answer_response
-from stockroom.items.repository import Keyset
-from stockroom.items.router import ItemFilterDep
+from stockroom.idempotency.deps import answer_response, unit_of_work
+from stockroom.idempotency.service import Scope, StoredAnswer
+from stockroom.items.deps import ItemFilterDep, ItemStoreDep
+from stockroom.items.repository import Keyset, Listing
 from stockroom.items.schemas import SortKey
 from stockroom.problems import problem_responses
 
@@ -70,13 +68,8 @@ IdempotencyKey = Annotated[
 ]
 
 
-class _AlreadyDone(Exception):  # noqa: N818 - a signal, not an error
-    def __init__(self, record: Any) -> None:
-        self.record = record
-
-
-def _report_answer(report: ImportReport) -> idempotency.StoredAnswer:
-    return idempotency.StoredAnswer.json(status.HTTP_200_OK, report)
+def _report_answer(report: ImportReport) -> StoredAnswer:
+    return StoredAnswer.json(status.HTTP_200_OK, report.model_dump_json().encode())
 
 
 @router.post(
@@ -104,35 +97,33 @@ async def import_items(
             "Send the file as text/csv or application/x-ndjson "
             f"(got {media_type or 'no Content-Type'!r})."
         )
-    engine = request.app.state.engine
+    stores = request.app.state.stores
     body = service.BodyHasher(request.stream())
-    options = service.ImportOptions(atomic=mode == "atomic")
+    atomic = mode == "atomic"
     if idempotency_key is None:
-        report = await service.import_items(engine, aiter(body), reader_class(), options)
+        report = await service.import_items(
+            stores.database, stores.writer, aiter(body), reader_class(), atomic=atomic
+        )
         return answer_response(_report_answer(report), replayed=False)
 
-    scope = idempotency.Scope(principal.name, idempotency_key, "POST", request.url.path, "")
+    async def body_hash() -> str:
+        async for _ in body:  # a replay: the body decides whether this is the same request
+            pass
+        return body.hexdigest()
 
-    async def on_begin(session: AsyncSession) -> None:
-        record = await idempotency.lock(session, scope)
-        if record is not None:
-            session.expunge(record)  # keep it readable after the import's rollback
-            raise _AlreadyDone(record)
-
-    async def before_commit(session: AsyncSession, report: ImportReport) -> None:
-        done = dataclasses.replace(scope, request_hash=body.hexdigest())
-        await idempotency.save(session, done, _report_answer(report))
-
-    options = dataclasses.replace(options, on_begin=on_begin, before_commit=before_commit)
-    with request.app.state.in_flight_keys.hold(scope):
-        try:
-            report = await service.import_items(engine, aiter(body), reader_class(), options)
-        except _AlreadyDone as done:
-            async for _ in body:  # the body decides whether this is the same request
-                pass
-            same = dataclasses.replace(scope, request_hash=body.hexdigest())
-            return answer_response(idempotency.answer_for(done.record, same), replayed=True)
-    return answer_response(_report_answer(report), replayed=False)
+    scope = Scope(principal.name, idempotency_key, "POST", request.url.path, body_hash)
+    answer, replayed = await unit_of_work(request, scope).run(
+        lambda connection: service.import_items(
+            stores.database,
+            stores.writer,
+            aiter(body),
+            reader_class(),
+            atomic=atomic,
+            connection=connection,
+        ),
+        _report_answer,
+    )
+    return answer_response(answer, replayed=replayed)
 
 
 @router.get(
@@ -143,7 +134,7 @@ async def import_items(
     operation_id="exportItems",
 )
 async def export_items(
-    request: Request,
+    store: ItemStoreDep,
     where: ItemFilterDep,
     format: Annotated[Literal["csv", "ndjson"], Query()] = "csv",
     sort: SortKey = "id",
@@ -151,7 +142,7 @@ async def export_items(
     """Every item that matches the list filters, in `sort` order, as a file download."""
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     return StreamingResponse(
-        service.export_chunks(request.app.state.sessions, where, Keyset(sort), format),
+        service.export_chunks(store, Listing(where, Keyset(sort)), format),
         media_type=service.EXPORT_FORMATS[format],
         headers={"Content-Disposition": f'attachment; filename="items-{stamp}.{format}"'},
     )

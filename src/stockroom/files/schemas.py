@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, NotRequired
+from typing import NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, with_config
 
@@ -11,7 +11,7 @@ from typing_extensions import TypedDict
 
 from stockroom.items.schemas import Money, Name, OptionalDescription, Quantity, Sku
 
-__all__ = ["MAX_REPORTED_ERRORS", "ImportError_", "ImportReport", "ImportRow", "ValidRow"]
+__all__ = ["MAX_REPORTED_ERRORS", "ImportError_", "ImportReport", "ImportRow"]
 
 MAX_REPORTED_ERRORS = 100
 
@@ -29,18 +29,6 @@ class ImportRow(TypedDict):
     description: NotRequired[OptionalDescription]
     price: Money
     quantity: NotRequired[Quantity | None]
-
-
-class ValidRow(NamedTuple):
-    """A valid row as the database takes it (the columns of the PostgreSQL batch table)."""
-
-    line: int
-    sku: str
-    name: str
-    name_key: str
-    description: str | None
-    price_cents: int
-    quantity: int | None
 
 
 class ImportError_(BaseModel):  # noqa: N801 - "ImportError" is a builtin

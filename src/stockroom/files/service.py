@@ -1,13 +1,14 @@
 """Streaming import and export of items.
 
 Import: the body arrives in chunks; each chunk is parsed and validated in a worker thread
-(so the event loop keeps answering other requests), and rows are upserted by sku in batches.
-Memory is bounded by a chunk and a batch, however large the file: even the check for a sku
-that appears twice in one file is done by the database, in a temporary table.
+(so the event loop keeps answering other requests), and rows are upserted by sku in batches
+by the items writer. Memory is bounded by a chunk and a batch, however large the file: even
+the check for a sku that appears twice in one file is done by the database, in a temporary
+table.
 
-Export: rows come from a server-side cursor (``yield_per``) and leave as soon as they are
-formatted; a client that goes away cancels the stream, which closes the cursor and returns
-the connection.
+Export: rows come from a server-side cursor and leave as soon as they are formatted (or, for
+CSV on PostgreSQL, as COPY writes them); a client that goes away cancels the stream, which
+closes the cursor and returns the connection.
 """
 
 from __future__ import annotations
@@ -16,30 +17,17 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
-from sqlalchemy import (
-    Column,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    insert,
-    select,
-    text,
-    update,
-)
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from stockroom.db import is_unique_violation, on_postgresql, utcnow, write_connection
+from stockroom.database import Database
+from stockroom.db import utcnow
 from stockroom.errors import InvalidRequestError
-from stockroom.events import log as events
-from stockroom.files import postgresql
+from stockroom.events.log import format_time
 from stockroom.files.formats import (
     CsvReader,
     FileError,
@@ -47,33 +35,30 @@ from stockroom.files.formats import (
     RecordError,
     csv_header,
     csv_rows,
-    ndjson_rows,
 )
-from stockroom.files.schemas import ImportReport, ImportRow, ValidRow
-from stockroom.items.models import Item, fold_name
-from stockroom.items.repository import ItemFilter, ItemRepository, Keyset
-from stockroom.items.service import to_cents
-from stockroom.ledger.models import Adjustment
+from stockroom.files.schemas import ImportReport, ImportRow
+from stockroom.items.models import ItemRow, fold_name
+from stockroom.items.repository import Listing
+from stockroom.items.schemas import ITEM_WIRE, item_json
+from stockroom.items.store import ItemStore, ValidRow
+from stockroom.items.writer import ItemWriter, to_cents
 
 __all__ = [
     "EXPORT_FORMATS",
     "IMPORT_FORMATS",
     "BodyHasher",
-    "ImportOptions",
     "ImportRejectedError",
     "Reader",
     "export_chunks",
     "import_items",
 ]
 
-BATCH_ROWS = 1_000
-# PostgreSQL takes a batch with COPY and a few set-based statements: bigger is cheaper.
-BATCH_ROWS_POSTGRESQL = 5_000
+# A batch: one COPY and a few set-based statements on PostgreSQL (bigger is cheaper there),
+# a few hundred statements on SQLite.
+BATCH_ROWS = 5_000
 EXPORT_ROWS_PER_CHUNK = 1_000
-REASON_IMPORT = postgresql.REASON_IMPORT
 # Export columns that an import accepts and ignores (the database assigns them).
 _IGNORED_COLUMNS = ("id", "version", "created_at", "updated_at")
-_RETRIES_ON_RACE = 3
 
 Reader = CsvReader | NdjsonReader
 IMPORT_FORMATS: dict[str, type[Reader]] = {
@@ -82,15 +67,6 @@ IMPORT_FORMATS: dict[str, type[Reader]] = {
     "application/ndjson": NdjsonReader,
 }
 EXPORT_FORMATS = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
-
-# Skus seen so far in this import, kept by the database instead of in memory.
-_seen = Table(
-    "stockroom_import_skus",
-    MetaData(),
-    Column("sku", String(64), primary_key=True),
-    Column("line", Integer, nullable=False),
-    prefixes=["TEMPORARY"],
-)
 
 
 class ImportRejectedError(InvalidRequestError):
@@ -111,23 +87,6 @@ class ImportRejectedError(InvalidRequestError):
             for e in report.errors
         ]
         self.extra = report.model_dump(exclude={"errors"})
-
-
-@dataclass
-class ImportOptions:
-    atomic: bool = False
-    # Called inside the one transaction of the import, with its report, before it commits
-    # (idempotency keys use it to store the answer with the effect). Setting it makes the
-    # whole import one transaction, as atomic does, but bad rows are skipped, not fatal.
-    before_commit: Callable[[AsyncSession, ImportReport], Awaitable[None]] | None = None
-    # Called first inside that one transaction (idempotency keys take their lock there).
-    on_begin: Callable[[AsyncSession], Awaitable[None]] | None = None
-    # Called with the number of rows read so far (progress bars).
-    progress: Callable[[int], None] | None = None
-
-    @property
-    def one_transaction(self) -> bool:
-        return self.atomic or self.before_commit is not None or self.on_begin is not None
 
 
 @dataclass
@@ -201,45 +160,65 @@ def _problem(error: ErrorDetails) -> str:
 
 
 async def import_items(
-    engine: AsyncEngine,
+    database: Database,
+    writer: ItemWriter,
     chunks: AsyncIterator[bytes],
     reader: Reader,
-    options: ImportOptions,
+    *,
+    atomic: bool,
+    connection: Any = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Read the whole stream and upsert its rows; returns the report.
 
-    Raises :class:`ImportRejectedError` when nothing may be applied: an unreadable header,
-    or any bad row in atomic mode.
+    With ``connection`` (already in the caller's write transaction: an idempotency key's
+    unit of work) or ``atomic``, the whole import is one transaction; otherwise each batch
+    commits on its own. Raises :class:`ImportRejectedError` when nothing may be applied: an
+    unreadable header, or any bad row in atomic mode.
     """
+    if connection is not None:
+        return await _import(database, writer, connection, chunks, reader, atomic, True, progress)
+    if atomic:
+        async with database.transaction() as held:
+            return await _import(database, writer, held, chunks, reader, atomic, True, progress)
+    async with database.connection() as held:
+        return await _import(database, writer, held, chunks, reader, atomic, False, progress)
+
+
+async def _import(
+    database: Database,
+    writer: ItemWriter,
+    connection: Any,
+    chunks: AsyncIterator[bytes],
+    reader: Reader,
+    atomic: bool,
+    one_transaction: bool,
+    progress: Callable[[int], None] | None,
+) -> ImportReport:
     report = ImportReport()
-    async with write_connection(engine) as connection:
-        session = AsyncSession(bind=connection, expire_on_commit=False, autoflush=False)
-        try:
-            if options.on_begin is not None:
-                await options.on_begin(session)
-            await session.run_sync(lambda s: _seen.create(s.connection()))
-            if on_postgresql(session):
-                await session.execute(text(postgresql.CREATE_BATCH_TABLE))
-            if not options.one_transaction:
-                await session.commit()
-            await _run(session, chunks, reader, options, report)
-            if options.atomic and report.failed:
-                await session.rollback()
-                raise ImportRejectedError(
-                    f"{report.failed} bad row(s); nothing was imported (mode=atomic).",
-                    ImportReport(failed=report.failed, errors=report.errors),
-                )
-            if options.before_commit is not None:
-                await options.before_commit(session, report)
-            await session.commit()
-        finally:
-            # Leave the pooled connection as we found it; if it broke, it is discarded.
-            with contextlib.suppress(Exception):
-                await session.rollback()
-                await session.run_sync(lambda s: _seen.drop(s.connection(), checkfirst=True))
-                await session.execute(text(postgresql.DROP_BATCH_TABLE))
-                await session.commit()
-            await session.close()
+    if one_transaction:
+        await writer.begin_import(connection)
+        await _run(
+            database, writer, connection, chunks, reader, report, atomic, one_transaction, progress
+        )
+        if atomic and report.failed:
+            raise ImportRejectedError(
+                f"{report.failed} bad row(s); nothing was imported (mode=atomic).",
+                ImportReport(failed=report.failed, errors=report.errors),
+            )
+        await writer.end_import(connection)
+        return report
+    async with database.write(connection):
+        await writer.begin_import(connection)
+    try:
+        await _run(
+            database, writer, connection, chunks, reader, report, atomic, one_transaction, progress
+        )
+    finally:
+        # Leave the pooled connection as we found it; if it broke, it is discarded.
+        with contextlib.suppress(Exception):
+            async with database.write(connection):
+                await writer.end_import(connection)
     return report
 
 
@@ -289,32 +268,36 @@ async def _read_batches(
 
 
 async def _run(
-    session: AsyncSession,
+    database: Database,
+    writer: ItemWriter,
+    connection: Any,
     chunks: AsyncIterator[bytes],
     reader: Reader,
-    options: ImportOptions,
     report: ImportReport,
+    atomic: bool,
+    one_transaction: bool,
+    progress: Callable[[int], None] | None,
 ) -> None:
-    batch_rows = BATCH_ROWS_POSTGRESQL if on_postgresql(session) else BATCH_ROWS
     rows_read = 0
     apply = True
     queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
-    producer = asyncio.create_task(_read_batches(chunks, reader, batch_rows, queue))
+    producer = asyncio.create_task(_read_batches(chunks, reader, BATCH_ROWS, queue))
     try:
         while (batch := await queue.get()) is not None:
             for error in batch.errors:
                 report.fail(error.line, error.message)
             rows_read += len(batch.rows) + len(batch.errors)
-            if options.progress is not None:
-                options.progress(rows_read)
-            if options.atomic and report.failed:
+            if progress is not None:
+                progress(rows_read)
+            if atomic and report.failed:
                 apply = False  # keep reading to report every bad row, but write nothing more
-            if batch.rows:
-                apply = await _apply_batch(session, batch.rows, report, apply=apply)
-                if options.atomic and report.failed:
-                    apply = False
-                if not options.one_transaction:
-                    await session.commit()
+            if batch.rows and apply:
+                if one_transaction:
+                    _count(report, await writer.import_batch(connection, batch.rows, utcnow()))
+                else:
+                    async with database.write(connection):
+                        counts = await writer.import_batch(connection, batch.rows, utcnow())
+                    _count(report, counts)
         await producer  # raises what the reading or parsing raised
     except FileError as exc:
         report.fail(exc.line, exc.message)
@@ -327,175 +310,12 @@ async def _run(
                 await producer
 
 
-async def _apply_batch(
-    session: AsyncSession, rows: list[ValidRow], report: ImportReport, *, apply: bool
-) -> bool:
-    """Upsert one batch by sku; returns whether to go on applying."""
-    postgres = on_postgresql(session)
-    if postgres:
-        unique = await postgresql.first_time_seen(session, rows, report)
-    else:
-        unique = await _first_time_seen(session, rows, report)
-    if not apply or not unique:
-        return apply
-    upsert = postgresql.upsert if postgres else _upsert
-    for attempt in range(_RETRIES_ON_RACE):
-        counts = postgresql.Counts()
-        try:
-            async with session.begin_nested():
-                await upsert(session, unique, counts)
-        except (IntegrityError, postgresql.RaceError) as exc:
-            # Another request created one of these skus after we looked: look again.
-            unique_violation = isinstance(exc, postgresql.RaceError) or is_unique_violation(exc)
-            if not unique_violation or attempt == _RETRIES_ON_RACE - 1:
-                raise
-            continue
-        report.created += counts.created
-        report.updated += counts.updated
-        report.unchanged += counts.unchanged
-        return True
-    return True
-
-
-async def _first_time_seen(
-    session: AsyncSession, rows: list[ValidRow], report: ImportReport
-) -> list[ValidRow]:
-    """Drop (and report) rows whose sku came earlier in the file."""
-    skus = {row.sku for row in rows}
-    found = await session.execute(select(_seen.c.sku, _seen.c.line).where(_seen.c.sku.in_(skus)))
-    first: dict[str, int] = dict(found.all())  # from earlier batches
-    unique: list[ValidRow] = []
-    for row in rows:
-        if row.sku in first:
-            report.fail(row.line, f"sku {row.sku!r} appears again (first on line {first[row.sku]})")
-        else:
-            first[row.sku] = row.line
-            unique.append(row)
-    if unique:
-        await session.execute(insert(_seen), [{"sku": r.sku, "line": r.line} for r in unique])
-    return unique
-
-
-async def _upsert(
-    session: AsyncSession, rows: Sequence[ValidRow], counts: postgresql.Counts
-) -> None:
-    now = utcnow()
-    skus = [row.sku for row in rows]
-    # FOR UPDATE (PostgreSQL): nobody changes these items until the batch commits, so the
-    # quantity each adjustment starts from is the real one.
-    existing = {
-        item.sku: item
-        for item in (
-            await session.execute(
-                select(
-                    Item.id, Item.sku, Item.name, Item.description,
-                    Item.price_cents, Item.quantity, Item.version,
-                )
-                .where(Item.sku.in_(skus))
-                .with_for_update()
-            )
-        ).all()
-    }  # fmt: skip
-    new = [row for row in rows if row.sku not in existing]
-    new_ids: list[int] = []
-    adjustments: list[dict[str, Any]] = []
-    if new:
-        created = await session.execute(
-            insert(Item).returning(Item.id, Item.sku),
-            [
-                {
-                    "sku": row.sku,
-                    "name": row.name,
-                    "name_key": row.name_key,
-                    "description": row.description,
-                    "price_cents": row.price_cents,
-                    "quantity": row.quantity or 0,
-                    "version": 1,
-                    "created_at": now,
-                    "updated_at": now,
-                }
-                for row in new
-            ],
-        )
-        ids = {sku: item_id for item_id, sku in created}
-        new_ids = list(ids.values())
-        adjustments += [
-            _adjustment(ids[row.sku], row.quantity, row.quantity, now)
-            for row in new
-            if row.quantity
-        ]
-        counts.created += len(new)
-    changes: list[dict[str, Any]] = []
-    for row in rows:
-        current = existing.get(row.sku)
-        if current is None:
-            continue
-        change = _changes(current, row)
-        if not change:
-            counts.unchanged += 1
-            continue
-        if "quantity" in change:
-            delta = change["quantity"] - current.quantity
-            adjustments.append(_adjustment(current.id, delta, change["quantity"], now))
-        changes.append(
-            {"id": current.id, **change, "version": current.version + 1, "updated_at": now}
-        )
-        counts.updated += 1
-    if changes:
-        await session.execute(update(Item), changes)
-    written: Sequence[Adjustment] = []
-    if adjustments:
-        written = (
-            await session.scalars(insert(Adjustment).returning(Adjustment), adjustments)
-        ).all()
-    await _record_events(session, new_ids, changes, written)
-
-
-async def _record_events(
-    session: AsyncSession,
-    created: Sequence[int],
-    changes: Sequence[dict[str, Any]],
-    adjustments: Sequence[Adjustment],
-) -> None:
-    """The batch's events, as the API writes them: ``item.created`` for new items,
-    ``item.updated`` where name, description or price changed, ``stock.adjusted`` for each
-    ledger row."""
-    updated = [c["id"] for c in changes if c.keys() & {"name", "description", "price_cents"}]
-    kinds = dict.fromkeys(created, events.ITEM_CREATED)
-    kinds.update(dict.fromkeys(updated, events.ITEM_UPDATED))
-    items = {}
-    if kinds:
-        found = await session.scalars(
-            select(Item).where(Item.id.in_(list(kinds))).execution_options(populate_existing=True)
-        )
-        items = {item.id: item for item in found}
-    rows = [events.item_event(kinds[item_id], items[item_id]) for item_id in sorted(kinds)]
-    rows += [events.adjustment_event(adjustment) for adjustment in adjustments]
-    await events.record_many(session, rows)
-
-
-def _changes(current: Any, row: ValidRow) -> dict[str, Any]:
-    change: dict[str, Any] = {}
-    if row.name != current.name:
-        change["name"] = row.name
-        change["name_key"] = row.name_key
-    if row.description != current.description:
-        change["description"] = row.description
-    if row.price_cents != current.price_cents:
-        change["price_cents"] = row.price_cents
-    if row.quantity is not None and row.quantity != current.quantity:
-        change["quantity"] = row.quantity
-    return change
-
-
-def _adjustment(item_id: int, delta: int, quantity_after: int, now: dt.datetime) -> dict[str, Any]:
-    return {
-        "item_id": item_id,
-        "delta": delta,
-        "reason": REASON_IMPORT,
-        "quantity_after": quantity_after,
-        "created_at": now,
-    }
+def _count(report: ImportReport, counts: Any) -> None:
+    for line, sku, first in counts.repeated or ():
+        report.fail(line, f"sku {sku!r} appears again (first on line {first})")
+    report.created += counts.created
+    report.updated += counts.updated
+    report.unchanged += counts.unchanged
 
 
 class BodyHasher:
@@ -517,42 +337,28 @@ class BodyHasher:
 # --- export ----------------------------------------------------------------------------
 
 
-def _utc(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+def _format(rows: Sequence[ItemRow], fmt: str) -> bytes:
+    """Rows as the API writes items: NDJSON lines are the API's JSON; CSV cells its values."""
+    if fmt == "ndjson":
+        return b"".join(item_json(row) + b"\n" for row in rows)
+    return csv_rows(
+        [format_time(v) if isinstance(v, dt.datetime) else v for v in _cells(row)] for row in rows
+    )
 
 
-def _money(cents: int) -> str:
-    return f"{cents // 100}.{cents % 100:02d}"
+def _cells(row: ItemRow) -> list[Any]:
+    return [get(row) for get in ITEM_WIRE.values()]
 
 
-def _format(rows: Sequence[Any], fmt: str) -> bytes:
-    values = [
-        (
-            r.id, r.sku, r.name, r.description, _money(r.price_cents), r.quantity,
-            r.version, _utc(r.created_at), _utc(r.updated_at),
-        )
-        for r in rows
-    ]  # fmt: skip
+async def export_chunks(store: ItemStore, listing: Listing, fmt: str) -> AsyncIterator[bytes]:
+    """The export as byte chunks, streamed from a server-side cursor (or from the
+    database's own CSV writer, where it has one)."""
+    database_csv = store.export_csv(listing) if fmt == "csv" else None
+    if database_csv is not None:
+        async for chunk in database_csv:
+            yield chunk
+        return
     if fmt == "csv":
-        return csv_rows(values)
-    keys = ("id", "sku", "name", "description", "price", "quantity", "version",
-            "created_at", "updated_at")  # fmt: skip
-    return ndjson_rows(dict(zip(keys, v, strict=True)) for v in values)
-
-
-async def export_chunks(
-    sessions: async_sessionmaker[AsyncSession], where: ItemFilter, keyset: Keyset, fmt: str
-) -> AsyncIterator[bytes]:
-    """The export as byte chunks, streamed from a server-side cursor (or, for CSV on
-    PostgreSQL, from COPY ... TO STDOUT, which formats the rows in the server)."""
-    async with sessions() as session:
-        if fmt == "csv" and on_postgresql(session):
-            async for chunk in postgresql.copy_csv(session, where, keyset):
-                yield chunk
-            return
-        stmt = ItemRepository(session).export_select(where, keyset)
-        result = await session.stream(stmt.execution_options(yield_per=EXPORT_ROWS_PER_CHUNK))
-        if fmt == "csv":
-            yield csv_header()
-        async for rows in result.partitions():
-            yield await asyncio.to_thread(_format, rows, fmt)
+        yield csv_header()
+    async for rows in store.export_rows(listing, EXPORT_ROWS_PER_CHUNK):
+        yield await asyncio.to_thread(_format, rows, fmt)

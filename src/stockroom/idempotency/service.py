@@ -1,44 +1,44 @@
-"""Stored first answers, Stripe's semantics.
+"""Stored first answers, Stripe's semantics, as one unit of work.
 
 A request with an ``Idempotency-Key`` runs in one write transaction that (1) takes a lock on
 the key, (2) looks for a stored answer, and either replays it or (3) applies the effect and
-stores the answer, and commits both together. A crash can therefore never leave an effect
-without its record, nor a record without its effect. Only successful (2xx) answers are
-stored: an error applied nothing, so running the request again is safe.
+stores the answer, and commits both together (:meth:`UnitOfWork.run`). A crash can
+therefore never leave an effect without its record, nor a record without its effect. Only
+successful (2xx) answers are stored: an error applied nothing, so running the request
+again is safe. The effects (creating an item, an adjustment, an import) know nothing of
+keys: they take the transaction's connection and return a result.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel
-from sqlalchemy import delete, select, text, tuple_
+from sqlalchemy import delete, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stockroom.db import on_postgresql, utcnow
+from stockroom.database import Database
+from stockroom.db import utcnow
 from stockroom.errors import ConflictError, InvalidRequestError
 from stockroom.idempotency.models import IdempotencyRecord
+from stockroom.idempotency.store import KeyStore, StoredRecord
 
 __all__ = [
-    "KEY_TTL",
     "IdempotencyInProgressError",
     "InFlightKeys",
     "Scope",
     "StoredAnswer",
-    "answer_for",
-    "lock",
+    "UnitOfWork",
+    "in_progress",
     "purge_expired",
     "request_hash",
-    "save",
-    "take",
 ]
 
-KEY_TTL = dt.timedelta(hours=24)
+T = TypeVar("T")
 
 
 class IdempotencyInProgressError(ConflictError):
@@ -47,13 +47,14 @@ class IdempotencyInProgressError(ConflictError):
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """Who used which key for which request."""
+    """Who used which key for which request. ``body_hash`` gives the request's hash once
+    the body has been read (an import's body streams through the effect first)."""
 
     owner: str
     key: str
     method: str
     path: str
-    request_hash: str
+    body_hash: Callable[[], Awaitable[str]]
 
     @property
     def lock_id(self) -> int:
@@ -68,14 +69,10 @@ class StoredAnswer:
     body: bytes
 
     @classmethod
-    def json(cls, status_code: int, body: BaseModel, **headers: str) -> StoredAnswer:
+    def json(cls, status_code: int, body: bytes, **headers: str) -> StoredAnswer:
         """A JSON answer, serialised once: the first response and every replay send these
         bytes."""
-        return cls(
-            status_code,
-            {"Content-Type": "application/json", **headers},
-            body.model_dump_json().encode(),
-        )
+        return cls(status_code, {"Content-Type": "application/json", **headers}, body)
 
 
 @dataclass
@@ -92,12 +89,70 @@ class InFlightKeys:
     def hold(self, scope: Scope) -> Iterator[None]:
         marker = (scope.owner, scope.key)
         if marker in self._keys:
-            raise _in_progress()
+            raise in_progress()
         self._keys.add(marker)
         try:
             yield
         finally:
             self._keys.discard(marker)
+
+
+class UnitOfWork:
+    """One write transaction for an effect, once per idempotency key (when there is one)."""
+
+    def __init__(
+        self, database: Database, keys: KeyStore, in_flight: InFlightKeys, scope: Scope | None
+    ) -> None:
+        self._database = database
+        self._keys = keys
+        self._in_flight = in_flight
+        self.scope = scope
+
+    async def run(
+        self, effect: Callable[[Any], Awaitable[T]], render: Callable[[T], StoredAnswer]
+    ) -> tuple[StoredAnswer, bool]:
+        """Apply ``effect(connection)`` in a new write transaction and ``render`` its
+        result, or replay the key's stored answer; returns the answer and whether it was
+        a replay."""
+        scope = self.scope
+        stored: StoredRecord | None = None
+        with self._in_flight.hold(scope) if scope is not None else nullcontext():
+            async with self._database.transaction() as connection:
+                if scope is not None:
+                    stored = await self._keys.lock(
+                        connection, scope.owner, scope.key, scope.lock_id, utcnow()
+                    )
+                if stored is None:
+                    answer = render(await effect(connection))
+                    if scope is not None:
+                        await self._keys.save(
+                            connection, scope.owner, scope.key, await _record(scope, answer)
+                        )
+                    return answer, False
+            assert scope is not None
+            return _replay(stored, scope.method, scope.path, await scope.body_hash()), True
+
+
+async def _record(scope: Scope, answer: StoredAnswer) -> StoredRecord:
+    return StoredRecord(
+        method=scope.method,
+        path=scope.path,
+        request_hash=await scope.body_hash(),
+        status_code=answer.status_code,
+        headers=orjson.dumps(answer.headers).decode(),
+        body=answer.body,
+    )
+
+
+def _replay(record: StoredRecord, method: str, path: str, body_hash: str) -> StoredAnswer:
+    """The stored answer, if this is the same request as the record's; else 422."""
+    if (record.method, record.path, record.request_hash) != (method, path, body_hash):
+        raise InvalidRequestError(
+            "This Idempotency-Key was already used with a different request "
+            f"({record.method} {record.path} with another body); use a new key.",
+            loc=("header", "Idempotency-Key"),
+        )
+    return StoredAnswer(record.status_code, orjson.loads(record.headers), record.body)
 
 
 def request_hash(body: bytes) -> str:
@@ -107,70 +162,6 @@ def request_hash(body: bytes) -> str:
     except orjson.JSONDecodeError:
         canonical = body
     return hashlib.sha256(canonical).hexdigest()
-
-
-async def take(session: AsyncSession, scope: Scope) -> StoredAnswer | None:
-    """Lock the key for this transaction and return its stored answer, if any.
-
-    Must run first in the write transaction (after ``begin_write``).
-    """
-    record = await lock(session, scope)
-    return None if record is None else answer_for(record, scope)
-
-
-async def lock(session: AsyncSession, scope: Scope) -> IdempotencyRecord | None:
-    """Lock the key (owner and key; the request hash may not be known yet) for this
-    transaction; return its unexpired record, if any."""
-    if on_postgresql(session):
-        locked = await session.scalar(
-            text("SELECT pg_try_advisory_xact_lock(:id)"), {"id": scope.lock_id}
-        )
-        if not locked:
-            raise _in_progress()
-    now = utcnow()
-    await session.execute(
-        delete(IdempotencyRecord).where(
-            IdempotencyRecord.owner == scope.owner,
-            IdempotencyRecord.key == scope.key,
-            IdempotencyRecord.expires_at <= now,
-        )
-    )
-    return await session.get(IdempotencyRecord, (scope.owner, scope.key))
-
-
-def answer_for(record: IdempotencyRecord, scope: Scope) -> StoredAnswer:
-    """The stored answer, if ``scope`` is the same request as the record's; else 422."""
-    if (record.method, record.path, record.request_hash) != (
-        scope.method,
-        scope.path,
-        scope.request_hash,
-    ):
-        raise InvalidRequestError(
-            "This Idempotency-Key was already used with a different request "
-            f"({record.method} {record.path} with another body); use a new key.",
-            loc=("header", "Idempotency-Key"),
-        )
-    return StoredAnswer(record.status_code, orjson.loads(record.headers), record.body)
-
-
-async def save(session: AsyncSession, scope: Scope, answer: StoredAnswer) -> None:
-    """Store the answer in the current transaction (committed with the effect)."""
-    now = utcnow()
-    session.add(
-        IdempotencyRecord(
-            owner=scope.owner,
-            key=scope.key,
-            method=scope.method,
-            path=scope.path,
-            request_hash=scope.request_hash,
-            status_code=answer.status_code,
-            headers=orjson.dumps(answer.headers).decode(),
-            body=answer.body,
-            created_at=now,
-            expires_at=now + KEY_TTL,
-        )
-    )
-    await session.flush()
 
 
 async def purge_expired(session: AsyncSession, *, batch: int = 1000) -> int:
@@ -191,7 +182,7 @@ async def purge_expired(session: AsyncSession, *, batch: int = 1000) -> int:
     return int(getattr(result, "rowcount", 0))
 
 
-def _in_progress() -> IdempotencyInProgressError:
+def in_progress() -> IdempotencyInProgressError:
     return IdempotencyInProgressError(
         "A request with this Idempotency-Key is still in progress; retry after it finishes.",
         headers={"Retry-After": "1"},

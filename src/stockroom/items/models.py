@@ -1,17 +1,27 @@
-"""The ``items`` table."""
+"""The ``items`` table and its ledger, ``adjustments``: every change to either is made by
+``items.writer``, which keeps the invariant: for every item at every commit, the sum of its
+adjustments' deltas equals its quantity, and quantity >= 0."""
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Protocol
+from typing import NamedTuple
 
-from sqlalchemy import BigInteger, CheckConstraint, Index, Integer, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Mapped, mapped_column
 
 from stockroom.db import Base, UTCDateTime
 
-__all__ = ["Item", "ItemRecord", "fold_name"]
+__all__ = [
+    "ADJUSTMENT_COLUMNS",
+    "ITEM_COLUMNS",
+    "Adjustment",
+    "AdjustmentRow",
+    "Item",
+    "ItemRow",
+    "fold_name",
+]
 
 # Case-folded names sort and match by code point on both databases ("C" collation on
 # PostgreSQL; SQLite compares bytes), so that order does not depend on a server's locale.
@@ -52,27 +62,52 @@ class Item(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
-class ItemRecord(Protocol):
-    """An item as read: an :class:`Item`, or a row of the ``items`` table (reads select plain
-    rows: no session, no identity map)."""
+class Adjustment(Base):
+    __tablename__ = "adjustments"
+    __table_args__ = (
+        CheckConstraint("delta <> 0", name="delta_not_zero"),
+        CheckConstraint("quantity_after >= 0", name="quantity_after_not_negative"),
+        Index(None, "item_id", "id"),
+        # SQLite reuses the largest freed rowid without AUTOINCREMENT: a new row would get a
+        # deleted one's id (and URL and ETag).
+        {"sqlite_autoincrement": True},
+    )
 
-    @property
-    def id(self) -> int: ...
-    @property
-    def sku(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def name_key(self) -> str: ...
-    @property
-    def description(self) -> str | None: ...
-    @property
-    def price_cents(self) -> int: ...
-    @property
-    def quantity(self) -> int: ...
-    @property
-    def version(self) -> int: ...
-    @property
-    def created_at(self) -> dt.datetime: ...
-    @property
-    def updated_at(self) -> dt.datetime: ...
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # An item can only be deleted at zero stock; its ledger goes with it (see docs/decisions.md).
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    delta: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    quantity_after: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class ItemRow(NamedTuple):
+    """An item as read: the columns of ``items``, in table order (both databases' stores
+    return these, so that nothing above them depends on a driver's row type)."""
+
+    id: int
+    sku: str
+    name: str
+    name_key: str
+    description: str | None
+    price_cents: int
+    quantity: int
+    version: int
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class AdjustmentRow(NamedTuple):
+    """A ledger row as read: the columns of ``adjustments``, in table order."""
+
+    id: int
+    item_id: int
+    delta: int
+    reason: str | None
+    quantity_after: int
+    created_at: dt.datetime
+
+
+ITEM_COLUMNS = ItemRow._fields
+ADJUSTMENT_COLUMNS = AdjustmentRow._fields

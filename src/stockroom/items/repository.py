@@ -1,5 +1,10 @@
-"""Queries on items. The list filters and keyset pagination live here, once, for the list
-endpoint and (later) the export."""
+"""The list filters and keyset pagination of items, once, for the list endpoint and the
+export, on both databases.
+
+Statements are built from a *shape* (which filters are present, the sort, whether a cursor
+is given) with named bind parameters, and each shape is compiled once per process by the
+store that runs it; a request only computes the parameters' values (:meth:`Listing.params`).
+"""
 
 from __future__ import annotations
 
@@ -8,14 +13,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, func, or_, select, true
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    func,
+    literal_column,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.orm import InstrumentedAttribute
 
 from stockroom.http import invalid_cursor
-from stockroom.items.models import Item, ItemRecord, fold_name
+from stockroom.items.models import Item, fold_name
 
-__all__ = ["ItemFilter", "ItemReads", "ItemRepository", "Keyset"]
+__all__ = ["ITEM_TABLE_COLUMNS", "ItemFilter", "Keyset", "Listing", "Shape"]
+
+ITEM_TABLE_COLUMNS = tuple(Item.__table__.columns)
 
 # Sort key (as the API names it) -> column.
 _SORT_COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
@@ -36,10 +53,21 @@ class ItemFilter:
     max_price_cents: int | None = None
     in_stock: bool | None = None
 
+    def params(self) -> dict[str, Any]:
+        """The bind parameters of the filters that are present."""
+        values: dict[str, Any] = {}
+        if self.q:
+            values["q"] = "%" + _escape_like(fold_name(self.q)) + "%"
+        if self.min_price_cents is not None:
+            values["min_price"] = self.min_price_cents
+        if self.max_price_cents is not None:
+            values["max_price"] = self.max_price_cents
+        return values
+
     def clauses(self) -> list[ColumnElement[bool]]:
         clauses: list[ColumnElement[bool]] = []
         if self.q:
-            pattern = "%" + _escape_like(fold_name(self.q)) + "%"
+            pattern: BindParameter[str] = bindparam("q")
             clauses.append(
                 or_(
                     func.lower(Item.sku).like(pattern, escape="\\"),
@@ -47,12 +75,23 @@ class ItemFilter:
                 )
             )
         if self.min_price_cents is not None:
-            clauses.append(Item.price_cents >= self.min_price_cents)
+            clauses.append(Item.price_cents >= bindparam("min_price"))
         if self.max_price_cents is not None:
-            clauses.append(Item.price_cents <= self.max_price_cents)
+            clauses.append(Item.price_cents <= bindparam("max_price"))
         if self.in_stock is not None:
-            clauses.append(Item.quantity > 0 if self.in_stock else Item.quantity == 0)
+            # In the statement's text, not a parameter: in_stock is part of the shape.
+            zero: ColumnElement[int] = literal_column("0")
+            clauses.append(Item.quantity > zero if self.in_stock else Item.quantity == zero)
         return clauses
+
+    @property
+    def shape(self) -> tuple[bool, bool, bool, bool | None]:
+        return (
+            bool(self.q),
+            self.min_price_cents is not None,
+            self.max_price_cents is not None,
+            self.in_stock,
+        )
 
 
 def _escape_like(text: str) -> str:
@@ -61,7 +100,7 @@ def _escape_like(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Keyset:
-    """A sort order (``price`` or ``-price``) and where the previous page stopped."""
+    """A sort order (``price`` or ``-price``)."""
 
     sort: str
 
@@ -77,27 +116,38 @@ class Keyset:
         columns = [_SORT_COLUMNS[self.key], Item.id] if self.key != "id" else [Item.id]
         return [c.desc() for c in columns] if self.descending else [c.asc() for c in columns]
 
-    def cursor_payload(self, item: ItemRecord) -> list[Any]:
-        """The cursor of the page that starts after ``item``."""
+    def cursor_payload(self, item: Any) -> list[Any]:
+        """The cursor of the page that starts after ``item`` (a row of the table)."""
         value = getattr(item, _SORT_COLUMNS[self.key].key)
         if isinstance(value, dt.datetime):
             value = value.isoformat()
         return [self.sort, value, item.id]
 
-    def after(self, payload: list[Any]) -> ColumnElement[bool]:
-        """The condition for rows after the cursor ``payload``; a foreign cursor is a 422."""
-        if len(payload) != 3 or payload[0] != self.sort or not _is_int(payload[2]):
-            raise invalid_cursor()
-        value, last_id = self._parse_value(payload[1]), int(payload[2])
+    def after(self) -> ColumnElement[bool]:
+        """The condition for rows after a cursor (bind parameters ``after_value`` and
+        ``after_id``)."""
         column = _SORT_COLUMNS[self.key]
+        last_id: BindParameter[int] = bindparam("after_id")
         if self.key == "id":
             return Item.id < last_id if self.descending else Item.id > last_id
+        value = bindparam("after_value", type_=column.type)
         if self.descending:
             return or_(column < value, and_(column == value, Item.id < last_id))
         return or_(column > value, and_(column == value, Item.id > last_id))
 
+    def after_params(self, payload: list[Any]) -> dict[str, Any]:
+        """The bind parameters of a cursor's ``payload``; a foreign cursor is a 422."""
+        if len(payload) != 3 or payload[0] != self.sort or not _is_int(payload[2]):
+            raise invalid_cursor()
+        params = {"after_id": int(payload[2])}
+        if self.key != "id":
+            params["after_value"] = self._parse_value(payload[1])
+        elif not _is_int(payload[1]):
+            raise invalid_cursor()
+        return params
+
     def _parse_value(self, value: Any) -> Any:
-        if self.key in ("id", "price"):
+        if self.key == "price":
             if not _is_int(value):
                 raise invalid_cursor()
             return value
@@ -118,64 +168,45 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
 
 
-_COLUMNS = tuple(Item.__table__.columns)
-_BY_ID = select(*_COLUMNS).where(Item.id == bindparam("item_id"))
+Shape = tuple[Any, ...]
 
 
-def _select(
-    where: ItemFilter, keyset: Keyset, after: list[Any] | None, columns: Sequence[Any] = ()
-) -> Select[Any]:
-    clauses = where.clauses()
-    if after is not None:
-        clauses.append(keyset.after(after))
-    return select(*(columns or _COLUMNS)).where(and_(true(), *clauses)).order_by(*keyset.order_by())
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """One list (or export) query: filters, order, where the previous page stopped, and
+    the page size (None: every row, for the export)."""
 
+    where: ItemFilter
+    keyset: Keyset
+    after: list[Any] | None = None
+    limit: int | None = None
 
-class ItemReads:
-    """Reads of items as plain rows of the table, on a connection: the hot paths (an item
-    by id, a list page) need no session, no transaction and no ORM objects."""
+    @property
+    def shape(self) -> Shape:
+        """What decides the statement's text (not its parameters' values)."""
+        return (*self.where.shape, self.keyset.sort, self.after is not None, self.limit is None)
 
-    def __init__(self, connection: AsyncConnection) -> None:
-        self.connection = connection
+    def params(self) -> dict[str, Any]:
+        params = self.where.params()
+        if self.after is not None:
+            params.update(self.keyset.after_params(self.after))
+        if self.limit is not None:
+            params["limit"] = self.limit + 1  # one more: is there a next page?
+        return params
 
-    async def get(self, item_id: int) -> ItemRecord | None:
-        return (await self.connection.execute(_BY_ID, {"item_id": item_id})).first()
+    def select(self, columns: Sequence[Any] = ()) -> Select[Any]:
+        """The statement of this shape (``columns``: the table's, or expressions over
+        them), with named bind parameters."""
+        clauses = self.where.clauses()
+        if self.after is not None:
+            clauses.append(self.keyset.after())
+        stmt = (
+            select(*(columns or ITEM_TABLE_COLUMNS))
+            .where(and_(true(), *clauses))
+            .order_by(*self.keyset.order_by())
+        )
+        return stmt if self.limit is None else stmt.limit(bindparam("limit"))
 
-    async def page(
-        self, where: ItemFilter, keyset: Keyset, after: list[Any] | None, limit: int
-    ) -> Sequence[ItemRecord]:
-        stmt = _select(where, keyset, after).limit(limit + 1)
-        rows: Sequence[ItemRecord] = (await self.connection.execute(stmt)).all()
-        return rows
-
-    async def count(self, where: ItemFilter) -> int:
-        stmt = select(func.count()).select_from(Item).where(and_(true(), *where.clauses()))
-        return int((await self.connection.execute(stmt)).scalar_one())
-
-
-class ItemRepository:
-    """Thin data access for items in a write transaction; the service owns it."""
-
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def get_for_update(self, item_id: int) -> Item | None:
-        # FOR UPDATE on PostgreSQL; SQLite ignores it (its write lock is already held).
-        stmt = select(Item).where(Item.id == item_id).with_for_update()
-        return (await self.session.scalars(stmt)).one_or_none()
-
-    async def add(self, item: Item) -> Item:
-        self.session.add(item)
-        await self.session.flush()
-        return item
-
-    async def delete(self, item: Item) -> None:
-        await self.session.delete(item)
-        await self.session.flush()
-
-    def export_select(
-        self, where: ItemFilter, keyset: Keyset, columns: Sequence[Any] = ()
-    ) -> Select[Any]:
-        """The same selection and order as the list, as plain rows (no ORM objects) of the
-        table's columns, or of ``columns`` (expressions over them)."""
-        return _select(where, keyset, None, columns)
+    def count(self) -> Select[Any]:
+        clauses = self.where.clauses()
+        return select(func.count()).select_from(Item).where(and_(true(), *clauses))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, Header, Query, Response, status
+import orjson
+from fastapi import APIRouter, Body, Header, Response, status
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from stockroom.auth.deps import READ, WRITE
-from stockroom.deps import ReadEngineDep, SessionDep
-from stockroom.errors import InvalidRequestError
+from stockroom.deps import DatabaseDep
 from stockroom.http import (
     ETAG_HEADER,
     LOCATION_HEADER,
@@ -18,25 +18,24 @@ from stockroom.http import (
     Limit,
     Page,
     etag_matches,
-    json_response,
 )
-from stockroom.idempotency.deps import IdempotencyDep
+from stockroom.idempotency.deps import IdempotencyDep, answer_response
 from stockroom.idempotency.service import StoredAnswer
 from stockroom.items import service
-from stockroom.items.models import ItemRecord
-from stockroom.items.repository import ItemFilter
+from stockroom.items.deps import ItemFilterDep, ItemStoreDep, ItemWriterDep
+from stockroom.items.models import ItemRow
 from stockroom.items.schemas import (
-    SEARCH_PATTERN,
     ItemCreate,
     ItemId,
     ItemPublic,
     ItemUpdate,
-    Money,
     SortKey,
+    item_json,
 )
+from stockroom.items.writer import etag_of
 from stockroom.problems import problem_responses
 
-__all__ = ["ITEM_PATH", "ItemFilterDep", "router"]
+__all__ = ["ITEM_PATH", "router"]
 
 router = APIRouter(
     prefix="/items",
@@ -63,20 +62,19 @@ IfNoneMatch = Annotated[
     str | None,
     Header(description="Answer 304 (no body) if the item's ETag is one of these (or `*`)."),
 ]
-PriceBound = Annotated[Money | None, Query()]
 
 
-def _public(item: ItemRecord) -> ItemPublic:
-    return ItemPublic.from_item(item)
+_JSON = "application/json"
 
 
-def _created(item: ItemRecord) -> StoredAnswer:
+def _created(item: ItemRow) -> StoredAnswer:
     return StoredAnswer.json(
-        status.HTTP_201_CREATED,
-        _public(item),
-        Location=f"/items/{item.id}",
-        ETag=service.etag_of(item),
+        status.HTTP_201_CREATED, item_json(item), Location=f"/items/{item.id}", ETag=etag_of(item)
     )
+
+
+def _item_response(item: ItemRow) -> Response:
+    return Response(item_json(item), media_type=_JSON, headers={"ETag": etag_of(item)})
 
 
 @router.post(
@@ -90,60 +88,28 @@ def _created(item: ItemRecord) -> StoredAnswer:
     dependencies=[WRITE],
     operation_id="createItem",
 )
-async def create_item(
-    session: SessionDep, body: ItemCreate, idempotency: IdempotencyDep
-) -> Response:
-    return await idempotency.execute(
-        lambda before_commit: service.create_item(session, body, before_commit=before_commit),
-        _created,
-    )
-
-
-async def item_filter(
-    q: Annotated[
-        str | None,
-        Query(
-            max_length=200,
-            pattern=SEARCH_PATTERN,
-            description="Case-insensitive part of sku or name.",
-        ),
-    ] = None,
-    min_price: PriceBound = None,
-    max_price: PriceBound = None,
-    in_stock: bool | None = None,
-) -> ItemFilter:
-    """The list filters, shared by the list and the export."""
-    if min_price is not None and max_price is not None and min_price > max_price:
-        raise InvalidRequestError(
-            "min_price is greater than max_price.", loc=("query", "min_price")
-        )
-    return ItemFilter(
-        q=q,
-        min_price_cents=None if min_price is None else service.to_cents(min_price),
-        max_price_cents=None if max_price is None else service.to_cents(max_price),
-        in_stock=in_stock,
-    )
-
-
-ItemFilterDep = Annotated[ItemFilter, Depends(item_filter)]
+async def create_item(body: ItemCreate, writer: ItemWriterDep, unit: IdempotencyDep) -> Response:
+    answer, replayed = await unit.run(lambda connection: writer.create(connection, body), _created)
+    return answer_response(answer, replayed=replayed)
 
 
 @router.get("", response_model=Page[ItemPublic], dependencies=[READ], operation_id="listItems")
 async def list_items(
-    db: ReadEngineDep,
+    store: ItemStoreDep,
     where: ItemFilterDep,
     limit: Limit = 50,
     cursor: Cursor = None,
     sort: SortKey = "id",
     count: bool = False,
 ) -> Response:
-    page = await service.list_items(db, where, sort=sort, cursor=cursor, limit=limit, count=count)
-    return json_response(
-        Page(
-            data=[_public(item) for item in page.items],
-            next_cursor=page.next_cursor,
-            total=page.total,
-        )
+    page = await service.list_items(
+        store, where, sort=sort, cursor=cursor, limit=limit, count=count
+    )
+    data = b",".join(item_json(item) for item in page.items)
+    tail = b"" if page.total is None else b',"total":%d' % page.total
+    cursor_json = orjson.dumps(page.next_cursor)
+    return Response(
+        b'{"data":[%s],"next_cursor":%s%s}' % (data, cursor_json, tail), media_type=_JSON
     )
 
 
@@ -162,15 +128,14 @@ async def list_items(
     operation_id="getItem",
 )
 async def get_item(
-    db: ReadEngineDep,
+    store: ItemStoreDep,
     item_id: ItemId,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
-    item = await service.get_item(db, item_id)
-    etag = service.etag_of(item)
-    if if_none_match is not None and etag_matches(if_none_match, etag, weak=True):
-        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-    return json_response(_public(item), headers={"ETag": etag})
+    item = await service.get_item(store, item_id)
+    if if_none_match is not None and etag_matches(if_none_match, etag_of(item), weak=True):
+        return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag_of(item)})
+    return _item_response(item)
 
 
 @router.patch(
@@ -181,15 +146,15 @@ async def get_item(
     operation_id="updateItem",
 )
 async def update_item(
-    session: SessionDep,
+    db: DatabaseDep,
+    writer: ItemWriterDep,
     item_id: ItemId,
     body: Annotated[ItemUpdate, Body()],
-    response: Response,
     if_match: IfMatch = None,
-) -> ItemPublic:
-    item = await service.update_item(session, item_id, body, if_match=if_match)
-    response.headers["ETag"] = service.etag_of(item)
-    return _public(item)
+) -> Response:
+    async with db.transaction() as connection:
+        item = await writer.update(connection, item_id, body.changes(), if_match=if_match)
+    return _item_response(item)
 
 
 @router.delete(
@@ -199,5 +164,9 @@ async def update_item(
     dependencies=[WRITE],
     operation_id="deleteItem",
 )
-async def delete_item(session: SessionDep, item_id: ItemId, if_match: IfMatch = None) -> None:
-    await service.delete_item(session, item_id, if_match=if_match)
+async def delete_item(
+    db: DatabaseDep, writer: ItemWriterDep, item_id: ItemId, if_match: IfMatch = None
+) -> Response:
+    async with db.transaction() as connection:
+        await writer.delete(connection, item_id, if_match=if_match)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

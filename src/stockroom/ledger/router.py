@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, status
 from starlette.responses import Response
 
 from stockroom.auth.deps import READ, WRITE
-from stockroom.deps import SessionDep
 from stockroom.http import REPLAYED_HEADER, Cursor, Limit, Page
-from stockroom.idempotency.deps import IdempotencyDep
+from stockroom.idempotency.deps import IdempotencyDep, answer_response
 from stockroom.idempotency.service import StoredAnswer
-from stockroom.items.schemas import ItemId
+from stockroom.items.deps import ItemStoreDep, ItemWriterDep
+from stockroom.items.models import AdjustmentRow
+from stockroom.items.schemas import AdjustmentPublic, ItemId, adjustment_json
 from stockroom.ledger import service
-from stockroom.ledger.models import Adjustment
-from stockroom.ledger.schemas import AdjustmentCreate, AdjustmentPublic
+from stockroom.ledger.schemas import AdjustmentCreate
 from stockroom.problems import problem_responses
 
 __all__ = ["router"]
@@ -25,12 +26,8 @@ router = APIRouter(
 )
 
 
-def _public(adjustment: Adjustment) -> AdjustmentPublic:
-    return AdjustmentPublic.model_validate(adjustment, from_attributes=True)
-
-
-def _created(adjustment: Adjustment) -> StoredAnswer:
-    return StoredAnswer.json(status.HTTP_201_CREATED, _public(adjustment))
+def _created(adjustment: AdjustmentRow) -> StoredAnswer:
+    return StoredAnswer.json(status.HTTP_201_CREATED, adjustment_json(adjustment))
 
 
 @router.post(
@@ -42,16 +39,14 @@ def _created(adjustment: Adjustment) -> StoredAnswer:
     operation_id="createAdjustment",
 )
 async def create_adjustment(
-    session: SessionDep, item_id: ItemId, body: AdjustmentCreate, idempotency: IdempotencyDep
+    item_id: ItemId, body: AdjustmentCreate, writer: ItemWriterDep, unit: IdempotencyDep
 ) -> Response:
     """Change an item's stock. Removing more than is in stock is a 409 `insufficient-stock`
     whose `available` member says how much there was; nothing changes."""
-    return await idempotency.execute(
-        lambda before_commit: service.adjust(
-            session, item_id, body.delta, body.reason, before_commit=before_commit
-        ),
-        _created,
+    answer, replayed = await unit.run(
+        lambda connection: writer.adjust(connection, item_id, body.delta, body.reason), _created
     )
+    return answer_response(answer, replayed=replayed)
 
 
 @router.get(
@@ -61,11 +56,13 @@ async def create_adjustment(
     operation_id="listAdjustments",
 )
 async def list_adjustments(
-    session: SessionDep,
+    store: ItemStoreDep,
     item_id: ItemId,
     limit: Limit = 50,
     cursor: Cursor = None,
-) -> Page[AdjustmentPublic]:
+) -> Response:
     """The item's ledger, newest first."""
-    page = await service.list_adjustments(session, item_id, cursor=cursor, limit=limit)
-    return Page(data=[_public(a) for a in page.adjustments], next_cursor=page.next_cursor)
+    page = await service.list_adjustments(store, item_id, cursor=cursor, limit=limit)
+    data = b",".join(adjustment_json(a) for a in page.adjustments)
+    body = b'{"data":[%s],"next_cursor":%s}' % (data, orjson.dumps(page.next_cursor))
+    return Response(body, media_type="application/json")

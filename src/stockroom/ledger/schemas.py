@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, field_validator
@@ -10,7 +9,7 @@ from pydantic_core import PydanticCustomError
 
 from stockroom.items.schemas import NO_NUL_PATTERN
 
-__all__ = ["MAX_DELTA", "AdjustmentCreate", "AdjustmentPublic"]
+__all__ = ["MAX_DELTA", "AdjustmentCreate"]
 
 MAX_DELTA = 1_000_000_000
 
@@ -34,12 +33,3 @@ class AdjustmentCreate(BaseModel):
         if value == 0:
             raise PydanticCustomError("delta_zero", "delta must not be 0")
         return value
-
-
-class AdjustmentPublic(BaseModel):
-    id: int
-    item_id: int
-    delta: int
-    reason: str | None
-    quantity_after: int
-    created_at: dt.datetime

@@ -2,11 +2,12 @@
 attempt. Runs inside ``stockroom serve`` (unless ``STOCKROOM_WEBHOOK_DISPATCHER=off``) or
 alone as ``stockroom worker``; any number of them may share one PostgreSQL.
 
-One loop: turn new events into deliveries (``fan_out``), claim due deliveries in batches,
-start a task per delivery as slots free up, sleep until woken (a new event, a webhook
-running short of claimed deliveries) or the poll interval. Steps are at least
-``_STEP_GAP`` apart, so a burst of commits costs one fan-out and one claim, not one each.
-Outcomes are written in batches by a second task. At a thousand deliveries a second the
+One loop: turn new events into deliveries (``queue.fan_out``), claim due deliveries in
+batches (``queue.claim``, with the store of the database it is on), start a task per
+delivery as slots free up, sleep until woken (a new event, a webhook running short of
+claimed deliveries) or the poll interval. Steps are at least ``_STEP_GAP`` apart, so a
+burst of commits costs one fan-out and one claim, not one each. Outcomes are written in
+batches by a second task. At a thousand deliveries a second the
 database sees a few dozen transactions a second, not thousands.
 
 Two bounds: ``STOCKROOM_WEBHOOK_CONCURRENCY`` deliveries in flight in all, and
@@ -37,9 +38,10 @@ from stockroom.db import utcnow
 from stockroom.events.wakeup import Wakeup
 from stockroom.observability import Metrics
 from stockroom.settings import Settings
-from stockroom.webhooks import service
+from stockroom.webhooks import queue
+from stockroom.webhooks.queue import DELIVERED, FAILED, PENDING, Claimed, Outcome
 from stockroom.webhooks.security import GuardedTransport, secret_key, sign
-from stockroom.webhooks.service import DELIVERED, FAILED, PENDING, Claimed, Outcome
+from stockroom.webhooks.store import DeliveryStore
 
 __all__ = ["MAX_RESPONSE_BYTES", "Dispatcher", "create_http_client", "dispatching"]
 
@@ -93,10 +95,12 @@ class Dispatcher:
         sessions: async_sessionmaker[AsyncSession],
         wakeup: Wakeup,
         client: httpx.AsyncClient,
+        store: DeliveryStore,
         metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
+        self._store = store
         self._wakeup = wakeup
         self._flag = wakeup.reader()
         self._client = client
@@ -155,7 +159,7 @@ class Dispatcher:
             now = time.monotonic()
             if now >= self._last_fan_out + _FAN_OUT_GAP:
                 self._last_fan_out, self._fan_out_owed = now, False
-                while await service.fan_out(session) >= service.FAN_OUT_BATCH:
+                while await queue.fan_out(session) >= queue.FAN_OUT_BATCH:
                     pass
             else:
                 self._fan_out_owed = True
@@ -163,16 +167,19 @@ class Dispatcher:
             # time, from webhooks that do not have a round waiting already. Those waiting
             # for a webhook at its own bound do not count: they cannot use a free slot.
             startable = sum(
-                len(queue)
-                for webhook_id, queue in self._ready.items()
+                len(waiting)
+                for webhook_id, waiting in self._ready.items()
                 if self._busy[webhook_id] < self._per_webhook
             )
             want = 2 * self._concurrency - len(self._in_flight) - startable
             if want >= max(1, self._concurrency // 2) and not self._stopping.is_set():
-                stocked = [w for w, queue in self._ready.items() if len(queue) >= self._per_webhook]
+                stocked = [
+                    w for w, waiting in self._ready.items() if len(waiting) >= self._per_webhook
+                ]
                 before = time.monotonic()
-                claimed = await service.claim(
+                claimed = await queue.claim(
                     session,
+                    self._store,
                     want,
                     self._lease,
                     per_webhook=_CLAIM_ROUNDS * self._per_webhook,
@@ -196,13 +203,13 @@ class Dispatcher:
                 continue
             # Taken out and put back at the end: when the overall bound binds, the webhooks
             # take turns.
-            queue = self._ready.pop(webhook_id)
+            waiting = self._ready.pop(webhook_id)
             while (
-                queue
+                waiting
                 and self._busy[webhook_id] < self._per_webhook
                 and len(self._in_flight) < self._concurrency
             ):
-                usable_until, delivery = queue.popleft()
+                usable_until, delivery = waiting.popleft()
                 if now > usable_until:
                     # Waited so long that its lease could end mid-attempt and another
                     # instance send it too: left; it is due again when the lease ends.
@@ -211,8 +218,8 @@ class Dispatcher:
                 self._in_flight[task] = delivery
                 self._busy[webhook_id] += 1
                 task.add_done_callback(self._finished)
-            if queue:
-                self._ready[webhook_id] = queue
+            if waiting:
+                self._ready[webhook_id] = waiting
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         delivery = self._in_flight.pop(task, None)
@@ -319,7 +326,7 @@ class Dispatcher:
         batch, self._outcomes = self._outcomes, []
         try:
             async with self._sessions() as session:
-                await service.save_outcomes(session, batch)
+                await queue.save_outcomes(session, batch)
         except BaseException:
             self._outcomes[:0] = batch  # keep them for the next try
             raise
@@ -328,9 +335,9 @@ class Dispatcher:
         """Let deliveries in flight finish within the shutdown timeout; give the others
         back for another instance (their lease would otherwise hold them)."""
         # Claimed but not started: given back at once, another instance can send them now.
-        waiting = [delivery for queue in self._ready.values() for _, delivery in queue]
+        not_started = [delivery for waiting in self._ready.values() for _, delivery in waiting]
         self._ready.clear()
-        await self._give_back(waiting, "not started")
+        await self._give_back(not_started, "not started")
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=self._settings.shutdown_timeout)
         unfinished = dict(self._in_flight)
@@ -345,7 +352,7 @@ class Dispatcher:
             return
         try:
             async with self._sessions() as session:
-                await service.release(session, deliveries)
+                await queue.release(session, deliveries)
         except Exception as exc:
             log.warning("cannot give back webhook deliveries", which=which, error=str(exc))
         else:
@@ -357,11 +364,12 @@ async def dispatching(
     settings: Settings,
     sessions: async_sessionmaker[AsyncSession],
     wakeup: Wakeup,
+    store: DeliveryStore,
     metrics: Metrics | None = None,
 ) -> AsyncIterator[Dispatcher]:
     """Run a dispatcher (and its HTTP client) for the duration of the block."""
     async with create_http_client(settings) as client:
-        dispatcher = Dispatcher(settings, sessions, wakeup, client, metrics)
+        dispatcher = Dispatcher(settings, sessions, wakeup, client, store, metrics)
         task = asyncio.create_task(dispatcher.run(), name="webhook-dispatcher")
         try:
             yield dispatcher

@@ -31,7 +31,7 @@ class Delivery(Base):
     __table_args__ = (
         UniqueConstraint("webhook_id", "event_seq"),
         Index(None, "status", "next_attempt_at"),
-        # Claims: each webhook's oldest due deliveries (see service.claim).
+        # Claims: each webhook's oldest due deliveries (see queue.claim).
         Index(None, "webhook_id", "status", "next_attempt_at"),
         Index(None, "event_seq"),
         {"sqlite_autoincrement": True},

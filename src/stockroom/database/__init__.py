@@ -1,0 +1,64 @@
+"""The database a process writes through: one per process, made in the lifespan.
+
+Everything that differs between PostgreSQL and SQLite lives in one module per database:
+``_postgresql.py`` and ``_sqlite.py`` here (connections and transactions), and the same two
+modules in each domain that has statements of its own (``items``, ``idempotency``,
+``events``, ``webhooks``). ``stockroom.stores`` puts them together, once, in the lifespan,
+by ``Settings.backend``; no other code asks which database it is on.
+
+A :class:`Database` hands out connections of its driver: an ``asyncpg.Connection`` on
+PostgreSQL (the hot statements run on asyncpg directly, prepared once per connection), a
+SQLAlchemy ``AsyncConnection`` on SQLite. Only the same database's store modules use them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, NamedTuple, Protocol, TypeVar
+
+__all__ = ["Database", "PoolStatus"]
+
+T = TypeVar("T")
+
+
+class PoolStatus(NamedTuple):
+    """The requests' connection pool, for the pool gauges of /metrics."""
+
+    size: int  # connections kept
+    maximum: int  # with the overflow
+    checked_out: int
+    overflow: int  # open above ``size``
+
+
+class Database(Protocol):
+    """Connections of one database, for the stores."""
+
+    async def start(self) -> None:
+        """Open the pool (connections are made when first needed)."""
+
+    async def close(self) -> None:
+        """Close every connection (the end of the lifespan)."""
+
+    def connection(self) -> AbstractAsyncContextManager[Any]:
+        """A connection held for the block, outside any transaction (a stream, an import
+        that commits as it goes)."""
+
+    def write(self, connection: Any) -> AbstractAsyncContextManager[None]:
+        """A write transaction on a held ``connection`` (or a savepoint inside one)."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Any]:
+        """A connection in a write transaction, committed when the block ends without an
+        error (rolled back otherwise). SQLite takes its write lock at the start."""
+
+    async def read(self, query: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``query`` on a connection outside any transaction, held only while it runs;
+        once more on a new connection if the first turned out dead (a read changes
+        nothing)."""
+
+    def pool_status(self) -> PoolStatus: ...
+
+    async def listen(self, channel: str, on_notify: Callable[[], None]) -> None:
+        """Call ``on_notify`` on each notification on ``channel``, until cancelled, where
+        the database can say so (PostgreSQL's LISTEN, not through PgBouncer); elsewhere
+        wait to be cancelled: readers poll."""

@@ -1,0 +1,249 @@
+"""PostgreSQL: one asyncpg pool, owned by the lifespan.
+
+The stores run their statements on asyncpg directly: SQLAlchemy's async execution path
+costs more than the statement itself for the hot paths (docs/async.md). asyncpg prepares
+each statement once per connection and keeps it (its statement cache), except through
+PgBouncer in transaction mode, where a prepared statement may be missing on the next
+transaction's server connection: there the cache is off and every statement is prepared
+anew, unnamed.
+
+Driver errors that mean "try again later" (no connection in time, a refused or lost
+connection, a statement timeout, a server shutting down) leave as :class:`UnavailableError`
+(503); anything else is a bug and propagates (500).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+import structlog
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from stockroom.database import PoolStatus
+from stockroom.db import PGBOUNCER_CONNECT_ARGS
+from stockroom.errors import UnavailableError
+from stockroom.settings import Settings
+
+__all__ = ["PostgresDatabase", "create_engine"]
+
+T = TypeVar("T")
+
+log = structlog.get_logger("stockroom.database")
+
+# SQLSTATEs that mean "try again later": a statement cancelled by statement_timeout (57014),
+# too many connections (53300), a server shutting down or starting (57P01-57P03), and every
+# connection exception (class 08).
+_TRANSIENT_SQLSTATES = ("57014", "53300", "57P01", "57P02", "57P03", "08")
+# Errors of the connection itself, raised before or instead of a server's answer.
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+_CLOSE_SECONDS = 5.0
+_RECONNECT_SECONDS = 2.0
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """The process's SQLAlchemy engine on PostgreSQL: the background work and the admin
+    endpoints (the requests' statements run on :class:`PostgresDatabase`'s pool). Its pool
+    is bounded so that overload is a 503, not a pile-up."""
+    statement_ms = int(settings.database_statement_timeout * 1000)
+    connect_args: dict[str, Any] = {
+        "timeout": settings.database_connect_timeout,
+        # The client-side backstop if the server never answers (a dead network).
+        "command_timeout": settings.database_statement_timeout + 5,
+        "server_settings": {
+            "statement_timeout": str(statement_ms),
+            "application_name": "stockroom",
+        },
+    }
+    if settings.database_pgbouncer:
+        connect_args.update(PGBOUNCER_CONNECT_ARGS)
+        # PgBouncer refuses unknown startup parameters, and a session SET would stick to
+        # one server connection only; the timeout is set in every transaction instead.
+        connect_args["server_settings"] = {"application_name": "stockroom"}
+    engine = create_async_engine(
+        settings.database,
+        # The requests' statements run on the asyncpg pool of database/_postgresql.py; this
+        # engine serves the background work and the admin endpoints.
+        pool_size=settings.database_background_pool_size,
+        max_overflow=0,
+        pool_timeout=settings.database_pool_timeout,
+        # No pool_pre_ping: it costs every request a round trip (a third of a GET's). A
+        # connection the server closed is replaced at checkout instead (_on_checkout), and
+        # a read that meets one anyway fails once (a 503).
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )
+    event.listen(engine.sync_engine, "checkout", _on_checkout)
+    if settings.database_pgbouncer:
+        set_timeout = f"SET LOCAL statement_timeout = {statement_ms}"
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _on_begin(connection: Connection) -> None:
+            connection.exec_driver_sql(set_timeout)
+
+    return engine
+
+
+def _on_checkout(
+    dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    # asyncpg notices at once when the server closes a connection (restart, failover,
+    # pg_terminate_backend, an idle timeout): the pool then opens a new one instead of
+    # handing out a dead one. Free, unlike a ping.
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("connection closed by the server while in the pool")
+
+
+class PostgresDatabase:
+    def __init__(self, settings: Settings, *, on_commit: Callable[[], None]) -> None:
+        self._settings = settings
+        self._on_commit = on_commit
+        self._pool: asyncpg.Pool | None = None
+        self._pgbouncer = settings.database_pgbouncer
+        self._set_timeout = (
+            f"SET LOCAL statement_timeout = {int(settings.database_statement_timeout * 1000)}"
+        )
+
+    async def start(self) -> None:
+        settings = self._settings
+        dsn = settings.database.set(drivername="postgresql").render_as_string(hide_password=False)
+        server_settings = {"application_name": "stockroom"}
+        if not self._pgbouncer:
+            # PgBouncer refuses unknown startup parameters; there the timeout is set in
+            # every transaction instead.
+            server_settings["statement_timeout"] = str(
+                int(settings.database_statement_timeout * 1000)
+            )
+        self._pool = await asyncpg.create_pool(
+            dsn,
+            # No connection until one is needed: start-up works with the database away.
+            min_size=0,
+            max_size=settings.database_pool_size + settings.database_max_overflow,
+            max_inactive_connection_lifetime=300,
+            timeout=settings.database_connect_timeout,
+            # The client-side backstop if the server never answers (a dead network).
+            command_timeout=settings.database_statement_timeout + 5,
+            statement_cache_size=0 if self._pgbouncer else 256,
+            server_settings=server_settings,
+        )
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        try:
+            await asyncio.wait_for(self._pool.close(), _CLOSE_SECONDS)
+        except TimeoutError:
+            log.warning("database connections still busy at shutdown; closing them")
+            self._pool.terminate()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; every driver error inside the block is translated."""
+        assert self._pool is not None, "the database is not started"
+        with _translated():
+            async with self._pool.acquire(timeout=self._settings.database_pool_timeout) as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def write(self, connection: asyncpg.Connection) -> AsyncIterator[None]:
+        nested = connection.is_in_transaction()
+        with _translated():
+            async with connection.transaction():
+                if self._pgbouncer and not nested:
+                    await connection.execute(self._set_timeout)
+                yield
+        if not nested:
+            self._on_commit()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.connection() as connection, self.write(connection):
+            yield connection
+
+    async def read(self, query: Callable[[Any], Awaitable[T]]) -> T:
+        if self._pgbouncer:
+            # Through PgBouncer the statement timeout is set per transaction.
+            async with self.connection() as connection, connection.transaction():
+                await connection.execute(self._set_timeout)
+                return await query(connection)
+        try:
+            async with self.connection() as connection:
+                return await query(connection)
+        except UnavailableError as exc:
+            # A connection the server closed an instant before: once more, on a new one.
+            if not isinstance(exc.__cause__, asyncpg.ConnectionDoesNotExistError):
+                raise
+        async with self.connection() as connection:
+            return await query(connection)
+
+    async def listen(self, channel: str, on_notify: Callable[[], None]) -> None:
+        """Hold one LISTEN connection (not through PgBouncer, where LISTEN cannot work and
+        the poll interval rules); reconnect when it is lost."""
+        if self._pgbouncer:
+            await asyncio.Event().wait()
+        settings = self._settings
+        dsn = settings.database.set(drivername="postgresql").render_as_string(hide_password=False)
+        while True:
+            connection: asyncpg.Connection | None = None
+            try:
+                connection = await asyncpg.connect(
+                    dsn,
+                    timeout=settings.database_connect_timeout,
+                    server_settings={"application_name": "stockroom-listen"},
+                )
+                lost = asyncio.Event()
+                connection.add_termination_listener(lambda _conn, flag=lost: flag.set())
+                await connection.add_listener(channel, lambda *_args: on_notify())
+                on_notify()  # anything committed while we were not listening
+                await lost.wait()
+                log.warning("event listener connection lost; reconnecting")
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("event listener cannot connect; polling until it can", error=str(exc))
+            finally:
+                if connection is not None and not connection.is_closed():
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(connection.close(timeout=2))
+            await asyncio.sleep(_RECONNECT_SECONDS)
+
+    def pool_status(self) -> PoolStatus:
+        size = self._settings.database_pool_size
+        maximum = size + self._settings.database_max_overflow
+        if self._pool is None:
+            return PoolStatus(size, maximum, 0, 0)
+        opened = self._pool.get_size()
+        return PoolStatus(size, maximum, opened - self._pool.get_idle_size(), max(0, opened - size))
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Driver errors that a retry may cure, as a 503; the driver's text goes to the log."""
+    try:
+        yield
+    except asyncpg.PostgresError as exc:
+        sqlstate = getattr(exc, "sqlstate", None) or ""
+        if not sqlstate.startswith(_TRANSIENT_SQLSTATES):
+            raise
+        log.warning("database unavailable", error=type(exc).__name__, sqlstate=sqlstate)
+        raise _unavailable() from exc
+    except _CONNECTION_ERRORS as exc:
+        log.warning("database unavailable", error=type(exc).__name__)
+        raise _unavailable() from exc
+
+
+def _unavailable() -> UnavailableError:
+    return UnavailableError(
+        "The database is unavailable or busy; retry shortly.", headers={"Retry-After": "1"}
+    )

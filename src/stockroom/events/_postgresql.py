@@ -1,0 +1,49 @@
+"""Events on PostgreSQL: written with asyncpg on the transaction's connection (``txid``
+comes from the column's default, ``pg_current_xact_id()``), or made by the server in a
+set-based statement (:meth:`PostgresEventStore.insert_select`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+__all__ = ["UTC_TEXT", "PostgresEventStore"]
+
+# A timestamptz as the API writes times (events.log.format_time): RFC 3339 in UTC, with
+# microseconds only when there are any.
+UTC_TEXT = (
+    "CASE WHEN extract(microseconds FROM {c})::bigint % 1000000 = 0 "
+    "THEN to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
+    "ELSE to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END"
+)
+_INSERT = "INSERT INTO events (id, type, body, created_at) VALUES ($1, $2, $3, $4)"
+
+
+class PostgresEventStore:
+    async def append(self, connection: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -> None:
+        if len(rows) == 1:
+            row = rows[0]
+            await connection.execute(
+                _INSERT, row["id"], row["type"], row["body"], row["created_at"]
+            )
+        elif rows:
+            await connection.executemany(
+                _INSERT, [(r["id"], r["type"], r["body"], r["created_at"]) for r in rows]
+            )
+
+    @staticmethod
+    def insert_select(kind: str, source: str, payload: str, at: str) -> str:
+        """SQL that writes one ``kind`` event per row of the query ``source`` (aliased
+        ``e``), whose ``data`` is the JSON expression ``payload`` over ``e`` and whose time
+        is the column ``at`` of ``e``: the same body as ``events.log.event_row`` makes."""
+        body = (
+            f"jsonb_build_object('id', e.event_id, 'type', '{kind}', "
+            f"'created_at', {UTC_TEXT.format(c=at)}, 'data', {payload})::text"
+        )
+        return (
+            "INSERT INTO events (id, type, body, created_at) "
+            f"SELECT e.event_id, '{kind}', {body}, {at} "
+            f"FROM (SELECT gen_random_uuid()::text AS event_id, s.* FROM ({source}) s) e"
+        )

@@ -1,0 +1,294 @@
+"""Items on SQLite: SQLAlchemy Core on the engine's connections (SQLite runs in the
+process: there is no round trip to save, and statements are simple to keep as Core).
+
+Its write lock is the database's, taken at the start of every write transaction, so the
+"for update" reads here need no lock of their own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    cast,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from stockroom.database._sqlite import SqliteDatabase
+from stockroom.db import is_unique_violation
+from stockroom.errors import DuplicateError
+from stockroom.events._sqlite import SqliteEventStore
+from stockroom.events.log import event_row
+from stockroom.items.event_types import ITEM_CREATED, ITEM_UPDATED, STOCK_ADJUSTED
+from stockroom.items.models import Adjustment, AdjustmentRow, Item, ItemRow
+from stockroom.items.repository import ITEM_TABLE_COLUMNS, Listing
+from stockroom.items.schemas import MAX_QUANTITY, adjustment_json, item_json
+from stockroom.items.store import BatchCounts, NewItem, ValidRow
+
+__all__ = ["SqliteItemStore"]
+
+REASON_IMPORT = "import"
+_ITEMS = Item.metadata.tables["items"]
+_ADJUSTMENTS = Adjustment.metadata.tables["adjustments"]
+_ADJUSTMENT_COLUMNS = tuple(_ADJUSTMENTS.columns)
+
+# Built once: building expressions again for every request costs more than running them.
+_GET = select(*ITEM_TABLE_COLUMNS).where(Item.id == bindparam("item_id"))
+_NEW_QUANTITY = cast(Item.quantity, BigInteger) + bindparam("delta")  # no integer overflow
+_ADD_STOCK = (
+    update(_ITEMS)
+    .where(Item.id == bindparam("item_id"), _NEW_QUANTITY >= 0, _NEW_QUANTITY <= MAX_QUANTITY)
+    .values(quantity=_NEW_QUANTITY, version=Item.version + 1, updated_at=bindparam("now"))
+    .returning(Item.quantity)
+)
+_QUANTITY = select(Item.quantity).where(Item.id == bindparam("item_id"))
+_INSERT_ADJUSTMENT = insert(_ADJUSTMENTS).returning(*_ADJUSTMENT_COLUMNS)
+_INSERT = insert(_ITEMS).returning(*ITEM_TABLE_COLUMNS)
+_DELETE = delete(_ITEMS).where(Item.id == bindparam("item_id"))
+
+# Skus seen so far in this import, kept by the database instead of in memory.
+_seen = Table(
+    "stockroom_import_skus",
+    MetaData(),
+    Column("sku", String(64), primary_key=True),
+    Column("line", Integer, nullable=False),
+    prefixes=["TEMPORARY"],
+)
+
+
+class SqliteItemStore:
+    def __init__(self, database: SqliteDatabase, events: SqliteEventStore) -> None:
+        self._db = database
+        self._events = events
+
+    # --- reads ----------------------------------------------------------------------------
+    async def get(self, item_id: int) -> ItemRow | None:
+        async def query(connection: AsyncConnection) -> ItemRow | None:
+            row = (await connection.execute(_GET, {"item_id": item_id})).first()
+            return None if row is None else ItemRow(*row)
+
+        return await self._db.read(query)
+
+    async def page(self, listing: Listing) -> Sequence[ItemRow]:
+        async def query(connection: AsyncConnection) -> list[ItemRow]:
+            result = await connection.execute(listing.select(), listing.params())
+            return [ItemRow(*row) for row in result]
+
+        return await self._db.read(query)
+
+    async def count(self, listing: Listing) -> int:
+        async def query(connection: AsyncConnection) -> int:
+            result = await connection.execute(listing.count(), listing.where.params())
+            return int(result.scalar_one())
+
+        return await self._db.read(query)
+
+    async def adjustments(
+        self, item_id: int, before_id: int | None, limit: int
+    ) -> Sequence[AdjustmentRow] | None:
+        stmt = select(*_ADJUSTMENT_COLUMNS).where(Adjustment.item_id == item_id)
+        if before_id is not None:
+            stmt = stmt.where(Adjustment.id < before_id)
+        stmt = stmt.order_by(Adjustment.id.desc()).limit(limit)
+
+        async def query(connection: AsyncConnection) -> list[AdjustmentRow] | None:
+            rows = [AdjustmentRow(*row) for row in await connection.execute(stmt)]
+            if not rows and (await connection.execute(_GET, {"item_id": item_id})).first() is None:
+                return None
+            return rows
+
+        return await self._db.read(query)
+
+    async def export_rows(self, listing: Listing, chunk: int) -> AsyncIterator[Sequence[ItemRow]]:
+        async with self._db.connection() as connection:
+            result = await connection.stream(
+                listing.select().execution_options(yield_per=chunk), listing.params()
+            )
+            async for rows in result.partitions():
+                yield [ItemRow(*row) for row in rows]
+
+    def export_csv(self, listing: Listing) -> None:
+        """SQLite has no COPY: the export formats the rows itself."""
+        return None
+
+    # --- writes ---------------------------------------------------------------------------
+    async def lock(self, connection: AsyncConnection, item_id: int) -> ItemRow | None:
+        row = (await connection.execute(_GET, {"item_id": item_id})).first()
+        return None if row is None else ItemRow(*row)
+
+    async def insert(self, connection: AsyncConnection, item: NewItem) -> ItemRow:
+        values = {**item._asdict(), "version": 1, "updated_at": item.created_at}
+        async with _unique_sku(item.sku):
+            row = (await connection.execute(_INSERT, values)).one()
+        return ItemRow(*row)
+
+    async def update(
+        self, connection: AsyncConnection, item_id: int, changes: dict[str, Any], now: dt.datetime
+    ) -> ItemRow:
+        stmt = (
+            update(_ITEMS)
+            .where(Item.id == item_id)
+            .values(**changes, version=Item.version + 1, updated_at=now)
+            .returning(*ITEM_TABLE_COLUMNS)
+        )
+        async with _unique_sku(changes.get("sku", "")):
+            row = (await connection.execute(stmt)).one()
+        return ItemRow(*row)
+
+    async def delete(self, connection: AsyncConnection, item_id: int) -> None:
+        await connection.execute(_DELETE, {"item_id": item_id})
+
+    async def add_stock(
+        self, connection: AsyncConnection, item_id: int, delta: int, now: dt.datetime
+    ) -> int | None:
+        result = await connection.execute(
+            _ADD_STOCK, {"item_id": item_id, "delta": delta, "now": now}
+        )
+        quantity: int | None = result.scalar_one_or_none()
+        return quantity
+
+    async def quantity_for_update(self, connection: AsyncConnection, item_id: int) -> int | None:
+        quantity: int | None = (
+            await connection.execute(_QUANTITY, {"item_id": item_id})
+        ).scalar_one_or_none()
+        return quantity
+
+    async def insert_adjustments(
+        self,
+        connection: AsyncConnection,
+        rows: Sequence[tuple[int, int, str | None, int, dt.datetime]],
+    ) -> list[AdjustmentRow]:
+        keys = ("item_id", "delta", "reason", "quantity_after", "created_at")
+        written = []
+        for row in rows:
+            result = await connection.execute(_INSERT_ADJUSTMENT, dict(zip(keys, row, strict=True)))
+            written.append(AdjustmentRow(*result.one()))
+        return written
+
+    # --- imports --------------------------------------------------------------------------
+    async def begin_import(self, connection: AsyncConnection) -> None:
+        await connection.run_sync(lambda sync: _seen.create(sync))
+
+    async def end_import(self, connection: AsyncConnection) -> None:
+        await connection.run_sync(lambda sync: _seen.drop(sync, checkfirst=True))
+
+    async def upsert_batch(
+        self, connection: AsyncConnection, rows: Sequence[ValidRow], now: dt.datetime
+    ) -> BatchCounts:
+        counts = BatchCounts(repeated=[])
+        unique = await _first_time_seen(connection, rows, counts)
+        if unique:
+            await self._upsert(connection, unique, now, counts)
+        return counts
+
+    async def _upsert(
+        self,
+        connection: AsyncConnection,
+        rows: Sequence[ValidRow],
+        now: dt.datetime,
+        counts: BatchCounts,
+    ) -> None:
+        """The rules of items.writer, for a batch: a change bumps the version, a quantity
+        change writes a ledger row; events item.created, item.updated (name, description
+        or price changed) and stock.adjusted."""
+        skus = [row.sku for row in rows]
+        existing = {
+            item.sku: item
+            for item in (
+                ItemRow(*row)
+                for row in await connection.execute(
+                    select(*ITEM_TABLE_COLUMNS).where(Item.sku.in_(skus))
+                )
+            )
+        }
+        events: list[dict[str, Any]] = []
+        ledger: list[tuple[int, int, str | None, int, dt.datetime]] = []
+        for row in rows:
+            current = existing.get(row.sku)
+            if current is None:
+                item = await self.insert(
+                    connection,
+                    NewItem(
+                        row.sku, row.name, row.name_key, row.description, row.price_cents,
+                        row.quantity or 0, now,
+                    ),
+                )  # fmt: skip
+                events.append(event_row(ITEM_CREATED, item_json(item).decode(), now))
+                if item.quantity:
+                    ledger.append((item.id, item.quantity, REASON_IMPORT, item.quantity, now))
+                counts.created += 1
+                continue
+            change = _changes(current, row)
+            if not change:
+                counts.unchanged += 1
+                continue
+            item = await self.update(connection, current.id, change, now)
+            if change.keys() - {"quantity"}:
+                events.append(event_row(ITEM_UPDATED, item_json(item).decode(), now))
+            if "quantity" in change:
+                delta = item.quantity - current.quantity
+                ledger.append((item.id, delta, REASON_IMPORT, item.quantity, now))
+            counts.updated += 1
+        for adjustment in await self.insert_adjustments(connection, ledger):
+            events.append(event_row(STOCK_ADJUSTED, adjustment_json(adjustment).decode(), now))
+        await self._events.append(connection, events)
+
+
+def _changes(current: ItemRow, row: ValidRow) -> dict[str, Any]:
+    change: dict[str, Any] = {}
+    if row.name != current.name:
+        change["name"] = row.name
+        change["name_key"] = row.name_key
+    if row.description != current.description:
+        change["description"] = row.description
+    if row.price_cents != current.price_cents:
+        change["price_cents"] = row.price_cents
+    if row.quantity is not None and row.quantity != current.quantity:
+        change["quantity"] = row.quantity
+    return change
+
+
+async def _first_time_seen(
+    connection: AsyncConnection, rows: Sequence[ValidRow], counts: BatchCounts
+) -> list[ValidRow]:
+    """Drop (and note) rows whose sku came earlier in the file."""
+    assert counts.repeated is not None
+    skus = {row.sku for row in rows}
+    found = await connection.execute(select(_seen.c.sku, _seen.c.line).where(_seen.c.sku.in_(skus)))
+    first: dict[str, int] = {row[0]: row[1] for row in found}  # from earlier batches
+    unique: list[ValidRow] = []
+    for row in rows:
+        if row.sku in first:
+            counts.repeated.append((row.line, row.sku, first[row.sku]))
+        else:
+            first[row.sku] = row.line
+            unique.append(row)
+    if unique:
+        await connection.execute(insert(_seen), [{"sku": r.sku, "line": r.line} for r in unique])
+    return unique
+
+
+@asynccontextmanager
+async def _unique_sku(sku: str) -> AsyncIterator[None]:
+    """Turns a unique violation on ``sku`` into a 409."""
+    try:
+        yield
+    except IntegrityError as exc:
+        if is_unique_violation(exc):
+            raise DuplicateError(f"An item with sku {sku!r} already exists.") from None
+        raise

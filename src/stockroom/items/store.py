@@ -1,0 +1,111 @@
+"""What the items writer and readers need from a database, one implementation each:
+``_postgresql.py`` (asyncpg, prepared statements, COPY) and ``_sqlite.py`` (SQLAlchemy
+Core). The lifespan picks one by ``Settings.backend`` (``stockroom.stores``).
+
+Reads open their own connection (``Database.read``); writes take the connection of the
+caller's transaction (``Database.transaction``), so that an item, its ledger row, its events
+and an idempotency record commit together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from stockroom.items.models import AdjustmentRow, ItemRow
+from stockroom.items.repository import Listing
+
+__all__ = ["BatchCounts", "ItemStore", "NewItem", "ValidRow"]
+
+
+class NewItem(NamedTuple):
+    sku: str
+    name: str
+    name_key: str
+    description: str | None
+    price_cents: int
+    quantity: int
+    created_at: dt.datetime
+
+
+class ValidRow(NamedTuple):
+    """A valid row of an import file as the database takes it (the columns of the
+    PostgreSQL batch table)."""
+
+    line: int
+    sku: str
+    name: str
+    name_key: str
+    description: str | None
+    price_cents: int
+    quantity: int | None
+
+
+@dataclass
+class BatchCounts:
+    created: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    # (line, sku, line where the sku came first) of rows dropped as repeats in the file.
+    repeated: list[tuple[int, str, int]] | None = None
+
+
+class ItemStore(Protocol):
+    # --- reads: each opens and returns its own connection ---------------------------------
+    async def get(self, item_id: int) -> ItemRow | None: ...
+
+    async def page(self, listing: Listing) -> Sequence[ItemRow]: ...
+
+    async def count(self, listing: Listing) -> int: ...
+
+    async def adjustments(
+        self, item_id: int, before_id: int | None, limit: int
+    ) -> Sequence[AdjustmentRow] | None:
+        """An item's ledger rows, newest first, below ``before_id``; None: no such item."""
+
+    def export_rows(self, listing: Listing, chunk: int) -> AsyncIterator[Sequence[ItemRow]]:
+        """Every row of the listing, ``chunk`` at a time, from one server-side cursor."""
+
+    def export_csv(self, listing: Listing) -> AsyncIterator[bytes] | None:
+        """The export's CSV written by the database itself, if it can (else None)."""
+
+    # --- writes: on the connection of the caller's transaction ----------------------------
+    async def lock(self, connection: Any, item_id: int) -> ItemRow | None:
+        """The item, locked until the transaction ends."""
+
+    async def insert(self, connection: Any, item: NewItem) -> ItemRow:
+        """Raises ``DuplicateError`` if the sku is taken."""
+
+    async def update(
+        self, connection: Any, item_id: int, changes: dict[str, Any], now: dt.datetime
+    ) -> ItemRow:
+        """Apply ``changes`` (columns), bump the version; ``DuplicateError`` on a taken sku."""
+
+    async def delete(self, connection: Any, item_id: int) -> None: ...
+
+    async def add_stock(
+        self, connection: Any, item_id: int, delta: int, now: dt.datetime
+    ) -> int | None:
+        """Add ``delta`` to the quantity if the result stays within 0..MAX_QUANTITY (and bump
+        the version); the new quantity, or None if refused or there is no such item."""
+
+    async def quantity_for_update(self, connection: Any, item_id: int) -> int | None: ...
+
+    async def insert_adjustments(
+        self, connection: Any, rows: Sequence[tuple[int, int, str | None, int, dt.datetime]]
+    ) -> list[AdjustmentRow]:
+        """Ledger rows ``(item_id, delta, reason, quantity_after, created_at)``."""
+
+    # --- imports: one connection for the whole file ---------------------------------------
+    async def begin_import(self, connection: Any) -> None:
+        """Create the import's temporary tables on ``connection``."""
+
+    async def end_import(self, connection: Any) -> None: ...
+
+    async def upsert_batch(
+        self, connection: Any, rows: Sequence[ValidRow], now: dt.datetime
+    ) -> BatchCounts:
+        """Drop rows whose sku came earlier in the file, then upsert the rest by sku, with
+        their ledger rows and events (the rules of ``items.writer``)."""

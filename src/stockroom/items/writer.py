@@ -1,0 +1,192 @@
+"""The one writer of ``items`` and of its ledger, ``adjustments``: every change to either,
+from the API, the ledger's endpoint or an import, goes through :class:`ItemWriter`.
+
+Its rules: a change bumps the item's version and ``updated_at``; a quantity change writes a
+ledger row in the same transaction, so that for every item at every commit the sum of its
+adjustments' deltas equals its quantity (and quantity >= 0); every change writes its event
+(``item.created``, ``item.updated`` when something really changed, ``item.deleted``,
+``stock.adjusted`` per ledger row). An import's batches follow the same rules in bulk, in
+the store (set-based SQL on PostgreSQL).
+
+Every method takes the connection of a write transaction that the caller owns
+(``Database.transaction``, or an idempotency ``UnitOfWork``) and does not commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from stockroom.db import utcnow
+from stockroom.errors import ConflictError, NotFoundError, PreconditionFailedError
+from stockroom.events.log import event_row
+from stockroom.events.store import EventStore
+from stockroom.http import etag_matches, make_etag
+from stockroom.items.event_types import ITEM_CREATED, ITEM_DELETED, ITEM_UPDATED, STOCK_ADJUSTED
+from stockroom.items.models import AdjustmentRow, ItemRow, fold_name
+from stockroom.items.schemas import MAX_QUANTITY, ItemCreate, adjustment_json, item_json
+from stockroom.items.store import BatchCounts, ItemStore, NewItem, ValidRow
+
+__all__ = [
+    "REASON_INITIAL",
+    "InsufficientStockError",
+    "ItemWriter",
+    "QuantityLimitError",
+    "StockNotZeroError",
+    "etag_of",
+    "not_found",
+    "to_cents",
+]
+
+REASON_INITIAL = "initial"
+
+
+class StockNotZeroError(ConflictError):
+    slug, title = "stock-not-zero", "Item still in stock"
+
+
+class InsufficientStockError(ConflictError):
+    slug, title = "insufficient-stock", "Insufficient stock"
+
+
+class QuantityLimitError(ConflictError):
+    slug, title = "quantity-limit", "Quantity limit reached"
+
+
+def to_cents(amount: Any) -> int:
+    return int(amount * 100)
+
+
+def etag_of(item: ItemRow) -> str:
+    return make_etag(item.id, item.version)
+
+
+def not_found(item_id: int) -> NotFoundError:
+    return NotFoundError(f"No item with id {item_id}.")
+
+
+class ItemWriter:
+    def __init__(self, store: ItemStore, events: EventStore) -> None:
+        self._store = store
+        self._events = events
+
+    async def create(self, connection: Any, data: ItemCreate) -> ItemRow:
+        """A new item; a starting quantity is written to the ledger as ``initial``."""
+        now = utcnow()
+        item = await self._store.insert(
+            connection,
+            NewItem(
+                data.sku, data.name, fold_name(data.name), data.description,
+                to_cents(data.price), data.quantity, now,
+            ),
+        )  # fmt: skip
+        events = [event_row(ITEM_CREATED, item_json(item).decode(), now)]
+        if item.quantity > 0:
+            ledger = await self._store.insert_adjustments(
+                connection, [(item.id, item.quantity, REASON_INITIAL, item.quantity, now)]
+            )
+            events += _stock_events(ledger)
+        await self._events.append(connection, events)
+        return item
+
+    async def update(
+        self, connection: Any, item_id: int, changes: dict[str, Any], *, if_match: str | None
+    ) -> ItemRow:
+        """Apply the fields in ``changes`` (the wire names: sku, name, description,
+        price); nothing changes (no version, no event) if they equal the item's."""
+        current = await self._locked(connection, item_id, if_match)
+        columns = dict(changes)
+        if "price" in columns:
+            columns["price_cents"] = to_cents(columns.pop("price"))
+        if "name" in columns:
+            columns["name_key"] = fold_name(columns["name"])
+        columns = {
+            name: value for name, value in columns.items() if getattr(current, name) != value
+        }
+        if not columns:
+            return current
+        now = utcnow()
+        item = await self._store.update(connection, item_id, columns, now)
+        await self._events.append(
+            connection, [event_row(ITEM_UPDATED, item_json(item).decode(), now)]
+        )
+        return item
+
+    async def delete(self, connection: Any, item_id: int, *, if_match: str | None) -> None:
+        item = await self._locked(connection, item_id, if_match)
+        if item.quantity != 0:
+            raise StockNotZeroError(
+                f"Item {item_id} still has {item.quantity} in stock; adjust it to 0 before "
+                "deleting it, so that the ledger accounts for the stock that left.",
+                quantity=item.quantity,
+            )
+        await self._store.delete(connection, item_id)
+        payload = orjson.dumps({"id": item.id, "sku": item.sku}).decode()
+        await self._events.append(connection, [event_row(ITEM_DELETED, payload, utcnow())])
+
+    async def adjust(
+        self, connection: Any, item_id: int, delta: int, reason: str | None
+    ) -> AdjustmentRow:
+        """Change the item's quantity by ``delta``, with its ledger row and its event.
+
+        One conditional UPDATE does the check and the change together, so concurrent
+        adjustments can neither lose an update nor oversell: the database applies them one
+        after another on the row, and each sees the quantity the previous one left.
+        """
+        now = utcnow()
+        while (quantity := await self._store.add_stock(connection, item_id, delta, now)) is None:
+            # Refused: find out why, under the row lock, so the answer names a real state.
+            current = await self._store.quantity_for_update(connection, item_id)
+            if current is None:
+                raise not_found(item_id)
+            if current + delta < 0:
+                raise InsufficientStockError(
+                    f"Only {current} in stock; cannot remove {-delta}.",
+                    available=current,
+                    delta=delta,
+                )
+            if current + delta > MAX_QUANTITY:
+                raise QuantityLimitError(
+                    f"Quantity would exceed {MAX_QUANTITY}.", available=current, delta=delta
+                )
+            # Stock changed between the UPDATE and the lock (PostgreSQL, READ COMMITTED): retry.
+        (adjustment,) = await self._store.insert_adjustments(
+            connection, [(item_id, delta, reason, quantity, now)]
+        )
+        await self._events.append(connection, _stock_events([adjustment]))
+        return adjustment
+
+    async def begin_import(self, connection: Any) -> None:
+        """Prepare ``connection`` for an import's batches (its temporary tables)."""
+        await self._store.begin_import(connection)
+
+    async def end_import(self, connection: Any) -> None:
+        await self._store.end_import(connection)
+
+    async def import_batch(
+        self, connection: Any, rows: Sequence[ValidRow], now: dt.datetime
+    ) -> BatchCounts:
+        """Upsert a batch of an import by sku (rows whose sku came earlier in the file are
+        dropped and named in ``repeated``)."""
+        return await self._store.upsert_batch(connection, rows, now)
+
+    async def _locked(self, connection: Any, item_id: int, if_match: str | None) -> ItemRow:
+        """The item, locked for this transaction, after checking ``If-Match``."""
+        item = await self._store.lock(connection, item_id)
+        if item is None:
+            raise not_found(item_id)
+        if if_match is not None and not etag_matches(if_match, etag_of(item), weak=False):
+            raise PreconditionFailedError(
+                f"The item has changed: its current ETag is {etag_of(item)}.",
+                headers={"ETag": etag_of(item)},
+            )
+        return item
+
+
+def _stock_events(adjustments: Sequence[AdjustmentRow]) -> list[dict[str, Any]]:
+    return [
+        event_row(STOCK_ADJUSTED, adjustment_json(a).decode(), a.created_at) for a in adjustments
+    ]
