@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run migrate test pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer install install-test clean bench-files bench-async bench bench-events
+.PHONY: run migrate test pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer ensure-chromium install install-test clean bench-files bench-async bench bench-events
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Stockroom needs Python 3.11"'
@@ -38,14 +38,16 @@ migrate: install
 
 run: install
 	@echo "Stockroom on http://$(HOST):$(PORT)/docs (SQLite file ./stockroom.db; Ctrl-C stops)"
-	@echo "Every endpoint but /ping, /healthz, /readyz and the docs needs an API key. Make one:"
+	@echo "Every endpoint but /ping, /healthz, /readyz, /metrics and the docs needs an API key. Make one:"
 	@echo "    $(BIN)/stockroom apikey create --name me --scopes admin"
 	@echo "and send it as 'Authorization: Bearer <key>'."
 	$(BIN)/stockroom serve --host $(HOST) --port $(PORT)
 
 test: install-test ensure-postgres ensure-pgbouncer lint pytest schemathesis
 
-pytest: install-test
+# tests/test_readme.py runs the README's examples: they need bash and curl.
+pytest: install-test ensure-chromium
+	@command -v curl >/dev/null || { apt-get update && apt-get install -y curl; }
 	$(BIN)/pytest
 
 schemathesis: install-test
@@ -68,6 +70,10 @@ ensure-postgres:
 ensure-pgbouncer:
 	@command -v pgbouncer >/dev/null || test -x /usr/sbin/pgbouncer || \
 		{ apt-get update && apt-get install -y pgbouncer; }
+
+# The browser tests drive Debian's chromium (through playwright, which downloads nothing).
+ensure-chromium:
+	@test -x /usr/bin/chromium || { apt-get update && apt-get install -y chromium; }
 
 # Regenerates the settings table of docs/operations.md from the settings model.
 docs: install

@@ -32,10 +32,10 @@ async def test_unknown_route_is_404_problem(client: httpx.AsyncClient) -> None:
 async def test_wrong_method_is_405_with_every_allowed_method(client: httpx.AsyncClient) -> None:
     response = await client.put("/items")
     problem(response, 405)
-    assert response.headers["allow"] == "GET, POST"
+    assert response.headers["allow"] == "GET, HEAD, POST"
     response = await client.post("/items/1")
     problem(response, 405)
-    assert response.headers["allow"] == "DELETE, GET, PATCH"
+    assert response.headers["allow"] == "DELETE, GET, HEAD, PATCH"
 
 
 async def test_malformed_json_is_422_problem(client: httpx.AsyncClient) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -80,7 +81,8 @@ async def test_pool_gauges_follow_checked_out_connections(
     assert value(idle, "stockroom_db_pool_max") == (
         settings.database_pool_size + settings.database_max_overflow
     )
-    async with app.state.engine.connect(), app.state.engine.connect():
+    database = app.state.stores.database  # the requests' pool
+    async with database.connection(), database.connection():
         busy = await scrape(client)
     assert value(busy, "stockroom_db_pool_checked_out") >= 2
     assert value(busy, "stockroom_db_pool_checked_out") > value(
@@ -133,3 +135,54 @@ async def test_workers_report_together(
     finally:
         server.process.terminate()
         server.process.wait(timeout=30)
+
+
+def delta(after: Samples, before: Samples, route: str, method: str, status: str) -> float:
+    total = "stockroom_http_requests_total"
+    labels = {"route": route, "method": method, "status": status}
+    return value(after, total, **labels) - value(before, total, **labels)
+
+
+async def test_requests_answered_before_or_beside_the_routes_keep_a_route_label(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Docs assets (a mount), a trailing-slash redirect (by the router) and a 413 (by the
+    body limit, before routing) are labelled by the route their path matches."""
+    before = await scrape(client)
+    asset = await client.get("/docs-assets/swagger-ui.css")
+    assert asset.status_code == 200
+    redirect = await client.get("/items/")
+    assert redirect.status_code == 307
+    assert redirect.headers["location"].endswith("/items")
+    too_large = await client.post(
+        "/items",
+        content=b"{" + b" " * app.state.settings.max_body_bytes + b"}",
+        headers={"Content-Type": "application/json"},
+    )
+    assert too_large.status_code == 413
+    assert (await client.get("/no/such/path/")).status_code == 404
+    after = await scrape(client)
+
+    assert delta(after, before, "/docs-assets/{path}", "GET", "200") == 1
+    assert delta(after, before, "/items", "GET", "307") == 1
+    assert delta(after, before, "/items", "POST", "413") == 1
+    assert delta(after, before, "<unmatched>", "GET", "404") == 1
+    assert delta(after, before, "<unmatched>", "GET", "200") == 0
+    assert delta(after, before, "<unmatched>", "GET", "307") == 0
+    assert delta(after, before, "<unmatched>", "POST", "413") == 0
+
+
+async def test_a_204_has_no_content_type_and_no_body(
+    client: httpx.AsyncClient, new_item: ItemFactory
+) -> None:
+    name = f"to-revoke-{uuid.uuid4().hex[:8]}"
+    created = await client.post("/keys", json={"name": name, "scopes": ["read"]})
+    assert created.status_code == 201, created.text
+    item = await new_item()
+    for path in (f"/keys/{name}", f"/items/{item['id']}"):
+        deleted = await client.delete(path)
+        assert deleted.status_code == 204, deleted.text
+        assert "content-type" not in deleted.headers, path
+        assert "content-length" not in deleted.headers, path
+        assert deleted.content == b""
+        assert deleted.headers["x-request-id"]

@@ -63,9 +63,13 @@ class Server:
 
 
 def start_server(
-    database_url: str, tmp_path: Path, *args: str, env_extra: dict[str, str] | None = None
+    database_url: str,
+    tmp_path: Path,
+    *args: str,
+    env_extra: dict[str, str] | None = None,
+    port: int | None = None,
 ) -> Server:
-    port = free_port()
+    port = port or free_port()
     log = tmp_path / f"server-{port}.log"
     env = {**stockroom_env(database_url), **(env_extra or {})}
     with log.open("w") as sink:  # the child keeps its own copy of the descriptor

@@ -12,9 +12,12 @@ from fastapi import FastAPI
 
 from stockroom import __version__
 from stockroom.auth.router import router as auth_router
+from stockroom.auth.router import stream_tokens_router
 from stockroom.auth.service import Authenticator
+from stockroom.auth.tokens import StreamTokens
 from stockroom.background import event_services, purge_periodically
 from stockroom.db import create_session_factory
+from stockroom.edge import CorsMiddleware, HeadMiddleware, UnreadBodyMiddleware, api_methods
 from stockroom.events.hub import EventHub
 from stockroom.events.router import router as events_router
 from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
@@ -69,6 +72,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.stores = stores
         app.state.authenticator = Authenticator(
             sessions, enabled=settings.auth, ttl=settings.auth_cache_seconds
+        )
+        app.state.stream_tokens = StreamTokens(
+            sessions,
+            lifetime=settings.events_token_seconds,
+            ttl=settings.auth_cache_seconds,
+            secret=settings.events_token_secret,
         )
         app.state.in_flight_keys = InFlightKeys()
         if not settings.auth:
@@ -134,9 +143,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(items_router)
     app.include_router(ledger_router)
     app.include_router(auth_router)
+    app.include_router(stream_tokens_router)
     app.include_router(webhooks_router)
     app.include_router(events_router)
     app.mount(DOCS_ASSETS_PATH, docs_assets(), name="docs-assets")
+    # Innermost: HEAD runs as the GET, whose body it drops.
+    app.add_middleware(HeadMiddleware)
     install_openapi(app)
     app.add_middleware(
         BodyLimitMiddleware,
@@ -152,4 +164,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics=app.state.metrics,
         access_log=AccessLog(settings.log_level_number),
     )
+    # Outside the request context: every answer, its last-resort 500 included, carries the
+    # CORS headers, and a preflight is answered before any key is asked for.
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CorsMiddleware, origins=settings.cors_origin_list, methods=api_methods(app)
+        )
+    # Outermost: whatever answered early, the rest of an unread request body is read first.
+    app.add_middleware(UnreadBodyMiddleware)
     return app

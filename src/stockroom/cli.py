@@ -4,24 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
+import errno
 import math
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import structlog
 import typer
 import uvicorn
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from pydantic import ValidationError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncSession
+from typer._click import exceptions as click  # typer's own copy of click: its errors
 
+from stockroom import __version__
 from stockroom.auth import service as keys
+from stockroom.auth.schemas import KEY_NAME_RULE, KeyCreate
 from stockroom.background import event_services
 from stockroom.db import create_session_factory
 from stockroom.errors import StockroomError
@@ -33,13 +41,16 @@ from stockroom.items.repository import ItemFilter, Keyset, Listing
 from stockroom.items.schemas import SORT_KEYS
 from stockroom.migrations import upgrade
 from stockroom.observability import MULTIPROC_DIR_VARIABLE, configure_logging
-from stockroom.settings import Settings, SettingsError, load_settings
+from stockroom.settings import Settings, SettingsError, load_settings, unknown_variables
 from stockroom.stores import Stores, create_engine, open_stores
 
 __all__ = ["main"]
 
 EXIT_FAILED = 1
 EXIT_BAD_SETTING = 2
+EXIT_USAGE = 2  # as click's own usage errors
+# Longest reason quoted from a database driver, so that a failure stays one short line.
+_REASON_MAX_CHARS = 200
 T = TypeVar("T")
 
 log = structlog.get_logger("stockroom.cli")
@@ -50,20 +61,106 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"stockroom {__version__}")  # noqa: T201
+        raise typer.Exit()
+
+
+@cli.callback()
+def _top(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Stockroom, an async inventory service."""
+
+
+class DatabaseUnusableError(Exception):
+    """The database cannot be used; ``str()`` is one line naming it (password masked)."""
 
 
 def _settings() -> Settings:
     settings = load_settings()
     configure_logging(settings.log_level_number)
+    for line in unknown_variables(os.environ):
+        log.warning(line)
     return settings
+
+
+def _describe_database_failure(settings: Settings, exc: BaseException) -> str:
+    """One line: the URL with its password masked, and why it cannot be used, in the
+    driver's words but without SQL or a traceback."""
+    url = settings.database.render_as_string(hide_password=True)
+    return f"cannot use the database {url}: {_missing_sqlite_folder(settings) or _reason(exc)}"
+
+
+def _missing_sqlite_folder(settings: Settings) -> str | None:
+    file = settings.database.database
+    if (
+        settings.backend == "sqlite"
+        and file not in (None, "", ":memory:")
+        and not Path(file).parent.is_dir()
+    ):
+        return f"the folder {str(Path(file).parent)!r} does not exist"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
+        # asyncpg's own exception (the cause) says it best: 'database "x" does not exist'.
+        text = str(exc.orig.__cause__ or exc.orig)
+    elif isinstance(exc, ConnectionRefusedError):
+        text = "connection refused"
+    elif isinstance(exc, socket.gaierror):
+        text = f"cannot resolve the host ({exc.strerror})"
+    elif isinstance(exc, TimeoutError | sa_exc.TimeoutError):
+        text = "no answer in time"
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:_REASON_MAX_CHARS]
+
+
+@contextlib.contextmanager
+def _database(settings: Settings, *, connecting: bool = False) -> Iterator[None]:
+    """Turn a database failure into :class:`DatabaseUnusableError`. While ``connecting`` (the
+    first connection, by the migrations) any OS error is the database's too: a refused
+    connection, an unknown host, a timeout."""
+    failures: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, sa_exc.TimeoutError)
+    if connecting:
+        failures = (*failures, OSError)
+    try:
+        yield
+    except failures as exc:
+        raise DatabaseUnusableError(_describe_database_failure(settings, exc)) from None
+
+
+def _migrate(settings: Settings) -> None:
+    # Checked before connecting: aiosqlite, failing to open a file, leaves a thread that
+    # prints a traceback once the event loop has closed.
+    if _missing_sqlite_folder(settings):
+        raise DatabaseUnusableError(_describe_database_failure(settings, FileNotFoundError()))
+    with _database(settings, connecting=True):
+        upgrade(settings.database_url)
 
 
 @cli.command()
 def migrate() -> None:
     """Apply database migrations and exit."""
-    settings = _settings()
-    upgrade(settings.database_url)
+    _migrate(_settings())
 
 
 @cli.command()
@@ -74,7 +171,8 @@ def serve(
 ) -> None:
     """Apply migrations, then serve HTTP (uvicorn with uvloop and httptools)."""
     settings = _settings()
-    upgrade(settings.database_url)
+    _check_port(host, port)
+    _migrate(settings)
     if workers > 1:
         _share_metrics_between_workers()
     # After a graceful shutdown uvicorn raises the signal it caught again, for the previous
@@ -104,8 +202,9 @@ def worker() -> None:
     """Apply migrations, then only deliver webhooks (no HTTP) until SIGTERM or Ctrl-C,
     letting deliveries in flight finish within STOCKROOM_SHUTDOWN_TIMEOUT."""
     settings = _settings()
-    upgrade(settings.database_url)
-    asyncio.run(_deliver_webhooks(settings))
+    _migrate(settings)
+    with _database(settings):
+        asyncio.run(_deliver_webhooks(settings))
 
 
 async def _deliver_webhooks(settings: Settings) -> None:
@@ -133,6 +232,26 @@ def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def _check_port(host: str, port: int) -> None:
+    """Fail in one line now if the address is taken, rather than after the app started."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise click.ClickException(f"cannot listen on {host}: {exc.strerror}") from None
+    family, kind, proto, _name, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # As uvicorn binds: SO_REUSEADDR lets a port in TIME_WAIT be reused, never one
+        # another process listens on.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            raise click.ClickException(f"cannot listen on {host}:{port}: {reason}") from None
+
+
 def _share_metrics_between_workers() -> None:
     """Workers write their metrics to files in one folder, so that /metrics on any worker
     answers for all (prometheus-client's multiprocess mode). An operator's own
@@ -158,7 +277,7 @@ cli.add_typer(apikey, name="apikey")
 def _with_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Migrate, then run ``work`` in a session of a short-lived engine."""
     settings = _settings()
-    upgrade(settings.database_url)
+    _migrate(settings)
 
     async def run() -> T:
         engine = create_engine(settings)
@@ -168,22 +287,56 @@ def _with_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
         finally:
             await engine.dispose()
 
-    return asyncio.run(run())
+    with _database(settings):
+        return asyncio.run(run())
+
+
+def _shown(name: str) -> str:
+    """A name as quoted in a one-line message: escaped, and cut if long."""
+    return repr(name) if len(name) <= 40 else f"{name[:40]!r}... ({len(name)} characters)"
+
+
+def _key_name(name: str) -> str:
+    """The name if POST /keys would take it (the same rule, KeyName), else a usage error."""
+    try:
+        KeyCreate.model_validate({"name": name, "scopes": []})
+    except ValidationError:
+        raise typer.BadParameter(f"{_shown(name)} is not a key name: {KEY_NAME_RULE}") from None
+    return name
 
 
 def _scopes(value: str) -> list[str]:
-    scopes = [s.strip() for s in value.split(",") if s.strip()]
-    unknown = sorted(set(scopes) - set(keys.SCOPES))
-    if unknown:
-        raise typer.BadParameter(f"unknown scope {unknown[0]!r}; use {', '.join(keys.SCOPES)}")
+    """Comma-separated scopes, checked by the model POST /keys checks its body with."""
+    scopes = list(dict.fromkeys(s.strip() for s in value.split(",") if s.strip()))
+    try:
+        KeyCreate.model_validate({"name": "scopes", "scopes": scopes})
+    except ValidationError:
+        unknown = [s for s in scopes if s not in keys.SCOPES]
+        shown = f"unknown scope {_shown(unknown[0])}" if unknown else f"bad scopes {value!r}"
+        raise typer.BadParameter(f"{shown}; use {', '.join(keys.SCOPES)}") from None
     return scopes
+
+
+def _check_scopes(value: str) -> str:
+    _scopes(value)
+    return value
 
 
 @apikey.command("create")
 def apikey_create(
-    name: Annotated[str, typer.Option(help="A unique name for the key, e.g. ci or alice.")],
+    name: Annotated[
+        str,
+        typer.Option(
+            help=f"A unique name for the key, e.g. ci or alice: {KEY_NAME_RULE}.",
+            callback=_key_name,
+        ),
+    ],
     scopes: Annotated[
-        str, typer.Option(help="Comma-separated: read, write (implies read), admin (all).")
+        str,
+        typer.Option(
+            help="Comma-separated: read, write (implies read), admin (all).",
+            callback=_check_scopes,
+        ),
     ] = "read",
 ) -> None:
     """Create a key and print it, the only line on standard output. It is not shown again."""
@@ -202,7 +355,9 @@ def apikey_list() -> None:
 
 
 @apikey.command("revoke")
-def apikey_revoke(name: Annotated[str, typer.Argument(help="The key's name.")]) -> None:
+def apikey_revoke(
+    name: Annotated[str, typer.Argument(help="The key's name.", callback=_key_name)],
+) -> None:
     """Revoke a key. Running services refuse it within STOCKROOM_AUTH_CACHE_SECONDS."""
     _with_session(lambda session: keys.revoke_key(session, name))
 
@@ -235,34 +390,26 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _run_with_engine(
-    work: Callable[[AsyncEngine, async_sessionmaker[AsyncSession]], Awaitable[T]],
-) -> T:
+def _run_with_stores(work: Callable[[Stores], Awaitable[T]]) -> T:
+    """Migrate, then run ``work`` with the stores of the configured database, then close
+    them."""
     settings = _settings()
-    upgrade(settings.database_url)
+    _migrate(settings)
 
     async def run() -> T:
         engine = create_engine(settings)
         try:
-            return await work(engine, create_session_factory(engine))
+            stores = open_stores(settings, engine, on_commit=lambda: None)
+            await stores.database.start()
+            try:
+                return await work(stores)
+            finally:
+                await stores.database.close()
         finally:
             await engine.dispose()
 
-    return asyncio.run(run())
-
-
-def _run_with_stores(work: Callable[[Stores], Awaitable[T]]) -> T:
-    """Run ``work`` with the stores of the configured database, then close them."""
-
-    async def run(engine: AsyncEngine, _sessions: Any) -> T:
-        stores = open_stores(_settings(), engine, on_commit=lambda: None)
-        await stores.database.start()
-        try:
-            return await work(stores)
-        finally:
-            await stores.database.close()
-
-    return _run_with_engine(run)
+    with _database(settings):
+        return asyncio.run(run())
 
 
 @cli.command("import")
@@ -328,11 +475,40 @@ def export_file(
 
 
 def main() -> None:
+    """Run the command. Every failure is one line on standard error and an exit status:
+    2 for a bad setting or bad usage, 1 for anything else; never a traceback."""
     try:
-        cli()
+        # Not standalone: click's errors come here, to be told in one line (typer's own
+        # rendering is a box of several).
+        status = cli(standalone_mode=False)
+    except click.NoArgsIsHelpError as exc:
+        # The help, as click gives it for a bare command (typer prints it as it builds it).
+        if exc.format_message().strip():
+            print(exc.format_message())  # noqa: T201
+        sys.exit(EXIT_USAGE)
+    except click.ClickException as exc:
+        _fail(
+            _click_message(exc), EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code
+        )
+    except typer.Abort:
+        _fail("stockroom: aborted", EXIT_FAILED)
     except SettingsError as exc:
-        print(f"stockroom: {exc}", file=sys.stderr)  # noqa: T201
-        sys.exit(EXIT_BAD_SETTING)
+        _fail(f"stockroom: {exc}", EXIT_BAD_SETTING)
+    except DatabaseUnusableError as exc:
+        _fail(f"stockroom: {exc}", EXIT_FAILED)
     except StockroomError as exc:
-        print(f"stockroom: {exc.detail}", file=sys.stderr)  # noqa: T201
-        sys.exit(EXIT_FAILED)
+        _fail(f"stockroom: {exc.detail}", EXIT_FAILED)
+    sys.exit(status if isinstance(status, int) else 0)
+
+
+def _click_message(exc: click.ClickException) -> str:
+    message = " ".join(exc.format_message().split())
+    ctx = getattr(exc, "ctx", None)
+    if isinstance(exc, click.UsageError) and ctx is not None:
+        return f"{ctx.command_path}: {message} (see {ctx.command_path} --help)"
+    return f"stockroom: {message}"
+
+
+def _fail(line: str, status: int) -> None:
+    print(line, file=sys.stderr)  # noqa: T201
+    sys.exit(status)

@@ -60,8 +60,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class _AwareUTC(TypeDecorator[dt.datetime]):
-    """``timestamptz``: values go in and come out as aware UTC datetimes."""
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC timestamp on both databases.
+
+    PostgreSQL stores ``timestamptz``. SQLite has no time zones: its DATETIME stores the
+    UTC wall-clock time as text (the zone is not written), and the zone is given back when
+    read. Values go in and come out as aware UTC datetimes either way.
+    """
 
     impl = DateTime(timezone=True)
     cache_ok = True
@@ -79,22 +84,6 @@ class _AwareUTC(TypeDecorator[dt.datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-class _NaiveUTC(_AwareUTC):
-    """SQLite has no time zones: values are stored as UTC text, given their zone back when
-    read."""
-
-    impl = DateTime(timezone=False)
-    cache_ok = True
-
-    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
-        aware = super().process_bind_param(value, dialect)
-        return None if aware is None else aware.replace(tzinfo=None)
-
-
-# A timezone-aware UTC timestamp on both databases.
-UTCDateTime = _AwareUTC().with_variant(_NaiveUTC(), "sqlite")
 
 
 def _unique_statement_name() -> str:

@@ -24,7 +24,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     """The process's database (``stockroom.database``): write transactions of the stores."""
     database: Database = request.app.state.stores.database
     return database

@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import sys
 import time
+import weakref
+from typing import Any
 
 import structlog
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from stockroom.observability import AccessLog, Metrics
@@ -28,6 +32,10 @@ _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 
 error_log = structlog.get_logger("stockroom.errors")
 
+# Response headers the request-context middleware replaces or removes.
+_DROPPED = frozenset({REQUEST_ID_HEADER})
+_NO_CONTENT_DROPPED = frozenset({REQUEST_ID_HEADER, b"content-type"})
+
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
@@ -36,11 +44,64 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-def _route_template(scope: Scope) -> str:
-    """The matched route's path as documented (``/items/{item_id}``, without convertors)."""
+UNMATCHED_ROUTE = "<unmatched>"
+
+
+def _route_template(scope: Scope, root_path: str) -> str:
+    """The matched route's path as documented (``/items/{item_id}``, without convertors).
+
+    A request the routes never saw is labelled by the route its path would match: one
+    answered before routing (a 413 from the body limit), by the router itself (a redirect
+    to the path with or without its trailing slash: the route it leads to), or by a mount
+    (the docs assets: its template, ``/docs-assets/{path}``). Only a path no route
+    matches is ``<unmatched>``; labels stay bounded whatever clients send."""
     route = scope.get("route")
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    return path if isinstance(path, str) else "<unmatched>"
+    if isinstance(path, str):
+        return path
+    return _template_by_matching(scope, root_path) or UNMATCHED_ROUTE
+
+
+def _template_by_matching(scope: Scope, root_path: str) -> str | None:
+    routes = _leaf_routes(scope.get("app"))
+    path: str = scope["path"]
+    toggled = path.removesuffix("/") if path.endswith("/") else path + "/"
+    for candidate in (path, toggled) if path != "/" else (path,):
+        # As the request arrived: a mount it went through has changed the scope's root_path.
+        probe = {**scope, "path": candidate, "root_path": root_path}
+        partial = None
+        for route in routes:
+            match, _ = route.matches(probe)
+            if match is Match.FULL:
+                return str(route.path_format)
+            if match is Match.PARTIAL and partial is None:
+                partial = str(route.path_format)  # the path, with another method (a 405)
+        if partial is not None:
+            return partial
+    return None
+
+
+_LEAF_ROUTES: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
+def _leaf_routes(app: Any) -> list[Any]:
+    """The app's routes and mounts, flattened out of FastAPI's included routers (which
+    hold the routes with their full paths); worked out once per app."""
+    leaves = _LEAF_ROUTES.get(app)
+    if leaves is not None:
+        return leaves
+    leaves = []
+    pending = list(getattr(getattr(app, "router", None), "routes", []))
+    while pending:
+        route = pending.pop(0)
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            pending[:0] = included.routes
+        elif isinstance(getattr(route, "path_format", None), str):
+            leaves.append(route)
+    if app is not None:
+        _LEAF_ROUTES[app] = leaves
+    return leaves
 
 
 class RequestContextMiddleware:
@@ -62,10 +123,14 @@ class RequestContextMiddleware:
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, _brief_lifespan_failures(send))
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        root_path = scope.get("root_path", "")
         given = _header(scope, REQUEST_ID_HEADER)
         sane = given is not None and _SANE_REQUEST_ID.fullmatch(given)
         request_id = given.decode() if sane and given else secrets.token_hex(16)
@@ -79,7 +144,10 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                headers = [h for h in message.get("headers", []) if h[0] != REQUEST_ID_HEADER]
+                # A 204 has no body, so no content type either (FastAPI gives the route's
+                # default, application/json).
+                dropped = _NO_CONTENT_DROPPED if status == 204 else _DROPPED
+                headers = [h for h in message.get("headers", []) if h[0] not in dropped]
                 headers.append(id_header)
                 message = {**message, "headers": headers}
             await send(message)
@@ -103,11 +171,28 @@ class RequestContextMiddleware:
             await internal_error_response()(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
-            route = _route_template(scope)
+            route = _route_template(scope, root_path)
             self.metrics.in_flight.dec()
             self.metrics.observe_request(route, scope["method"], status, seconds)
             self.access_log.write(request_id, scope["method"], route, status, seconds)
             structlog.contextvars.reset_contextvars(**bound)
+
+
+def _brief_lifespan_failures(send: Send) -> Send:
+    """Starlette reports a failed start-up or shutdown with the whole traceback as the
+    message, which uvicorn logs as it is: tell it in one line instead, the error's type and
+    first line (a traceback helps no one who starts the service, and may quote SQL)."""
+
+    async def send_briefly(message: Message) -> None:
+        if message["type"] in ("lifespan.startup.failed", "lifespan.shutdown.failed"):
+            stage = "start-up" if message["type"] == "lifespan.startup.failed" else "shutdown"
+            failure = sys.exception()  # sent from the framework's except block
+            reason = str(failure).strip().splitlines()[0] if str(failure).strip() else ""
+            what = type(failure).__name__ if failure is not None else "error"
+            message = {**message, "message": f"Application {stage} failed: {what}: {reason}"}
+        await send(message)
+
+    return send_briefly
 
 
 class BodyLimitMiddleware:

@@ -98,10 +98,17 @@ def configure_logging(level: int) -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # A failed start-up is one line, with its reason (see the request-context middleware):
+    # uvicorn's own line after it would only repeat it.
+    logging.getLogger("uvicorn.error").filters[:] = [_repeated_startup_failure]
     # Stockroom writes its own access line (with route template and request id).
     logging.getLogger("uvicorn.access").disabled = True
     # httpx logs every request at info; each webhook attempt is in the database already.
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
+
+
+def _repeated_startup_failure(record: logging.LogRecord) -> bool:
+    return record.getMessage() != "Application startup failed. Exiting."
 
 
 class AccessLog:

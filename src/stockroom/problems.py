@@ -235,13 +235,16 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
 def _allowed_methods(request: Request) -> list[str]:
     """Every method some route serves on this path (the router's 405 names only one route's)."""
     routes = request.app.router.routes
-    return [
+    allowed = {
         method
         for method in _METHODS
         if any(
             route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes
         )
-    ]
+    }
+    if "GET" in allowed:
+        allowed.add("HEAD")  # answered for every GET route (stockroom.edge.HeadMiddleware)
+    return [method for method in _METHODS if method in allowed]
 
 
 async def _on_validation_error(_request: Request, exc: Exception) -> Response:

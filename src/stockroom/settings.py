@@ -7,8 +7,12 @@ a traceback. This module imports nothing from the rest of the package.
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
+from collections.abc import Mapping
 from typing import Annotated, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 import limits
 from pydantic import Field, ValidationError, field_validator
@@ -25,6 +29,7 @@ __all__ = [
     "SettingsError",
     "load_settings",
     "reference_table",
+    "unknown_variables",
 ]
 
 ENV_PREFIX = "STOCKROOM_"
@@ -43,6 +48,8 @@ _DRIVER_ALIASES = {
 }
 
 _REDIS_SCHEMES = ("redis://", "rediss://")
+# A host name, an IPv4 address, or an IPv6 address (urlsplit drops its brackets).
+_ORIGIN_HOST = re.compile(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?|[0-9a-f:.]*:[0-9a-f:.]*")
 
 Seconds = Annotated[float, Field(gt=0, le=3600)]
 
@@ -198,6 +205,26 @@ class Settings(BaseSettings):
         "behind is disconnected and resumes by Last-Event-ID.",
     )
 
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated origins (scheme://host[:port]) whose pages may call the "
+        "API from a browser, or * for any; empty: no CORS headers at all.",
+    )
+    events_token_seconds: float = Field(
+        3600.0,
+        ge=1,
+        le=86_400,
+        description="Lifetime of a stream token from POST /events/tokens (for a browser's "
+        "EventSource); a stream opened with one ends when it expires.",
+    )
+    events_token_secret: str = Field(
+        "",
+        description="Optional extra secret mixed into stream token signatures, the same on "
+        "every instance (at least 32 characters), so that a copy of the database alone "
+        "cannot mint tokens; empty: tokens are signed with a key derived from the API key's "
+        "stored hash only.",
+    )
+
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
@@ -224,6 +251,31 @@ class Settings(BaseSettings):
             raise ValueError("not a Redis URL (expected redis://HOST:PORT/DB or rediss://...)")
         return value
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, value: str) -> str:
+        origins = [part.strip() for part in value.split(",") if part.strip()]
+        if origins == ["*"]:
+            return "*"
+        for origin in origins:
+            if not _is_origin(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin (expected scheme://host[:port] with no "
+                    "path, e.g. https://app.example.com, or * alone)"
+                )
+        return ",".join(origins)
+
+    @field_validator("events_token_secret")
+    @classmethod
+    def _check_events_token_secret(cls, value: str) -> str:
+        if value and len(value) < 32:
+            raise ValueError("too short: use at least 32 random characters, or leave it empty")
+        return value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return self.cors_origins.split(",") if self.cors_origins else []
+
     @property
     def rate_limit_item(self) -> limits.RateLimitItem | None:
         return limits.parse(self.rate_limit) if self.rate_limit else None
@@ -240,6 +292,26 @@ class Settings(BaseSettings):
     @property
     def log_level_number(self) -> int:
         return logging.getLevelNamesMapping()[self.log_level.upper()]
+
+
+def _is_origin(value: str) -> bool:
+    """An origin as a browser sends it in ``Origin``: ``http(s)://host[:port]``, lower case,
+    no user, path, query or fragment, and no default port written out."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+    except ValueError:
+        return False
+    default_port = {"http": 80, "https": 443}.get(parts.scheme)
+    return (
+        default_port is not None
+        and _ORIGIN_HOST.fullmatch(parts.hostname or "") is not None
+        and value == value.lower()
+        and f"{parts.scheme}://{parts.netloc}" == value
+        and "@" not in parts.netloc
+        and port != default_port
+        and not parts.netloc.endswith(":")
+    )
 
 
 def normalise_database_url(value: str) -> URL:
@@ -266,6 +338,28 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+
+
+# Variables of the test suite, not of the service (STOCKROOM_TEST_POSTGRES_URL).
+_NOT_SETTINGS_PREFIX = ENV_PREFIX + "TEST_"
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """One line per ``STOCKROOM_*`` variable that names no setting (a misspelling is
+    otherwise silently ignored), with the closest known name if there is one."""
+    known = [name.upper() for name in Settings.model_fields]
+    lines = []
+    for variable in sorted(environ):
+        upper = variable.upper()
+        if not upper.startswith(ENV_PREFIX) or upper.startswith(_NOT_SETTINGS_PREFIX):
+            continue
+        name = upper.removeprefix(ENV_PREFIX)
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+        hint = f"; did you mean {ENV_PREFIX}{close[0]}?" if close else ""
+        lines.append(f"{variable} is not a setting and is ignored{hint}")
+    return lines
 
 
 def _describe(exc: ValidationError) -> str:

@@ -28,6 +28,8 @@ def required_scope(path: str, method: str) -> str:
     write."""
     if path.startswith(("/keys", "/webhooks")):
         return "admin"
+    if path == "/events/tokens":  # a credential to read the stream with
+        return "read"
     return "read" if method == "get" else "write"
 
 

@@ -121,6 +121,8 @@ async def test_atomic_mode_applies_nothing_on_a_bad_row(
         ("sku,name,price,price\nA,a,1,1\n", "names a column twice"),
         ("", "the file is empty"),
         ("\n\n", "the file is empty"),
+        # A problem document saved as the file (curl -o without --fail): not "empty".
+        ('{"type":"/problems/invalid-request","status":422}\n', "header row is not valid CSV"),
     ],
 )
 async def test_unreadable_header_is_422_and_applies_nothing(

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from stockroom.auth.service import Authenticator, Principal
-from stockroom.errors import ForbiddenError, TooManyRequestsError
+from stockroom.auth.tokens import TOKEN_PARAM, TOKEN_PREFIX, StreamTokens
+from stockroom.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
 from stockroom.ratelimit import STATE_KEY, RateLimiter
 
-__all__ = ["ADMIN", "READ", "WRITE", "CurrentPrincipal", "RequireScope"]
+__all__ = [
+    "ADMIN",
+    "READ",
+    "TOKEN_EXPIRES_STATE",
+    "WRITE",
+    "CurrentPrincipal",
+    "RequireScope",
+    "accepts_stream_token",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+_STREAM_TOKEN_MARK = "__stockroom_accepts_stream_token__"
+# Where a request opened by a stream token keeps the token's expiry (Unix seconds).
+TOKEN_EXPIRES_STATE = "stream_token_expires"
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -23,8 +38,32 @@ async def current_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
+    """The caller: by its API key, or on a route marked :func:`accepts_stream_token` by a
+    stream token in ``?token=`` (which no other route accepts, nor ``Authorization``)."""
     authenticator: Authenticator = request.app.state.authenticator
-    return await authenticator.authenticate(credentials.credentials if credentials else None)
+    token = request.query_params.get(TOKEN_PARAM)
+    if token is not None and authenticator.enabled:
+        if not getattr(request.scope.get("endpoint"), _STREAM_TOKEN_MARK, False):
+            raise UnauthorizedError(
+                "A stream token (?token=) opens only GET /events; send the API key here "
+                "as 'Authorization: Bearer <key>'."
+            )
+        tokens: StreamTokens = request.app.state.stream_tokens
+        principal, expires = await tokens.verify(token)
+        setattr(request.state, TOKEN_EXPIRES_STATE, expires)
+        return principal
+    presented = credentials.credentials if credentials else None
+    if presented is not None and presented.startswith(TOKEN_PREFIX) and authenticator.enabled:
+        raise UnauthorizedError(
+            "A stream token is not an API key: it opens only GET /events, as ?token=."
+        )
+    return await authenticator.authenticate(presented)
+
+
+def accepts_stream_token(endpoint: F) -> F:
+    """Mark a route's endpoint as one that a stream token (``?token=``) may open."""
+    setattr(endpoint, _STREAM_TOKEN_MARK, True)
+    return endpoint
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

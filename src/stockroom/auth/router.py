@@ -7,14 +7,23 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, status
 
 from stockroom.auth import service
-from stockroom.auth.deps import ADMIN
+from stockroom.auth.deps import ADMIN, READ
 from stockroom.auth.models import ApiKey
-from stockroom.auth.schemas import KeyCreate, KeyCreated, KeyPublic
+from stockroom.auth.schemas import (
+    KEY_NAME_MAX_LENGTH,
+    KEY_NAME_PATTERN,
+    KeyCreate,
+    KeyCreated,
+    KeyPublic,
+    StreamTokenCreated,
+)
+from stockroom.auth.service import Principal
+from stockroom.auth.tokens import StreamTokens
 from stockroom.deps import SessionDep
 from stockroom.http import Page
 from stockroom.problems import problem_responses
 
-__all__ = ["router"]
+__all__ = ["router", "stream_tokens_router"]
 
 router = APIRouter(
     prefix="/keys",
@@ -23,7 +32,9 @@ router = APIRouter(
     responses=problem_responses(400, 401, 403, 413, 422, 500, 503),
 )
 
-KeyName = Annotated[str, Path(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
+KeyName = Annotated[
+    str, Path(min_length=1, max_length=KEY_NAME_MAX_LENGTH, pattern=KEY_NAME_PATTERN)
+]
 
 
 def _public(record: ApiKey) -> KeyPublic:
@@ -69,3 +80,28 @@ async def revoke_key(session: SessionDep, request: Request, name: KeyName) -> No
     `STOCKROOM_AUTH_CACHE_SECONDS`."""
     await service.revoke_key(session, name)
     request.app.state.authenticator.forget(name)
+    request.app.state.stream_tokens.forget(name)
+
+
+# A credential for the event stream: an auth concern (the stream itself is the events
+# package's), so it lives here, on a router of its own (no admin scope: read is enough).
+stream_tokens_router = APIRouter(
+    tags=["events"], responses=problem_responses(400, 401, 403, 422, 500, 503)
+)
+
+
+@stream_tokens_router.post(
+    "/events/tokens",
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(413),
+    operation_id="createStreamToken",
+)
+async def create_stream_token(
+    request: Request, principal: Annotated[Principal, READ]
+) -> StreamTokenCreated:
+    """A short-lived credential for `GET /events?token=...`, for a browser's `EventSource`
+    (which cannot send `Authorization`). It opens nothing else, expires after
+    `STOCKROOM_EVENTS_TOKEN_SECONDS` and stops working when its API key is revoked."""
+    tokens: StreamTokens = request.app.state.stream_tokens
+    issued = await tokens.issue(principal, anonymous=not request.app.state.authenticator.enabled)
+    return StreamTokenCreated(token=issued.token, expires_at=issued.expires_at)

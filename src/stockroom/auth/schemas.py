@@ -7,11 +7,25 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-__all__ = ["KeyCreate", "KeyCreated", "KeyPublic", "ScopeName"]
+__all__ = [
+    "KEY_NAME_MAX_LENGTH",
+    "KEY_NAME_PATTERN",
+    "KEY_NAME_RULE",
+    "KeyCreate",
+    "KeyCreated",
+    "KeyPublic",
+    "ScopeName",
+    "StreamTokenCreated",
+]
 
 ScopeName = Literal["read", "write", "admin"]
+# The one rule for key names, of POST /keys, DELETE /keys/{name} and `stockroom apikey`.
+KEY_NAME_MAX_LENGTH = 100
+KEY_NAME_PATTERN = r"^[A-Za-z0-9._-]+$"
+KEY_NAME_RULE = f"1 to {KEY_NAME_MAX_LENGTH} characters, each a letter, a digit, '.', '_' or '-'"
 KeyName = Annotated[
-    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")
+    str,
+    StringConstraints(min_length=1, max_length=KEY_NAME_MAX_LENGTH, pattern=KEY_NAME_PATTERN),
 ]
 
 
@@ -34,3 +48,12 @@ class KeyCreated(BaseModel):
     scopes: list[ScopeName]
     key: str = Field(description="The secret; shown only in this answer.")
     created_at: dt.datetime
+
+
+class StreamTokenCreated(BaseModel):
+    token: str = Field(
+        description="Pass as `GET /events?token=...`; it opens nothing else. Not an API key."
+    )
+    expires_at: dt.datetime = Field(
+        description="After this the token opens nothing, and a stream opened with it ends."
+    )

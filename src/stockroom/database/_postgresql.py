@@ -138,6 +138,11 @@ class PostgresDatabase:
             command_timeout=settings.database_statement_timeout + 5,
             statement_cache_size=0 if self._pgbouncer else 256,
             server_settings=server_settings,
+            # asyncpg resets a connection it takes back (RESET ALL, UNLISTEN, CLOSE ALL and
+            # the advisory locks): a round trip on every release. Nothing here leaves such
+            # state behind: settings are SET LOCAL, advisory locks are transaction-scoped,
+            # and every transaction ends with its block (see `write`).
+            reset=_nothing_to_reset,
         )
 
     async def close(self) -> None:
@@ -225,6 +230,10 @@ class PostgresDatabase:
             return PoolStatus(size, maximum, 0, 0)
         opened = self._pool.get_size()
         return PoolStatus(size, maximum, opened - self._pool.get_idle_size(), max(0, opened - size))
+
+
+async def _nothing_to_reset(_connection: asyncpg.Connection) -> None:
+    return None
 
 
 @contextmanager

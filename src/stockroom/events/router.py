@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.responses import Response
 
-from stockroom.auth.deps import READ
+from stockroom.auth.deps import READ, TOKEN_EXPIRES_STATE, accepts_stream_token
+from stockroom.edge import is_head, without_body
 from stockroom.errors import InvalidRequestError, StockroomError, UnavailableError
 from stockroom.events.hub import EventHub
 from stockroom.events.log import Position, event_exists, read_after
@@ -43,6 +47,7 @@ _STREAM_DOC = {
     responses=_STREAM_DOC,
     operation_id="streamEvents",
 )
+@accepts_stream_token
 async def stream_events(
     request: Request,
     types: Annotated[
@@ -57,7 +62,14 @@ async def stream_events(
         str | None,
         Header(description="Resume right after this event id; wins over `after`."),
     ] = None,
-) -> EventSourceResponse:
+    token: Annotated[
+        str | None,
+        Query(
+            description="A stream token from `POST /events/tokens`, instead of the "
+            "`Authorization` header (for `EventSource`). The stream ends when it expires."
+        ),
+    ] = None,
+) -> Response:
     """Every committed change as it becomes final, in log order. With a cursor, the events
     after it are replayed from the log first, with no gap and no duplicate."""
     wanted = _parse_types(types, request.app.state.event_types)
@@ -74,11 +86,15 @@ async def stream_events(
     hub: EventHub = request.app.state.event_hub
     if hub.position is None:
         raise UnavailableError("The event stream is not ready yet (no database); retry.")
-    return EventSourceResponse(
-        _messages(engine, hub, start, wanted),
+    # Opened by a stream token: the stream ends when the token expires.
+    ends_at: float | None = getattr(request.state, TOKEN_EXPIRES_STATE, None)
+    response = EventSourceResponse(
+        _messages(engine, hub, start, wanted, ends_at),
         ping=request.app.state.settings.events_heartbeat_seconds,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+    # HEAD: the stream's status and headers; no subscription is made, nothing is read.
+    return without_body(response) if is_head(request) else response
 
 
 def _parse_types(types: str | None, known: Sequence[str]) -> frozenset[str] | None:
@@ -107,9 +123,16 @@ async def _messages(
     hub: EventHub,
     start: Position | None,
     wanted: frozenset[str] | None,
+    ends_at: float | None,
 ) -> AsyncIterator[ServerSentEvent]:
     # Subscribed here, not in the endpoint: the generator's `finally` always unsubscribes.
     subscription = hub.subscribe()
+    expiry = None
+    if ends_at is not None:
+        # Ending the subscription ends the stream after what is already queued.
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, ends_at - time.time()), subscription.end
+        )
     try:
         last = subscription.start if start is None else start
         # Replay what the client missed, up to where the live feed begins.
@@ -131,4 +154,6 @@ async def _messages(
             if wanted is None or event.type in wanted:
                 yield ServerSentEvent(data=event.body, event=event.type, id=str(event.position))
     finally:
+        if expiry is not None:
+            expiry.cancel()
         subscription.end()

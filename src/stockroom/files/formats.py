@@ -227,6 +227,9 @@ class CsvReader:
                 try:
                     values = next(csv.reader(lines, strict=True), [])
                 except csv.Error as exc:
+                    if self.columns is None:
+                        # Without a header no row can be read: say so, not "the file is empty".
+                        raise FileError(start, f"the header row is not valid CSV: {exc}") from None
                     errors.append(RecordError(start, f"not valid CSV: {exc}"))
                     continue
             if not values or values == [""]:

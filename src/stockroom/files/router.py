@@ -9,6 +9,7 @@ from starlette.responses import Response, StreamingResponse
 
 from stockroom.auth.deps import READ, WRITE, CurrentPrincipal
 from stockroom.db import utcnow
+from stockroom.edge import is_head, without_body
 from stockroom.errors import UnsupportedMediaTypeError
 from stockroom.files import service
 from stockroom.files.schemas import ImportReport
@@ -134,15 +135,18 @@ async def import_items(
     operation_id="exportItems",
 )
 async def export_items(
+    request: Request,
     store: ItemStoreDep,
     where: ItemFilterDep,
     format: Annotated[Literal["csv", "ndjson"], Query()] = "csv",
     sort: SortKey = "id",
-) -> StreamingResponse:
+) -> Response:
     """Every item that matches the list filters, in `sort` order, as a file download."""
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
-    return StreamingResponse(
+    response = StreamingResponse(
         service.export_chunks(store, Listing(where, Keyset(sort)), format),
         media_type=service.EXPORT_FORMATS[format],
         headers={"Content-Disposition": f'attachment; filename="items-{stamp}.{format}"'},
     )
+    # HEAD: the download's status and headers; the query is not run.
+    return without_body(response) if is_head(request) else response

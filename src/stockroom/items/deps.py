@@ -17,12 +17,12 @@ __all__ = ["ItemFilterDep", "ItemStoreDep", "ItemWriterDep"]
 PriceBound = Annotated[Money | None, Query()]
 
 
-def _store(request: Request) -> ItemStore:
+async def _store(request: Request) -> ItemStore:
     store: ItemStore = request.app.state.stores.items
     return store
 
 
-def _writer(request: Request) -> ItemWriter:
+async def _writer(request: Request) -> ItemWriter:
     writer: ItemWriter = request.app.state.stores.writer
     return writer
 

@@ -78,7 +78,7 @@ async def fan_out(session: AsyncSession) -> int:
     # One delivery per event of the batch and matching webhook, made by the database: no
     # row of the batch comes into Python. A webhook gets the events committed after it was
     # made, of the types it asked for ("*": all).
-    now = bindparam("now", utcnow(), type_=UTCDateTime)
+    now = bindparam("now", utcnow(), type_=UTCDateTime())
     comma = literal(",")
     wanted = or_(
         Webhook.events == ALL_EVENTS,
