@@ -24,8 +24,14 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	$(BIN)/pip install --quiet -r requirements-test.txt
 	touch $@
 
+# openapi-python-client (tests/test_generated_client.py) pins typer below the CLI's: its own venv.
+$(VENV)/generator/.installed: $(BIN)/python requirements-generator.txt
+	$(PYTHON) -m venv $(VENV)/generator
+	$(VENV)/generator/bin/pip install --quiet -r requirements-generator.txt
+	touch $@
+
 install: $(VENV)/.installed
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test $(VENV)/generator/.installed
 
 migrate: install
 	$(BIN)/stockroom migrate

@@ -26,6 +26,7 @@ from stockroom.db import write_connection
 from stockroom.migrations import upgrade_async
 from stockroom.models import Base
 from stockroom.settings import Settings
+from tests.openapi_check import response_checker
 from tests.pgbouncer import start_pgbouncer
 
 # "pgbouncer": PostgreSQL behind a real PgBouncer in transaction mode; only the items and
@@ -162,7 +163,11 @@ def client_for(application: FastAPI, key: str | None = None) -> httpx.AsyncClien
     # raise_app_exceptions=False: an unhandled error reaches the test as the 500 a client sees.
     transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.AsyncClient(transport=transport, base_url="http://stockroom.test", headers=headers)
+    # Every JSON answer is validated against the app's OpenAPI document (tests/openapi_check).
+    hooks = {"response": [response_checker(application)]}
+    return httpx.AsyncClient(
+        transport=transport, base_url="http://stockroom.test", headers=headers, event_hooks=hooks
+    )
 
 
 async def create_key(application: FastAPI, name: str, scopes: list[str]) -> str:

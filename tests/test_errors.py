@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
-from tests.conftest import client_for, make_settings, problem, start_app
+from stockroom.migrations import upgrade_async
+from tests.conftest import (
+    client_for,
+    create_key,
+    create_pg_database,
+    drop_pg_database,
+    make_settings,
+    problem,
+    start_app,
+)
 
 
 async def test_unknown_route_is_404_problem(client: httpx.AsyncClient) -> None:
@@ -70,7 +83,15 @@ async def app_with_a_bug(database_url: str) -> AsyncIterator[FastAPI]:
     async def explode() -> None:
         raise RuntimeError("secret internal detail: password=hunter2")
 
-    application.add_api_route("/explode", explode)
+    async def time_out() -> None:
+        raise TimeoutError("an outbound call, not the database")
+
+    async def refused() -> None:
+        raise ConnectionRefusedError("some other service")
+
+    application.add_api_route("/explode", explode, include_in_schema=False)
+    application.add_api_route("/time-out", time_out, include_in_schema=False)
+    application.add_api_route("/refused", refused, include_in_schema=False)
     try:
         yield application
     finally:
@@ -109,3 +130,100 @@ async def test_request_id_is_fresh_per_request_and_on_errors(client: httpx.Async
     assert "x-request-id" in (await client.get("/nope")).headers
     big = b"x" * 2_000_000
     assert "x-request-id" in (await client.post("/items", content=big)).headers
+
+
+@pytest.mark.parametrize("path", ["/time-out", "/refused"])
+async def test_timeouts_and_refusals_not_of_the_database_are_500(
+    app_with_a_bug: FastAPI, path: str
+) -> None:
+    # Not "the database is unavailable, retry": nothing says a retry would help.
+    async with client_for(app_with_a_bug) as http:
+        response = await http.get(path)
+    body = problem(response, 500)
+    assert body["type"].endswith("internal-error")
+    assert "retry-after" not in response.headers
+
+
+@pytest.fixture
+async def fresh_database(backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """A migrated database of this test's own (its tables get dropped)."""
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'own.db'}"
+        await upgrade_async(url)
+        yield url
+        return
+    if backend == "pgbouncer":
+        pytest.skip("PostgreSQL itself is enough")
+    url = await create_pg_database()
+    try:
+        await upgrade_async(url)
+        yield url
+    finally:
+        await drop_pg_database(url)
+
+
+@pytest.fixture
+async def running_app(fresh_database: str) -> AsyncIterator[FastAPI]:
+    application, lifespan = await start_app(make_settings(fresh_database))
+    try:
+        yield application
+    finally:
+        await lifespan.__aexit__(None, None, None)
+
+
+async def _drop(application: FastAPI, table: str) -> None:
+    engine = application.state.engine
+    cascade = " CASCADE" if engine.dialect.name == "postgresql" else ""
+    async with engine.begin() as connection:
+        await connection.execute(text(f"DROP TABLE {table}{cascade}"))
+
+
+def _broken(response: httpx.Response) -> None:
+    """A 500 problem that says nothing of the cause, and no invitation to retry."""
+    body = problem(response, 500)
+    assert body["type"].endswith("internal-error")
+    assert "retry-after" not in response.headers
+    for leak in ("no such table", "does not exist", "idempotency_keys", "undefined"):
+        assert leak not in response.text.lower()
+
+
+async def test_a_missing_table_is_a_500_not_a_503(running_app: FastAPI) -> None:
+    """A broken deployment (here: a table dropped under the running app) is not an outage:
+    a 503 would tell clients to retry forever. (On SQLite a missing table is an
+    OperationalError, the class that also means "database busy".)"""
+    key = await create_key(running_app, "broken", ["write"])
+    async with client_for(running_app, key) as http:
+        item = {"sku": "T-1", "name": "Table", "price": "1.00"}
+        created = await http.post("/items", json=item)
+        assert created.status_code == 201, created.text
+
+        await _drop(running_app, "idempotency_keys")
+        again = {"sku": "T-2", "name": "Table", "price": "1.00"}
+        _broken(await http.post("/items", json=again, headers={"Idempotency-Key": "k-1"}))
+        # Without a key the table is not needed: the rest of the service still works.
+        assert (await http.post("/items", json=again)).status_code == 201
+
+        await _drop(running_app, "items")
+        _broken(await http.get("/items"))
+        _broken(await http.get("/items/1"))
+
+
+async def test_sqlite_busy_past_its_timeout_is_a_503(
+    running_app: FastAPI, fresh_database: str, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("SQLite's own lock")
+    key = await create_key(running_app, "busy", ["write"])
+    holder = sqlite3.connect(make_url(fresh_database).database or "", timeout=0)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")  # another process holding the write lock
+        async with client_for(running_app, key) as http:
+            response = await http.post(
+                "/items", json={"sku": "B-1", "name": "Busy", "price": "1.00"}
+            )
+    finally:
+        holder.rollback()
+        holder.close()
+    body = problem(response, 503)
+    assert body["type"].endswith("service-unavailable")
+    assert response.headers["retry-after"] == "1"

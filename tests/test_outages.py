@@ -175,6 +175,7 @@ async def test_statement_timeout_is_a_503_and_frees_the_connection(
         await locker.close()
     body = problem(response, 503)
     assert body["type"].endswith("service-unavailable")
+    assert response.headers["retry-after"] == "1"
     assert 1.0 <= waited < 5.0  # the 1 s statement timeout, not the lock holder, ended it
     application = http.app  # type: ignore[attr-defined]
     # Freed: (the event log's readers borrow the pool's one connection for a moment now and

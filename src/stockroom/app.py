@@ -18,7 +18,6 @@ from stockroom.auth.tokens import StreamTokens
 from stockroom.background import event_services, purge_periodically
 from stockroom.db import create_session_factory
 from stockroom.edge import CorsMiddleware, HeadMiddleware, UnreadBodyMiddleware, api_methods
-from stockroom.errors import install_error_handlers
 from stockroom.events.hub import EventHub
 from stockroom.events.router import router as events_router
 from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
@@ -33,6 +32,8 @@ from stockroom.middleware import (
     RequestContextMiddleware,
 )
 from stockroom.observability import AccessLog, Metrics, configure_logging, watch_event_loop
+from stockroom.openapi import install_openapi
+from stockroom.problems import install_error_handlers
 from stockroom.ratelimit import RateLimiter
 from stockroom.settings import Settings, load_settings
 from stockroom.stores import create_engine, open_stores
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount(DOCS_ASSETS_PATH, docs_assets(), name="docs-assets")
     # Innermost: HEAD runs as the GET, whose body it drops.
     app.add_middleware(HeadMiddleware)
+    install_openapi(app)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

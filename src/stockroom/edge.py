@@ -28,7 +28,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stockroom.errors import problem_response
+from stockroom.problems import problem_response
 
 __all__ = [
     "CORS_ALLOW_HEADERS",

@@ -9,12 +9,16 @@ from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
 from fastapi import Query
-from pydantic import BaseModel, Field, SerializationInfo, model_serializer
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 from starlette.responses import Response
 
 from stockroom.errors import InvalidRequestError
 
 __all__ = [
+    "ETAG_HEADER",
+    "LOCATION_HEADER",
+    "REPLAYED_HEADER",
     "Cursor",
     "Limit",
     "Page",
@@ -32,6 +36,28 @@ Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
 Cursor = Annotated[
     str | None, Query(max_length=2048, description="`next_cursor` of the previous page.")
 ]
+
+# Response headers, as OpenAPI `headers` of the responses that carry them.
+ETAG_HEADER: dict[str, Any] = {
+    "ETag": {
+        "description": 'The item\'s entity tag, `"<id>-<version>"`: send it in `If-Match` or '
+        "`If-None-Match`.",
+        "schema": {"type": "string", "pattern": r'^"\d+-\d+"$'},
+    }
+}
+LOCATION_HEADER: dict[str, Any] = {
+    "Location": {
+        "description": "Path of the created resource.",
+        "schema": {"type": "string", "format": "uri-reference"},
+    }
+}
+REPLAYED_HEADER: dict[str, Any] = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored answer to an earlier request with the "
+        "same `Idempotency-Key` (nothing was applied again); absent otherwise.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
 
 
 def json_response(
@@ -87,6 +113,14 @@ def invalid_cursor() -> InvalidRequestError:
     )
 
 
+def _absent(value: object) -> bool:
+    return value is None
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # absent, not null
+
+
 class Page(BaseModel, Generic[T]):
     """The common list envelope: ``{"data": [...], "next_cursor": ...}`` (+ ``total``)."""
 
@@ -94,13 +128,10 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None = Field(
         description="Pass as `cursor` to get the next page; null on the last page."
     )
-    total: int | None = Field(
-        None, description="Number of matches; present only when `count=true` was asked."
+    # Left out of the answer, not null, unless counted; so not nullable in the schema.
+    total: Annotated[int, Field(ge=0)] | SkipJsonSchema[None] = Field(
+        None,
+        exclude_if=_absent,
+        json_schema_extra=_no_default,
+        description="Number of matches; present only when `count=true` was asked.",
     )
-
-    @model_serializer(mode="wrap")
-    def _drop_absent_total(self, handler: Any, _info: SerializationInfo) -> dict[str, Any]:
-        body: dict[str, Any] = handler(self)
-        if body.get("total") is None:
-            body.pop("total", None)
-        return body

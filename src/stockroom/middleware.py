@@ -17,8 +17,8 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from stockroom.errors import internal_error_response, problem_response, unavailable_response
 from stockroom.observability import AccessLog, Metrics
+from stockroom.problems import internal_error_response, problem_response, unavailable_response
 from stockroom.ratelimit import STATE_KEY, Quota
 
 __all__ = [

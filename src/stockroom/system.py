@@ -13,8 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.staticfiles import StaticFiles
 
-from stockroom.errors import UnavailableError, problem_responses
+from stockroom.errors import UnavailableError
 from stockroom.observability import METRICS_CONTENT_TYPE, Metrics
+from stockroom.problems import problem_responses
 
 __all__ = ["DOCS_ASSETS_PATH", "docs_assets", "router"]
 
@@ -38,18 +39,18 @@ class Readiness(BaseModel):
     database: str = "ok"
 
 
-@router.get("/ping")
+@router.get("/ping", operation_id="ping")
 async def ping() -> Pong:
     return Pong()
 
 
-@router.get("/healthz")
+@router.get("/healthz", operation_id="getHealth")
 async def healthz() -> Health:
     """The process is up. Makes no database call."""
     return Health()
 
 
-@router.get("/readyz", responses=problem_responses(503))
+@router.get("/readyz", responses=problem_responses(503), operation_id="getReadiness")
 async def readyz(request: Request) -> Readiness:
     """The database answers a trivial query within 1.5 s."""
     engine: AsyncEngine = request.app.state.engine
@@ -70,6 +71,7 @@ async def readyz(request: Request) -> Readiness:
             "content": {"text/plain": {"schema": {"type": "string"}}},
         }
     },
+    operation_id="getMetrics",
 )
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this instance (all its workers). Open: no key needed."""

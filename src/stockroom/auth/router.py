@@ -20,8 +20,8 @@ from stockroom.auth.schemas import (
 from stockroom.auth.service import Principal
 from stockroom.auth.tokens import StreamTokens
 from stockroom.deps import SessionDep
-from stockroom.errors import problem_responses
 from stockroom.http import Page
+from stockroom.problems import problem_responses
 
 __all__ = ["router", "stream_tokens_router"]
 
@@ -46,7 +46,12 @@ def _public(record: ApiKey) -> KeyPublic:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=problem_responses(409))
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses=problem_responses(409),
+    operation_id="createKey",
+)
 async def create_key(session: SessionDep, body: KeyCreate) -> KeyCreated:
     """A new key. Its secret is in this answer only; it is stored as a hash."""
     record, secret = await service.create_key(session, body.name, body.scopes)
@@ -58,13 +63,18 @@ async def create_key(session: SessionDep, body: KeyCreate) -> KeyCreated:
     )
 
 
-@router.get("")
+@router.get("", operation_id="listKeys")
 async def list_keys(session: SessionDep) -> Page[KeyPublic]:
     """Every key, revoked ones included; never the secrets."""
     return Page(data=[_public(r) for r in await service.list_keys(session)], next_cursor=None)
 
 
-@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(404))
+@router.delete(
+    "/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(404),
+    operation_id="revokeKey",
+)
 async def revoke_key(session: SessionDep, request: Request, name: KeyName) -> None:
     """Revoke a key (again is fine). This instance refuses it at once; others within
     `STOCKROOM_AUTH_CACHE_SECONDS`."""
@@ -84,6 +94,7 @@ stream_tokens_router = APIRouter(
     "/events/tokens",
     status_code=status.HTTP_201_CREATED,
     responses=problem_responses(413),
+    operation_id="createStreamToken",
 )
 async def create_stream_token(
     request: Request, principal: Annotated[Principal, READ]

@@ -14,14 +14,10 @@ from starlette.responses import Response
 
 from stockroom.auth.deps import READ, TOKEN_EXPIRES_STATE, accepts_stream_token
 from stockroom.edge import is_head, without_body
-from stockroom.errors import (
-    InvalidRequestError,
-    StockroomError,
-    UnavailableError,
-    problem_responses,
-)
+from stockroom.errors import InvalidRequestError, StockroomError, UnavailableError
 from stockroom.events.hub import EventHub
 from stockroom.events.log import Position, event_exists, read_after
+from stockroom.problems import problem_responses
 
 __all__ = ["CursorGoneError", "router"]
 
@@ -49,12 +45,14 @@ _STREAM_DOC = {
     dependencies=[READ],
     response_class=EventSourceResponse,
     responses=_STREAM_DOC,
+    operation_id="streamEvents",
 )
 @accepts_stream_token
 async def stream_events(
     request: Request,
     types: Annotated[
         str | None,
+        # The document gives the pattern of the app's event types (stockroom.openapi).
         Query(description="Comma-separated event types to receive (default: all)."),
     ] = None,
     after: Annotated[

@@ -10,14 +10,16 @@ from starlette.responses import Response, StreamingResponse
 from stockroom.auth.deps import READ, WRITE, CurrentPrincipal
 from stockroom.db import utcnow
 from stockroom.edge import is_head, without_body
-from stockroom.errors import UnsupportedMediaTypeError, problem_responses
+from stockroom.errors import UnsupportedMediaTypeError
 from stockroom.files import service
 from stockroom.files.schemas import ImportReport
+from stockroom.http import REPLAYED_HEADER
 from stockroom.idempotency.deps import answer_response, unit_of_work
 from stockroom.idempotency.service import Scope, StoredAnswer
 from stockroom.items.deps import ItemFilterDep, ItemStoreDep
 from stockroom.items.repository import Keyset, Listing
 from stockroom.items.schemas import SortKey
+from stockroom.problems import problem_responses
 
 __all__ = ["router"]
 
@@ -27,20 +29,34 @@ router = APIRouter(
     responses=problem_responses(400, 401, 403, 413, 422, 500, 503),
 )
 
-_TEXT_BODY = {"schema": {"type": "string"}}
+
+def _file(media_type: str) -> dict[str, Any]:
+    """A whole file as the body: a string of that media type (``format: binary`` too, by
+    which generators such as openapi-python-client offer to send raw bytes)."""
+    return {"schema": {"type": "string", "format": "binary", "contentMediaType": media_type}}
+
+
+# openapi-python-client sends a File body with the last of these: text/csv, the main format.
+_FILE_TYPES = ("application/x-ndjson", "text/csv")
 _IMPORT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "description": "CSV with a header row (sku,name,description,price,quantity) or NDJSON "
         "(one object per line with the same fields). Streamed: any size up to "
         "STOCKROOM_IMPORT_MAX_BYTES.",
-        "content": {"text/csv": _TEXT_BODY, "application/x-ndjson": _TEXT_BODY},
+        "content": {media_type: _file(media_type) for media_type in _FILE_TYPES},
     }
 }
 _EXPORT_BODY: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "The items, streamed.",
-        "content": {"text/csv": _TEXT_BODY, "application/x-ndjson": _TEXT_BODY},
+        "content": {media_type: _file(media_type) for media_type in _FILE_TYPES},
+        "headers": {
+            "Content-Disposition": {
+                "description": 'A download: `attachment; filename="items-<time>.<format>"`.',
+                "schema": {"type": "string"},
+            }
+        },
     }
 }
 IdempotencyKey = Annotated[
@@ -60,9 +76,10 @@ def _report_answer(report: ImportReport) -> StoredAnswer:
 @router.post(
     "/import",
     response_model=ImportReport,
-    responses=problem_responses(409, 415),
+    responses={200: {"headers": REPLAYED_HEADER}, **problem_responses(409, 415)},
     openapi_extra=_IMPORT_BODY,
     dependencies=[WRITE],
+    operation_id="importItems",
 )
 async def import_items(
     request: Request,
@@ -115,6 +132,7 @@ async def import_items(
     response_class=StreamingResponse,
     responses=_EXPORT_BODY,
     dependencies=[READ],
+    operation_id="exportItems",
 )
 async def export_items(
     request: Request,

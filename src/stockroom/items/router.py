@@ -10,8 +10,15 @@ from starlette.convertors import StringConvertor, register_url_convertor
 
 from stockroom.auth.deps import READ, WRITE
 from stockroom.deps import DatabaseDep
-from stockroom.errors import problem_responses
-from stockroom.http import Cursor, Limit, Page, etag_matches
+from stockroom.http import (
+    ETAG_HEADER,
+    LOCATION_HEADER,
+    REPLAYED_HEADER,
+    Cursor,
+    Limit,
+    Page,
+    etag_matches,
+)
 from stockroom.idempotency.deps import IdempotencyDep, answer_response
 from stockroom.idempotency.service import StoredAnswer
 from stockroom.items import service
@@ -26,6 +33,7 @@ from stockroom.items.schemas import (
     item_json,
 )
 from stockroom.items.writer import etag_of
+from stockroom.problems import problem_responses
 
 __all__ = ["ITEM_PATH", "router"]
 
@@ -50,6 +58,10 @@ IfMatch = Annotated[
     str | None,
     Header(description="Apply only if the item's current ETag is one of these (or `*`)."),
 ]
+IfNoneMatch = Annotated[
+    str | None,
+    Header(description="Answer 304 (no body) if the item's ETag is one of these (or `*`)."),
+]
 
 
 _JSON = "application/json"
@@ -69,15 +81,19 @@ def _item_response(item: ItemRow) -> Response:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=ItemPublic,
-    responses=problem_responses(409),
+    responses={
+        201: {"headers": {**LOCATION_HEADER, **ETAG_HEADER, **REPLAYED_HEADER}},
+        **problem_responses(409),
+    },
     dependencies=[WRITE],
+    operation_id="createItem",
 )
 async def create_item(body: ItemCreate, writer: ItemWriterDep, unit: IdempotencyDep) -> Response:
     answer, replayed = await unit.run(lambda connection: writer.create(connection, body), _created)
     return answer_response(answer, replayed=replayed)
 
 
-@router.get("", response_model=Page[ItemPublic], dependencies=[READ])
+@router.get("", response_model=Page[ItemPublic], dependencies=[READ], operation_id="listItems")
 async def list_items(
     store: ItemStoreDep,
     where: ItemFilterDep,
@@ -101,15 +117,20 @@ async def list_items(
     ITEM_PATH,
     response_model=ItemPublic,
     responses={
-        304: {"description": "Not modified: `If-None-Match` matched the ETag."},
+        200: {"headers": ETAG_HEADER},
+        304: {
+            "description": "Not modified: `If-None-Match` matched the ETag.",
+            "headers": ETAG_HEADER,
+        },
         **problem_responses(404),
     },
     dependencies=[READ],
+    operation_id="getItem",
 )
 async def get_item(
     store: ItemStoreDep,
     item_id: ItemId,
-    if_none_match: Annotated[str | None, Header()] = None,
+    if_none_match: IfNoneMatch = None,
 ) -> Response:
     item = await service.get_item(store, item_id)
     if if_none_match is not None and etag_matches(if_none_match, etag_of(item), weak=True):
@@ -120,8 +141,9 @@ async def get_item(
 @router.patch(
     ITEM_PATH,
     response_model=ItemPublic,
-    responses=problem_responses(404, 409, 412),
+    responses={200: {"headers": ETAG_HEADER}, **problem_responses(404, 409, 412)},
     dependencies=[WRITE],
+    operation_id="updateItem",
 )
 async def update_item(
     db: DatabaseDep,
@@ -140,6 +162,7 @@ async def update_item(
     status_code=status.HTTP_204_NO_CONTENT,
     responses=problem_responses(404, 409, 412),
     dependencies=[WRITE],
+    operation_id="deleteItem",
 )
 async def delete_item(
     db: DatabaseDep, writer: ItemWriterDep, item_id: ItemId, if_match: IfMatch = None

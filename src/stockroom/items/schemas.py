@@ -63,12 +63,17 @@ SortKey = Literal[
 
 _MONEY_PATTERN = r"^\d{1,10}\.\d{2}$"
 _MONEY_TEXT = re.compile(r"\d{1,10}(\.\d{1,2})?", re.ASCII)
+# No `multipleOf: 0.01` on the number: in binary floating point 19.99 / 0.01 is not a whole
+# number, so standard validators would refuse prices the service takes. The two-places rule
+# is the string's pattern, and for a number it is said in words (more places: a 422).
 _MONEY_INPUT_SCHEMA = {
     "anyOf": [
-        {"type": "number", "minimum": 0, "maximum": 9999999999.99, "multipleOf": 0.01},
+        {"type": "number", "minimum": 0, "maximum": 9999999999.99},
         {"type": "string", "pattern": r"^\d{1,10}(\.\d{1,2})?$"},
     ],
-    "description": "Amount with at most two decimal places, as a number or a string.",
+    "description": "Amount from 0 to 9999999999.99 with at most two decimal places, as a "
+    'string ("19.99", the exact form) or a JSON number (19.99); more places are a 422. '
+    'Answers always give a string with two places ("19.90").',
     "examples": ["49.90"],
 }
 
@@ -166,16 +171,28 @@ class ItemCreate(BaseModel):
     quantity: Quantity = 0
 
 
+def _not_nullable(schema: dict[str, Any]) -> None:
+    """The schema of ``X | None`` as X's: the field may be left out, not sent as null."""
+    choices = [choice for choice in schema.pop("anyOf", []) if choice != {"type": "null"}]
+    schema.pop("default", None)
+    if len(choices) == 1:
+        schema.update({**choices[0], **schema})
+    elif choices:
+        schema["anyOf"] = choices
+
+
 class ItemUpdate(BaseModel):
     """A partial update; fields left out stay as they are."""
 
     model_config = ConfigDict(extra="forbid")
 
-    # `| SkipJsonSchema[None]`: optional, but not nullable in the schema; null is a 422.
-    sku: Sku | SkipJsonSchema[None] = None
-    name: Name | SkipJsonSchema[None] = None
+    # Optional, but not nullable in the schema; null is a 422 (`_no_null_for_required`).
+    # (`X | None`, not `X | SkipJsonSchema[None]`: that is a union whose branch names,
+    # validator function names, would show in the 422's `loc` and `detail`.)
+    sku: Sku | None = Field(None, json_schema_extra=_not_nullable)
+    name: Name | None = Field(None, json_schema_extra=_not_nullable)
     description: OptionalDescription = None
-    price: Money | SkipJsonSchema[None] = None
+    price: Money | None = Field(None, json_schema_extra=_not_nullable)
 
     # Not part of the schema: present only to answer a clear 422 that points to the ledger.
     quantity: SkipJsonSchema[Any] = Field(None, exclude=True)

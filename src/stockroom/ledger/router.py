@@ -7,8 +7,7 @@ from fastapi import APIRouter, status
 from starlette.responses import Response
 
 from stockroom.auth.deps import READ, WRITE
-from stockroom.errors import problem_responses
-from stockroom.http import Cursor, Limit, Page
+from stockroom.http import REPLAYED_HEADER, Cursor, Limit, Page
 from stockroom.idempotency.deps import IdempotencyDep, answer_response
 from stockroom.idempotency.service import StoredAnswer
 from stockroom.items.deps import ItemStoreDep, ItemWriterDep
@@ -16,6 +15,7 @@ from stockroom.items.models import AdjustmentRow
 from stockroom.items.schemas import AdjustmentPublic, ItemId, adjustment_json
 from stockroom.ledger import service
 from stockroom.ledger.schemas import AdjustmentCreate
+from stockroom.problems import problem_responses
 
 __all__ = ["router"]
 
@@ -34,8 +34,9 @@ def _created(adjustment: AdjustmentRow) -> StoredAnswer:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=AdjustmentPublic,
-    responses=problem_responses(409),
+    responses={201: {"headers": REPLAYED_HEADER}, **problem_responses(409)},
     dependencies=[WRITE],
+    operation_id="createAdjustment",
 )
 async def create_adjustment(
     item_id: ItemId, body: AdjustmentCreate, writer: ItemWriterDep, unit: IdempotencyDep
@@ -48,7 +49,12 @@ async def create_adjustment(
     return answer_response(answer, replayed=replayed)
 
 
-@router.get("", response_model=Page[AdjustmentPublic], dependencies=[READ])
+@router.get(
+    "",
+    response_model=Page[AdjustmentPublic],
+    dependencies=[READ],
+    operation_id="listAdjustments",
+)
 async def list_adjustments(
     store: ItemStoreDep,
     item_id: ItemId,

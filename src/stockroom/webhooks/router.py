@@ -8,8 +8,8 @@ from fastapi import APIRouter, Path, Request, Response, status
 
 from stockroom.auth.deps import ADMIN
 from stockroom.deps import SessionDep
-from stockroom.errors import problem_responses
-from stockroom.http import Cursor, Limit, Page
+from stockroom.http import LOCATION_HEADER, Cursor, Limit, Page
+from stockroom.problems import problem_responses
 from stockroom.webhooks import service
 from stockroom.webhooks.models import Webhook
 from stockroom.webhooks.schemas import AttemptPublic, WebhookCreate, WebhookCreated, WebhookPublic
@@ -34,7 +34,13 @@ def _public(webhook: Webhook) -> WebhookPublic:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=WebhookCreated)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=WebhookCreated,
+    responses={201: {"headers": LOCATION_HEADER}},
+    operation_id="createWebhook",
+)
 async def create_webhook(
     request: Request, session: SessionDep, body: WebhookCreate, response: Response
 ) -> WebhookCreated:
@@ -45,7 +51,7 @@ async def create_webhook(
     return WebhookCreated(**_public(webhook).model_dump(), secret=webhook.secret)
 
 
-@router.get("", response_model=Page[WebhookPublic])
+@router.get("", response_model=Page[WebhookPublic], operation_id="listWebhooks")
 async def list_webhooks(
     session: SessionDep, limit: Limit = 50, cursor: Cursor = None
 ) -> Page[WebhookPublic]:
@@ -54,13 +60,21 @@ async def list_webhooks(
     return Page(data=[_public(w) for w in webhooks], next_cursor=next_cursor)
 
 
-@router.get("/{webhook_id}", response_model=WebhookPublic, responses=problem_responses(404))
+@router.get(
+    "/{webhook_id}",
+    response_model=WebhookPublic,
+    responses=problem_responses(404),
+    operation_id="getWebhook",
+)
 async def get_webhook(session: SessionDep, webhook_id: WebhookId) -> WebhookPublic:
     return _public(await service.get_webhook(session, webhook_id))
 
 
 @router.delete(
-    "/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT, responses=problem_responses(404)
+    "/{webhook_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=problem_responses(404),
+    operation_id="deleteWebhook",
 )
 async def delete_webhook(session: SessionDep, webhook_id: WebhookId) -> Response:
     """Remove the webhook; its pending deliveries are dropped with it."""
@@ -72,6 +86,7 @@ async def delete_webhook(session: SessionDep, webhook_id: WebhookId) -> Response
     "/{webhook_id}/deliveries",
     response_model=Page[AttemptPublic],
     responses=problem_responses(404),
+    operation_id="listDeliveries",
 )
 async def list_deliveries(
     session: SessionDep, webhook_id: WebhookId, limit: Limit = 50, cursor: Cursor = None

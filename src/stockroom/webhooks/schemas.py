@@ -38,7 +38,14 @@ def _http_url(value: str) -> str:
     return value
 
 
-WebhookUrl = Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_http_url)]
+# The schema's pattern says "http(s)://, then a host"; `_http_url` checks the rest (no
+# credentials, no #fragment), and the service whether the host is private.
+_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^/?#]+(?:[/?#][\s\S]*)?$"
+WebhookUrl = Annotated[
+    str,
+    Field(min_length=1, max_length=2048, json_schema_extra={"pattern": _URL_PATTERN}),
+    AfterValidator(_http_url),
+]
 
 
 class WebhookCreate(BaseModel):
