@@ -38,10 +38,12 @@ async def current_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller: by its API key, or on a route marked :func:`accepts_stream_token` by a
-    stream token in ``?token=`` (which no other route accepts, nor ``Authorization``)."""
+    """The caller, counted against its rate limit: by its API key, or on a route marked
+    :func:`accepts_stream_token` by a stream token in ``?token=`` (which no other route
+    accepts, nor ``Authorization``)."""
     authenticator: Authenticator = request.app.state.authenticator
-    token = request.query_params.get(TOKEN_PARAM)
+    # The query string is parsed only when it may hold a token (most requests have none).
+    token = request.query_params.get(TOKEN_PARAM) if request.scope["query_string"] else None
     if token is not None and authenticator.enabled:
         if not getattr(request.scope.get("endpoint"), _STREAM_TOKEN_MARK, False):
             raise UnauthorizedError(
@@ -51,13 +53,13 @@ async def current_principal(
         tokens: StreamTokens = request.app.state.stream_tokens
         principal, expires = await tokens.verify(token)
         setattr(request.state, TOKEN_EXPIRES_STATE, expires)
-        return principal
+        return await _count(request, principal)
     presented = credentials.credentials if credentials else None
     if presented is not None and presented.startswith(TOKEN_PREFIX) and authenticator.enabled:
         raise UnauthorizedError(
             "A stream token is not an API key: it opens only GET /events, as ?token=."
         )
-    return await authenticator.authenticate(presented)
+    return await _count(request, await authenticator.authenticate(presented))
 
 
 def accepts_stream_token(endpoint: F) -> F:
@@ -69,11 +71,13 @@ def accepts_stream_token(endpoint: F) -> F:
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
-async def rate_limited(request: Request, principal: CurrentPrincipal) -> Principal:
+async def _count(request: Request, principal: Principal) -> Principal:
     """Counts the request against the caller's budget: its API key's, or with
     authentication off its client address's. Over budget: 429 with ``Retry-After``.
     The ``RateLimit-*`` headers are added to the response by ``RateLimitHeadersMiddleware``.
-    Runs once per request however many scope checks a route has (FastAPI caches it)."""
+    Runs once per request however many scope checks a route has (FastAPI caches the
+    principal); part of :func:`current_principal`, not a dependency of its own: each level
+    of dependencies costs every request."""
     limiter: RateLimiter | None = request.app.state.rate_limiter
     if limiter is None:
         return principal
@@ -100,9 +104,6 @@ def _window(limiter: RateLimiter) -> str:
     return unit if item.multiples == 1 else f"{item.multiples} {unit}s"
 
 
-LimitedPrincipal = Annotated[Principal, Depends(rate_limited)]
-
-
 class RequireScope:
     """A route dependency: the caller's key must grant ``scope`` (else 403). Every route
     that needs a key is also rate limited (when a limit is set)."""
@@ -110,7 +111,7 @@ class RequireScope:
     def __init__(self, scope: str) -> None:
         self.scope = scope
 
-    async def __call__(self, principal: LimitedPrincipal) -> Principal:
+    async def __call__(self, principal: CurrentPrincipal) -> Principal:
         if not principal.can(self.scope):
             raise ForbiddenError(f"This needs an API key with the {self.scope!r} scope.")
         return principal
