@@ -229,9 +229,20 @@ def psql(sql: str, database: str = "postgres", port: int | None = None) -> str:
     if port is not None:  # the same host and user, another port (PgBouncer's)
         server = re.sub(r"(@[^:/]*)(:\d+)?$", rf"\g<1>:{port}", server)
     dsn = server + "/" + database
-    result = subprocess.run(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
-                            check=True, capture_output=True, text=True)  # fmt: skip
+    for _ in range(12):  # a shared PostgreSQL out of connections: wait for them
+        result = subprocess.run(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
+                                capture_output=True, text=True)  # fmt: skip
+        if "too many clients" not in result.stderr:
+            break
+        time.sleep(5)
+    if result.returncode != 0:
+        raise PsqlError(result.returncode, ["psql", dsn], result.stdout, result.stderr.strip())
     return result.stdout.strip()
+
+
+class PsqlError(subprocess.CalledProcessError):
+    def __str__(self) -> str:
+        return f"psql failed: {self.stderr}"
 
 
 SEED_SQL = f"""
@@ -655,6 +666,8 @@ def main() -> None:
         print(f"{', '.join(SAME_BYTES)} answer the same bytes: {checks}", flush=True)
         verdicts = answers_check(servers, headers)
         print(f"one request of each scenario, status and members: {verdicts}", flush=True)
+        if not all(checks.values()) or any(v != "ok" for v in verdicts.values()):
+            raise SystemExit("a server does not answer the scenarios as expected (above)")
 
         def measure(scenario: Scenario, name: str, script: Path, seconds: int,
                     tag: str) -> dict[str, Any]:  # fmt: skip

@@ -108,7 +108,7 @@ def same_tables_copy(work: Path, env: dict[str, str]) -> tuple[float, dict[str, 
     per_table = dict(zip([t for t, _c, _q in COPIED], times[1:4], strict=False))
     print(
         f"  COPY into the same tables: {seconds:.1f} s ("
-        + ", ".join(f"{t} {s:.1f} s" for t, s in per_table.items())
+        + ", ".join(f"{t} {s:.2f} s" for t, s in per_table.items())
         + ")",
         flush=True,
     )
@@ -267,7 +267,7 @@ def main() -> None:
     ]
     same_note = (
         "COPY into the same tables (one session, one transaction): "
-        + ", ".join(f"{t} {s:.1f} s" for t, s in same_tables.items())
+        + ", ".join(f"{t} {s:.2f} s" for t, s in same_tables.items())
         + f". Rows the import wrote: {written}; rows the COPY wrote: {copied}"
         + (" (the same)." if written == copied else " (**not the same**).")
     )
