@@ -357,6 +357,7 @@ class Server:
                     return
             except httpx.TransportError:
                 time.sleep(0.1)
+        self.stop()
         raise RuntimeError(f"{name} did not start; see {log}")
 
     def cpu_seconds(self) -> float:
@@ -375,7 +376,11 @@ class Server:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(30)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class PgBouncer:
@@ -443,7 +448,9 @@ class PgBouncer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def start_servers(work: Path, pgbouncer: PgBouncer) -> dict[str, Server]:
+def start_servers(work: Path, pgbouncer: PgBouncer, servers: dict[str, Server]) -> None:
+    """Start the five servers into ``servers`` (each as soon as it runs: the caller stops
+    those that started, should a later one fail)."""
     base = ADMIN_DSN.rsplit("/", 1)[0]
     asyncpg_base = base.replace("postgresql://", "postgresql+asyncpg://")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")}
@@ -451,7 +458,6 @@ def start_servers(work: Path, pgbouncer: PgBouncer) -> dict[str, Server]:
     uvicorn = [sys.executable, "-m", "uvicorn", "--loop", "uvloop", "--http", "httptools",
                "--log-level", "warning", "--no-access-log"]  # fmt: skip
     stockroom = [sys.executable, "-m", "stockroom", "serve"]
-    servers = {}
     # Stockroom as shipped: default settings (auth on, log level info with its access log,
     # metrics and request ids, the webhook dispatcher), only the database (and in --smoke
     # the pool) chosen.
@@ -471,7 +477,6 @@ def start_servers(work: Path, pgbouncer: PgBouncer) -> dict[str, Server]:
     env = {**clean, "BENCH_DATABASE_URL": f"{asyncpg_base}/{DATABASE}"}
     servers[TUTORIAL] = Server(TUTORIAL, [*uvicorn, "tutorial_app:app"], env,
                                work / f"{TUTORIAL}.log")  # fmt: skip
-    return servers
 
 
 def lag_buckets(server: Server) -> dict[float, float]:
@@ -660,7 +665,7 @@ def main() -> None:
     huge_after: dict[str, tuple[int, float]] = {}
     ledgers: list[dict[str, Any]] = []
     try:
-        servers = start_servers(work, pgbouncer)
+        start_servers(work, pgbouncer, servers)
         phases["setup"] = time.monotonic() - started
         checks = same_bodies(servers, headers)
         print(f"{', '.join(SAME_BYTES)} answer the same bytes: {checks}", flush=True)
