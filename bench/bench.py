@@ -229,7 +229,7 @@ def psql(sql: str, database: str = "postgres", port: int | None = None) -> str:
     if port is not None:  # the same host and user, another port (PgBouncer's)
         server = re.sub(r"(@[^:/]*)(:\d+)?$", rf"\g<1>:{port}", server)
     dsn = server + "/" + database
-    for _ in range(12):  # a shared PostgreSQL out of connections: wait for them
+    for _ in range(36):  # a shared PostgreSQL out of connections: wait for them (3 min)
         result = subprocess.run(["psql", dsn, "-v", "ON_ERROR_STOP=1", "-qAtc", sql],
                                 capture_output=True, text=True)  # fmt: skip
         if "too many clients" not in result.stderr:
