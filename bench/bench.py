@@ -265,6 +265,11 @@ SELECT count(*) FILTER (WHERE coalesce(a.total, 0) <> i.quantity), count(*),
 FROM items i LEFT JOIN (SELECT item_id, sum(delta) AS total FROM adjustments GROUP BY item_id) a
   ON a.item_id = i.id
 """
+# Sessions of the bench's database (but this one) in a statement or a transaction.
+BUSY_SQL = f"""
+SELECT count(*) FROM pg_stat_activity WHERE datname = '{DATABASE}' AND pid <> pg_backend_pid()
+  AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')
+"""
 # Where the tables stand: new rows of a run are those above the marks taken before it.
 MARKS_SQL = """
 SELECT (SELECT coalesce(max(id), 0) FROM items), (SELECT coalesce(max(id), 0) FROM adjustments),
@@ -365,12 +370,14 @@ class Server:
         return times.user + times.system
 
     def settle(self) -> float:
-        """Wait until the server is idle (or SETTLE_SECONDS passed); how long it took."""
+        """Wait until the server is idle and no statement or transaction of any client runs
+        in the bench's database (requests waiting on a row lock cost the server no CPU), or
+        SETTLE_SECONDS passed; how long it took."""
         started = time.monotonic()
         while time.monotonic() - started < SETTLE_SECONDS:
             before = self.cpu_seconds()
             time.sleep(0.2)
-            if self.cpu_seconds() - before < IDLE_SHARE * 0.2:
+            if self.cpu_seconds() - before < IDLE_SHARE * 0.2 and psql(BUSY_SQL, DATABASE) == "0":
                 break
         return time.monotonic() - started
 
@@ -693,14 +700,14 @@ def main() -> None:
                 result["pgbouncer_cpu_s"] = pgbouncer.cpu_seconds() - pgbouncer_before
             if "sent" in result:  # sent, neither answered nor failed: waiting at the end
                 result["in_flight"] = result["sent"] - result["requests"] - result["socket_errors"]
-            # The requests in flight when wrk stopped finish before anything else runs.
-            result["settle_s"] = server.settle()
-            if name in STOCKROOMS:
-                result["server_5xx"] = server_errors(server) - errors_before
             if watch_lag:  # add up the samples of every stockroom GET run
                 for bound, count in lag_buckets(server).items():
                     lag_during[bound] = (lag_during.get(bound, 0.0) + count
                                          - lag_before.get(bound, 0.0))  # fmt: skip
+            # The requests in flight when wrk stopped finish before anything else runs.
+            result["settle_s"] = server.settle()
+            if name in STOCKROOMS:  # after the settling: answers sent after wrk stopped too
+                result["server_5xx"] = server_errors(server) - errors_before
             if scenario.writes:
                 result["rows"] = rows_written(scenario.writes, before, marks(), result,
                                               scenario.connections)  # fmt: skip
