@@ -40,6 +40,7 @@ import pwd
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,7 +59,7 @@ ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.
 DATABASE = "stockroom_bench"
 SMOKE = "--smoke" in sys.argv[1:] or os.environ.get("BENCH_SMOKE") == "1"
 ITEMS = int(os.environ.get("BENCH_ITEMS", "1000" if SMOKE else "10000"))
-SECONDS = int(os.environ.get("BENCH_SECONDS", "2" if SMOKE else "8"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "2" if SMOKE else "7"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if SMOKE else "2"))
 WARMUP_SECONDS = 1 if SMOKE else 2
 # Connections per server (Stockroom's default pool is 20 + 0). All five servers are up at
@@ -381,7 +382,18 @@ class Server:
                 break
         return time.monotonic() - started
 
+    def pause(self, paused: bool) -> None:
+        """Freeze (SIGSTOP) or thaw (SIGCONT) the server and any child of it: an idle server
+        takes no CPU from the one being measured (Stockroom's webhook dispatcher wakes on
+        every commit that wrote events, whichever server made it)."""
+        try:
+            for process in [self.ps, *self.ps.children(recursive=True)]:
+                process.send_signal(signal.SIGSTOP if paused else signal.SIGCONT)
+        except psutil.NoSuchProcess:
+            pass  # it has exited (a server that did not start)
+
     def stop(self) -> None:
+        self.pause(False)
         self.process.terminate()
         try:
             self.process.wait(30)
@@ -685,6 +697,10 @@ def main() -> None:
                     tag: str) -> dict[str, Any]:  # fmt: skip
             nonlocal lag_before
             server = servers[name]
+            # Only the measured server runs. Thawed before the pause below: its event-loop
+            # probe records the time it was frozen at once, before lag_before is read.
+            for other, frozen in servers.items():
+                frozen.pause(other != name)
             time.sleep(QUIET_SECONDS)
             before = marks() if scenario.writes else {}
             watch_lag = name == STOCKROOM and scenario.name in GET_SCENARIOS and tag != "warmup"
@@ -693,9 +709,16 @@ def main() -> None:
             errors_before = server_errors(server) if name in STOCKROOMS else 0
             cpu_before = server.cpu_seconds()
             pgbouncer_before = pgbouncer.cpu_seconds()
+            idle_before = {other: servers[other].cpu_seconds() for other in servers}
             result: dict[str, Any] = wrk(server.url, script, scenario.connections, seconds,
                                          (f"{name}-{scenario.name}-{tag}",))  # fmt: skip
             result["cpu_s"] = server.cpu_seconds() - cpu_before
+            # What the other servers (frozen, so none: a check of the freezing) used meanwhile.
+            result["idle_servers_cpu_s"] = {
+                other: servers[other].cpu_seconds() - idle_before[other]
+                for other in servers
+                if other != name
+            }
             if name == VIA_PGBOUNCER:
                 result["pgbouncer_cpu_s"] = pgbouncer.cpu_seconds() - pgbouncer_before
             if "sent" in result:  # sent, neither answered nor failed: waiting at the end
@@ -748,6 +771,8 @@ def main() -> None:
                              if rows else ""), flush=True)  # fmt: skip
             phases[scenario.name] = time.monotonic() - phase_started
     finally:
+        for server in servers.values():
+            server.pause(False)
         for server in servers.values():
             server.stop()
         pgbouncer.stop()
@@ -903,6 +928,20 @@ def main() -> None:
                     f"| {'yes' if r['rows_ok'] else '**no**'} |"
                 )
     scenarios = [f"- `{s.name}`: {s.what}, c={s.connections}" for s in SCENARIOS]
+    # The idle servers' CPU during the runs, as a share of a core: the most of any run.
+    idle_share: dict[str, tuple[float, str, str]] = {}
+    for scenario in SCENARIOS:
+        for name, rounds in runs[scenario.name].items():
+            for r in rounds:
+                seconds = scenario.seconds or SECONDS
+                for other, cpu in r["idle_servers_cpu_s"].items():
+                    share = cpu / seconds
+                    if share > idle_share.get(scenario.name, (0.0, "", ""))[0]:
+                        idle_share[scenario.name] = (share, other, name)
+    idle_text = "Most CPU a frozen server used during another's run (share of a core): " + (
+        ", ".join(f"{scenario} {share:.1%} ({other} during {name})"
+                  for scenario, (share, other, name) in idle_share.items()) or "none"
+    ) + "."  # fmt: skip
     minutes = (time.monotonic() - started) / 60
     phase_text = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in phases.items())
     text = "\n".join([
@@ -919,7 +958,7 @@ def main() -> None:
         *scenarios, "",
         f"Stockroom, stockroom-pgbouncer, bare and fastapi-ceiling bodies byte-identical: "
         f"{checks}", f"One request of each scenario per server: {verdicts}", "",
-        *table, "", *targets, "", ledger_text, "",
+        *table, "", idle_text, "", *targets, "", ledger_text, "",
         "Rows written by the write runs (every round, warm-ups not counted here):", "",
         *written_table, "",
     ])  # fmt: skip
