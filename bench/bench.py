@@ -693,14 +693,29 @@ def main() -> None:
         if not all(checks.values()) or any(v != "ok" for v in verdicts.values()):
             raise SystemExit("a server does not answer the scenarios as expected (above)")
 
+        def freeze_all_but(name: str) -> int:
+            """Freeze every server but ``name``, none of them inside a transaction (a frozen
+            dispatcher step would hold its locks and connection): after freezing, no session
+            of the database may be busy, else thaw, wait and try again. The attempts made."""
+            for attempt in range(1, 21):
+                for other, frozen in servers.items():
+                    frozen.pause(other != name)
+                time.sleep(0.05)
+                if psql(BUSY_SQL, DATABASE) == "0":
+                    return attempt
+                for frozen in servers.values():
+                    frozen.pause(False)
+                time.sleep(0.1)
+            print(f"  could not freeze the others outside a transaction for {name}", flush=True)
+            return 0
+
         def measure(scenario: Scenario, name: str, script: Path, seconds: int,
                     tag: str) -> dict[str, Any]:  # fmt: skip
             nonlocal lag_before
             server = servers[name]
             # Only the measured server runs. Thawed before the pause below: its event-loop
             # probe records the time it was frozen at once, before lag_before is read.
-            for other, frozen in servers.items():
-                frozen.pause(other != name)
+            result_freeze = freeze_all_but(name)
             time.sleep(QUIET_SECONDS)
             before = marks() if scenario.writes else {}
             watch_lag = name == STOCKROOM and scenario.name in GET_SCENARIOS and tag != "warmup"
@@ -729,6 +744,7 @@ def main() -> None:
                                          - lag_before.get(bound, 0.0))  # fmt: skip
             # The requests in flight when wrk stopped finish before anything else runs.
             result["settle_s"] = server.settle()
+            result["freeze_attempts"] = result_freeze
             if name in STOCKROOMS:  # after the settling: answers sent after wrk stopped too
                 result["server_5xx"] = server_errors(server) - errors_before
             if scenario.writes:
