@@ -95,9 +95,10 @@ bench-async: install-test ensure-postgres
 bench-events: install-test ensure-postgres
 	$(BIN)/python bench/events.py
 
-# Stockroom against a bare Starlette + asyncpg reference and the SQLModel tutorial pattern on
-# 10,000 items: GET by id, list, adjustments, ping; each server on one core (~9 min).
-bench: install-test ensure-postgres
+# Stockroom against a bare Starlette + asyncpg reference, FastAPI's ceiling and the SQLModel
+# tutorial pattern on 10,000 items: GET by id, list, adjustments, POST /items, ping, c=1024,
+# and Stockroom through PgBouncer; each server on one core (~12 min; BENCH_SMOKE=1: ~4 min).
+bench: install-test ensure-postgres ensure-pgbouncer
 	@command -v wrk >/dev/null || { apt-get update && apt-get install -y wrk; }
 	@command -v psql >/dev/null || { apt-get update && apt-get install -y postgresql-client; }
 	$(BIN)/pip install --quiet -r requirements-bench.txt

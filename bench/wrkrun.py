@@ -35,7 +35,9 @@ def _ms(value: str) -> float:
 
 def run_wrk(command: list[str]) -> dict[str, float]:
     """Run a wrk command line (with --latency) and return rps, requests, p50/p99 (ms) and
-    errors (non-2xx responses plus socket errors)."""
+    errors (non-2xx responses plus socket errors; also apart, as non_2xx and socket_errors,
+    and socket_timeouts); wrk_5xx and sent if the script printed the lines "5xx responses: N"
+    and "requests sent: N"."""
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))}  # type: ignore[union-attr]
     result["requests"] = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
@@ -44,7 +46,12 @@ def run_wrk(command: list[str]) -> dict[str, float]:
         result[f"p{pct}_ms"] = _ms(match.group(1)) if match else float("nan")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result["errors"] = (int(non_2xx.group(1)) if non_2xx else 0) + (
-        sum(int(n) for n in errors.groups()) if errors else 0
-    )
+    result["non_2xx"] = int(non_2xx.group(1)) if non_2xx else 0
+    result["socket_errors"] = sum(int(n) for n in errors.groups()) if errors else 0
+    result["socket_timeouts"] = int(errors.group(4)) if errors else 0
+    result["errors"] = result["non_2xx"] + result["socket_errors"]
+    if counted := re.search(r"^5xx responses: (\d+)$", out, re.MULTILINE):
+        result["wrk_5xx"] = int(counted.group(1))
+    if sent := re.search(r"^requests sent: (\d+)$", out, re.MULTILINE):
+        result["sent"] = int(sent.group(1))
     return result
