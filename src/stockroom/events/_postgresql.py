@@ -19,6 +19,11 @@ UTC_TEXT = (
     "ELSE to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END"
 )
 _INSERT = "INSERT INTO events (id, type, body, created_at) VALUES ($1, $2, $3, $4)"
+# Several events in one statement (one round trip, and the NOTIFY trigger fires once).
+_INSERT_MANY = (
+    "INSERT INTO events (id, type, body, created_at) "
+    "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])"
+)
 
 
 class PostgresEventStore:
@@ -29,9 +34,8 @@ class PostgresEventStore:
                 _INSERT, row["id"], row["type"], row["body"], row["created_at"]
             )
         elif rows:
-            await connection.executemany(
-                _INSERT, [(r["id"], r["type"], r["body"], r["created_at"]) for r in rows]
-            )
+            columns = ([r[name] for r in rows] for name in ("id", "type", "body", "created_at"))
+            await connection.execute(_INSERT_MANY, *columns)
 
     @staticmethod
     def insert_select(kind: str, source: str, payload: str, at: str) -> str:

@@ -53,11 +53,15 @@ _INSERT = (
 _DELETE = "DELETE FROM items WHERE id = $1"
 # One conditional UPDATE does the check and the change together: concurrent adjustments can
 # neither lose an update nor oversell (see items.writer). bigint: no integer overflow.
-_ADD_STOCK = (
-    "UPDATE items SET quantity = quantity + $2, version = version + 1, updated_at = $3 "
-    "WHERE id = $1 AND quantity::bigint + $2 BETWEEN 0 AND "
-    f"{MAX_QUANTITY} RETURNING quantity"
+_ADD_STOCK = f"""
+WITH changed AS (
+    UPDATE items SET quantity = quantity + $2, version = version + 1, updated_at = $4
+    WHERE id = $1 AND quantity::bigint + $2 BETWEEN 0 AND {MAX_QUANTITY}
+    RETURNING id, quantity
 )
+INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
+SELECT id, $2, $3, quantity, $4 FROM changed
+RETURNING {_ADJ_COLUMNS}"""
 _QUANTITY_FOR_UPDATE = "SELECT quantity FROM items WHERE id = $1 FOR UPDATE"
 _INSERT_ADJUSTMENT = (
     "INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at) "
@@ -196,10 +200,15 @@ class PostgresItemStore:
         await connection.execute(_DELETE, item_id)
 
     async def add_stock(
-        self, connection: asyncpg.Connection, item_id: int, delta: int, now: dt.datetime
-    ) -> int | None:
-        quantity: int | None = await connection.fetchval(_ADD_STOCK, item_id, delta, now)
-        return quantity
+        self,
+        connection: asyncpg.Connection,
+        item_id: int,
+        delta: int,
+        reason: str | None,
+        now: dt.datetime,
+    ) -> AdjustmentRow | None:
+        record = await connection.fetchrow(_ADD_STOCK, item_id, delta, reason, now)
+        return None if record is None else AdjustmentRow(*record)
 
     async def quantity_for_update(self, connection: asyncpg.Connection, item_id: int) -> int | None:
         quantity: int | None = await connection.fetchval(_QUANTITY_FOR_UPDATE, item_id)

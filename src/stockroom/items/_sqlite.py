@@ -153,13 +153,23 @@ class SqliteItemStore:
         await connection.execute(_DELETE, {"item_id": item_id})
 
     async def add_stock(
-        self, connection: AsyncConnection, item_id: int, delta: int, now: dt.datetime
-    ) -> int | None:
+        self,
+        connection: AsyncConnection,
+        item_id: int,
+        delta: int,
+        reason: str | None,
+        now: dt.datetime,
+    ) -> AdjustmentRow | None:
         result = await connection.execute(
             _ADD_STOCK, {"item_id": item_id, "delta": delta, "now": now}
         )
         quantity: int | None = result.scalar_one_or_none()
-        return quantity
+        if quantity is None:
+            return None
+        (adjustment,) = await self.insert_adjustments(
+            connection, [(item_id, delta, reason, quantity, now)]
+        )
+        return adjustment
 
     async def quantity_for_update(self, connection: AsyncConnection, item_id: int) -> int | None:
         quantity: int | None = (

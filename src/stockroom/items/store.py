@@ -86,10 +86,11 @@ class ItemStore(Protocol):
     async def delete(self, connection: Any, item_id: int) -> None: ...
 
     async def add_stock(
-        self, connection: Any, item_id: int, delta: int, now: dt.datetime
-    ) -> int | None:
-        """Add ``delta`` to the quantity if the result stays within 0..MAX_QUANTITY (and bump
-        the version); the new quantity, or None if refused or there is no such item."""
+        self, connection: Any, item_id: int, delta: int, reason: str | None, now: dt.datetime
+    ) -> AdjustmentRow | None:
+        """Add ``delta`` to the quantity if the result stays within 0..MAX_QUANTITY, bump the
+        version and write the ledger row, in one statement; the ledger row, or None if
+        refused or there is no such item."""
 
     async def quantity_for_update(self, connection: Any, item_id: int) -> int | None: ...
 

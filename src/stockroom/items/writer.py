@@ -137,7 +137,9 @@ class ItemWriter:
         after another on the row, and each sees the quantity the previous one left.
         """
         now = utcnow()
-        while (quantity := await self._store.add_stock(connection, item_id, delta, now)) is None:
+        while (
+            adjustment := await self._store.add_stock(connection, item_id, delta, reason, now)
+        ) is None:
             # Refused: find out why, under the row lock, so the answer names a real state.
             current = await self._store.quantity_for_update(connection, item_id)
             if current is None:
@@ -153,9 +155,6 @@ class ItemWriter:
                     f"Quantity would exceed {MAX_QUANTITY}.", available=current, delta=delta
                 )
             # Stock changed between the UPDATE and the lock (PostgreSQL, READ COMMITTED): retry.
-        (adjustment,) = await self._store.insert_adjustments(
-            connection, [(item_id, delta, reason, quantity, now)]
-        )
         await self._events.append(connection, _stock_events([adjustment]))
         return adjustment
 
