@@ -137,11 +137,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.event_types = EVENT_TYPES
     install_error_handlers(app)
-    app.include_router(system_router)
-    # Before the items router: /items/import and /items/export are not /items/{item_id}.
-    app.include_router(files_router)
+    # Routes are matched in order, one regex each: the most used first. (/items/import and
+    # /items/export are not /items/{item_id}: its convertor excludes them.)
     app.include_router(items_router)
     app.include_router(ledger_router)
+    app.include_router(files_router)
+    app.include_router(system_router)
     app.include_router(auth_router)
     app.include_router(stream_tokens_router)
     app.include_router(webhooks_router)

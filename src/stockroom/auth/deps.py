@@ -27,6 +27,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 _STREAM_TOKEN_MARK = "__stockroom_accepts_stream_token__"
 # Where a request opened by a stream token keeps the token's expiry (Unix seconds).
 TOKEN_EXPIRES_STATE = "stream_token_expires"
+# Where the scope check leaves the caller, for CurrentPrincipal.
+_PRINCIPAL_STATE = "principal"
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -34,9 +36,8 @@ _bearer = HTTPBearer(
 )
 
 
-async def current_principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+async def _authenticate(
+    request: Request, credentials: HTTPAuthorizationCredentials | None
 ) -> Principal:
     """The caller, counted against its rate limit: by its API key, or on a route marked
     :func:`accepts_stream_token` by a stream token in ``?token=`` (which no other route
@@ -60,6 +61,15 @@ async def current_principal(
             "A stream token is not an API key: it opens only GET /events, as ?token=."
         )
     return await _count(request, await authenticator.authenticate(presented))
+
+
+async def current_principal(request: Request) -> Principal:
+    """The caller that the route's scope check (:class:`RequireScope`, which FastAPI runs
+    first: a route's own dependencies come before its endpoint's parameters) let in."""
+    principal = getattr(request.state, _PRINCIPAL_STATE, None)
+    if not isinstance(principal, Principal):
+        raise RuntimeError("CurrentPrincipal needs a scope check (READ, WRITE, ADMIN) first")
+    return principal
 
 
 def accepts_stream_token(endpoint: F) -> F:
@@ -111,7 +121,17 @@ class RequireScope:
     def __init__(self, scope: str) -> None:
         self.scope = scope
 
-    async def __call__(self, principal: CurrentPrincipal) -> Principal:
+    async def __call__(
+        self,
+        request: Request,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> Principal:
+        # Authentication, the rate limit and the scope in one dependency: each level of
+        # dependencies costs every request (FastAPI solves them one by one).
+        principal = getattr(request.state, _PRINCIPAL_STATE, None)
+        if principal is None:  # once per request, however many scope checks a route has
+            principal = await _authenticate(request, credentials)
+            setattr(request.state, _PRINCIPAL_STATE, principal)
         if not principal.can(self.scope):
             raise ForbiddenError(f"This needs an API key with the {self.scope!r} scope.")
         return principal

@@ -8,6 +8,7 @@ its hash, so one fast hash is enough, and it lets a key be found by an indexed l
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -144,6 +145,8 @@ class Authenticator:
         self._ttl = ttl
         # hash of the presented key -> (principal or None for unknown/revoked, expiry)
         self._cache: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
+        # hash of the presented key -> the lookup under way for it
+        self._pending: dict[str, asyncio.Future[Principal | None]] = {}
 
     async def authenticate(self, presented: str | None) -> Principal:
         if not self.enabled:
@@ -156,12 +159,27 @@ class Authenticator:
         if cached is not None and cached[1] > now:
             principal = cached[0]
         else:
-            async with self._sessions() as session:
-                principal = await find_principal(session, presented)
-            self._remember(digest, principal, now)
+            principal = await self._look_up(digest, presented, now)
         if principal is None:
             raise UnauthorizedError("The API key is unknown or revoked.")
         return principal
+
+    async def _look_up(self, digest: str, presented: str, now: float) -> Principal | None:
+        """One lookup per key at a time: when its cache entry expires under load, the
+        requests that find it expired wait for the same query instead of each sending
+        their own (which would queue them all on the pool, every ``ttl`` seconds)."""
+        pending = self._pending.get(digest)
+        if pending is None:
+            pending = asyncio.ensure_future(self._query(presented))
+            self._pending[digest] = pending
+            pending.add_done_callback(lambda _done: self._pending.pop(digest, None))
+        principal = await asyncio.shield(pending)
+        self._remember(digest, principal, now)
+        return principal
+
+    async def _query(self, presented: str) -> Principal | None:
+        async with self._sessions() as session:
+            return await find_principal(session, presented)
 
     def forget(self, name: str) -> None:
         """Drop cached entries of the key called ``name`` (after revoking it here)."""
