@@ -46,10 +46,22 @@ _ADJ_COLUMNS = ", ".join(ADJUSTMENT_COLUMNS)
 
 _GET = f"SELECT {_COLUMNS} FROM items WHERE id = $1"
 _LOCK = f"SELECT {_COLUMNS} FROM items WHERE id = $1 FOR UPDATE"
-_INSERT = (
-    "INSERT INTO items (sku, name, name_key, description, price_cents, quantity, version, "
-    f"created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7) RETURNING {_COLUMNS}"
+# The item and its starting stock's ledger row, in one statement.
+_INSERT = f"""
+WITH item AS (
+    INSERT INTO items (sku, name, name_key, description, price_cents, quantity, version,
+                       created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7)
+    RETURNING {_COLUMNS}
+), initial AS (
+    INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
+    SELECT id, quantity, $8, quantity, created_at FROM item WHERE quantity > 0
+    RETURNING {_ADJ_COLUMNS}
 )
+SELECT {", ".join("item." + c for c in ITEM_COLUMNS)},
+       {", ".join("initial." + c for c in ADJUSTMENT_COLUMNS)}
+FROM item LEFT JOIN initial ON true"""
+_ITEM_WIDTH = len(ITEM_COLUMNS)
 _DELETE = "DELETE FROM items WHERE id = $1"
 # One conditional UPDATE does the check and the change together: concurrent adjustments can
 # neither lose an update nor oversell (see items.writer). bigint: no integer overflow.
@@ -167,12 +179,18 @@ class PostgresItemStore:
         record = await connection.fetchrow(_LOCK, item_id)
         return None if record is None else ItemRow(*record)
 
-    async def insert(self, connection: asyncpg.Connection, item: NewItem) -> ItemRow:
+    async def insert(
+        self, connection: asyncpg.Connection, item: NewItem, reason: str
+    ) -> tuple[ItemRow, AdjustmentRow | None]:
         try:
-            record = await connection.fetchrow(_INSERT, *item)
+            record = await connection.fetchrow(_INSERT, *item, reason)
         except asyncpg.UniqueViolationError:
             raise _duplicate(item.sku) from None
-        return ItemRow(*record)
+        values = tuple(record)
+        initial = values[_ITEM_WIDTH:]
+        return ItemRow(*values[:_ITEM_WIDTH]), (
+            None if initial[0] is None else AdjustmentRow(*initial)
+        )
 
     async def update(
         self,

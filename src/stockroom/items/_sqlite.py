@@ -130,11 +130,18 @@ class SqliteItemStore:
         row = (await connection.execute(_GET, {"item_id": item_id})).first()
         return None if row is None else ItemRow(*row)
 
-    async def insert(self, connection: AsyncConnection, item: NewItem) -> ItemRow:
+    async def insert(
+        self, connection: AsyncConnection, item: NewItem, reason: str
+    ) -> tuple[ItemRow, AdjustmentRow | None]:
         values = {**item._asdict(), "version": 1, "updated_at": item.created_at}
         async with _unique_sku(item.sku):
-            row = (await connection.execute(_INSERT, values)).one()
-        return ItemRow(*row)
+            row = ItemRow(*(await connection.execute(_INSERT, values)).one())
+        if row.quantity <= 0:
+            return row, None
+        (initial,) = await self.insert_adjustments(
+            connection, [(row.id, row.quantity, reason, row.quantity, row.created_at)]
+        )
+        return row, initial
 
     async def update(
         self, connection: AsyncConnection, item_id: int, changes: dict[str, Any], now: dt.datetime

@@ -75,8 +75,11 @@ class ItemStore(Protocol):
     async def lock(self, connection: Any, item_id: int) -> ItemRow | None:
         """The item, locked until the transaction ends."""
 
-    async def insert(self, connection: Any, item: NewItem) -> ItemRow:
-        """Raises ``DuplicateError`` if the sku is taken."""
+    async def insert(
+        self, connection: Any, item: NewItem, reason: str
+    ) -> tuple[ItemRow, AdjustmentRow | None]:
+        """The new item and, for a starting quantity, its ledger row (``reason``), in one
+        statement where the database can; ``DuplicateError`` if the sku is taken."""
 
     async def update(
         self, connection: Any, item_id: int, changes: dict[str, Any], now: dt.datetime

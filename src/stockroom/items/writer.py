@@ -76,19 +76,17 @@ class ItemWriter:
     async def create(self, connection: Any, data: ItemCreate) -> ItemRow:
         """A new item; a starting quantity is written to the ledger as ``initial``."""
         now = utcnow()
-        item = await self._store.insert(
+        item, initial = await self._store.insert(
             connection,
             NewItem(
                 data.sku, data.name, fold_name(data.name), data.description,
                 to_cents(data.price), data.quantity, now,
             ),
+            REASON_INITIAL,
         )  # fmt: skip
         events = [event_row(ITEM_CREATED, item_json(item).decode(), now)]
-        if item.quantity > 0:
-            ledger = await self._store.insert_adjustments(
-                connection, [(item.id, item.quantity, REASON_INITIAL, item.quantity, now)]
-            )
-            events += _stock_events(ledger)
+        if initial is not None:
+            events += _stock_events([initial])
         await self._events.append(connection, events)
         return item
 
