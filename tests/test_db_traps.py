@@ -35,7 +35,8 @@ async def test_exhausted_pool_answers_503_then_recovers(
     item = await new_item()
     async with client_for(tiny_pool_app, admin_key) as http:
         assert (await http.get(f"/items/{item['id']}")).status_code == 200  # key now cached
-        async with tiny_pool_app.state.engine.connect():  # holds the only connection
+        # Holds the only connection of the requests' pool.
+        async with tiny_pool_app.state.stores.database.connection():
             started = time.monotonic()
             response = await http.get(f"/items/{item['id']}")
             waited = time.monotonic() - started
@@ -87,7 +88,7 @@ async def test_concurrent_requests_each_get_their_own_session(
     versions = [(await client.get(f"/items/{i['id']}")).json()["version"] for i in items]
     # 20 PATCHes spread over 5 items, each a real change: every one counted, none lost.
     assert sum(versions) == len(items) + 20
-    assert app.state.engine.pool.checkedout() == 0
+    assert app.state.stores.database.pool_status().checked_out == 0
 
 
 async def test_abandoned_requests_return_their_connections(
@@ -101,10 +102,10 @@ async def test_abandoned_requests_return_their_connections(
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     for _ in range(50):
-        if app.state.engine.pool.checkedout() == 0:
+        if app.state.stores.database.pool_status().checked_out == 0:
             break
         await asyncio.sleep(0.02)
-    assert app.state.engine.pool.checkedout() == 0
+    assert app.state.stores.database.pool_status().checked_out == 0
     assert (await client.get(f"/items/{item['id']}")).status_code == 200
 
 

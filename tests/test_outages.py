@@ -180,7 +180,8 @@ async def test_statement_timeout_is_a_503_and_frees_the_connection(
     application = http.app  # type: ignore[attr-defined]
     # Freed: (the event log's readers borrow the pool's one connection for a moment now and
     # then, so look again rather than at one instant).
-    await wait_until(lambda: application.state.engine.pool.checkedout() == 0, within=5)
+    database = application.state.stores.database  # the requests' pool
+    await wait_until(lambda: database.pool_status().checked_out == 0, within=5)
     # The pool's only connection works again: the PATCH now succeeds.
     again = await http.patch(f"/items/{item['id']}", json={"name": "After the timeout"})
     assert again.status_code == 200, again.text
@@ -193,6 +194,10 @@ async def test_statement_timeout_is_set_on_every_connection(database_url: str) -
     try:
         async with application.state.engine.connect() as connection:
             shown = await connection.scalar(text("SHOW statement_timeout"))
+        # ... and on the requests' pool (asyncpg), which runs the hot statements.
+        shown_requests = await application.state.stores.database.read(
+            lambda driver: driver.fetchval("SHOW statement_timeout")
+        )
     finally:
         await lifespan.__aexit__(None, None, None)
-    assert shown == "2500ms"
+    assert shown == shown_requests == "2500ms"

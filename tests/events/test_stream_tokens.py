@@ -121,7 +121,8 @@ async def test_a_token_dies_with_its_key_here_at_once_and_elsewhere_within_the_c
 
 async def test_a_token_expires(app: FastAPI, client: httpx.AsyncClient, database_url: str) -> None:
     key = await create_key(app, f"brief-{uuid.uuid4().hex[:8]}", ["read"])
-    async with other_instance(database_url, events_token_seconds=1) as brief:
+    # 3 s: long enough to open the stream first on a loaded machine, short to wait out.
+    async with other_instance(database_url, events_token_seconds=3) as brief:
         async with client_for(brief, key) as http:
             token = await new_token(http)
             assert (await opens(http, token)).status_code == 200

@@ -44,12 +44,16 @@ log = structlog.get_logger("stockroom.database")
 # connection exception (class 08).
 _TRANSIENT_SQLSTATES = ("57014", "53300", "57P01", "57P02", "57P03", "08")
 # Errors of the connection itself, raised before or instead of a server's answer.
-_CONNECTION_ERRORS = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.InterfaceError,
+# A connection that broke under us: the server closed it (a restart, a failover,
+# pg_terminate_backend, an idle timeout), sometimes found only by the next statement, which
+# then fails with one of these (an idle connection told FATAL by the server can be left in a
+# state asyncpg calls an internal error).
+_BROKEN_CONNECTION = (
     asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
+_CONNECTION_ERRORS = (OSError, asyncio.TimeoutError, *_BROKEN_CONNECTION)
 _CLOSE_SECONDS = 5.0
 _RECONNECT_SECONDS = 2.0
 
@@ -160,7 +164,14 @@ class PostgresDatabase:
         assert self._pool is not None, "the database is not started"
         with _translated():
             async with self._pool.acquire(timeout=self._settings.database_pool_timeout) as conn:
-                yield conn
+                try:
+                    yield conn
+                except _BROKEN_CONNECTION:
+                    # Not back into the pool; and its others may be gone too (a restart):
+                    # the pool replaces each at its next use.
+                    conn.terminate()
+                    await self._pool.expire_connections()
+                    raise
 
     @asynccontextmanager
     async def write(self, connection: asyncpg.Connection) -> AsyncIterator[None]:
@@ -188,9 +199,10 @@ class PostgresDatabase:
             async with self.connection() as connection:
                 return await query(connection)
         except UnavailableError as exc:
-            # A connection the server closed an instant before: once more, on a new one.
-            if not isinstance(exc.__cause__, asyncpg.ConnectionDoesNotExistError):
+            if not isinstance(exc.__cause__, _BROKEN_CONNECTION):
                 raise
+            # The server closed the connection an instant before: the read runs once more on
+            # a new one (safe: a read changes nothing).
         async with self.connection() as connection:
             return await query(connection)
 
