@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -102,6 +103,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             name="event-loop-watch",
         )
         log.info("started", database=settings.backend, version=__version__)
+        # Everything made so far (the app, its routes and schemas, the modules) lives as long
+        # as the process: out of the collector's sight, a full collection no longer walks
+        # it, and the event loop no longer stalls for one (they took 100-250 ms under load).
+        gc.collect()
+        gc.freeze()
         try:
             async with event_services(
                 settings,
