@@ -75,10 +75,6 @@ INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
 SELECT id, $2, $3, quantity, $4 FROM changed
 RETURNING {_ADJ_COLUMNS}"""
 _QUANTITY_FOR_UPDATE = "SELECT quantity FROM items WHERE id = $1 FOR UPDATE"
-_INSERT_ADJUSTMENT = (
-    "INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at) "
-    f"VALUES ($1, $2, $3, $4, $5) RETURNING {_ADJ_COLUMNS}"
-)
 _EXISTS = "SELECT 1 FROM items WHERE id = $1"
 _ADJUSTMENTS = (
     f"SELECT {_ADJ_COLUMNS} FROM adjustments WHERE item_id = $1 AND id < $2::bigint "
@@ -231,13 +227,6 @@ class PostgresItemStore:
     async def quantity_for_update(self, connection: asyncpg.Connection, item_id: int) -> int | None:
         quantity: int | None = await connection.fetchval(_QUANTITY_FOR_UPDATE, item_id)
         return quantity
-
-    async def insert_adjustments(
-        self,
-        connection: asyncpg.Connection,
-        rows: Sequence[tuple[int, int, str | None, int, dt.datetime]],
-    ) -> list[AdjustmentRow]:
-        return [AdjustmentRow(*await connection.fetchrow(_INSERT_ADJUSTMENT, *row)) for row in rows]
 
     # --- imports --------------------------------------------------------------------------
     async def begin_import(self, connection: asyncpg.Connection) -> None:

@@ -138,7 +138,7 @@ class SqliteItemStore:
             row = ItemRow(*(await connection.execute(_INSERT, values)).one())
         if row.quantity <= 0:
             return row, None
-        (initial,) = await self.insert_adjustments(
+        (initial,) = await self._insert_adjustments(
             connection, [(row.id, row.quantity, reason, row.quantity, row.created_at)]
         )
         return row, initial
@@ -173,7 +173,7 @@ class SqliteItemStore:
         quantity: int | None = result.scalar_one_or_none()
         if quantity is None:
             return None
-        (adjustment,) = await self.insert_adjustments(
+        (adjustment,) = await self._insert_adjustments(
             connection, [(item_id, delta, reason, quantity, now)]
         )
         return adjustment
@@ -184,7 +184,7 @@ class SqliteItemStore:
         ).scalar_one_or_none()
         return quantity
 
-    async def insert_adjustments(
+    async def _insert_adjustments(
         self,
         connection: AsyncConnection,
         rows: Sequence[tuple[int, int, str | None, int, dt.datetime]],
@@ -296,7 +296,7 @@ class SqliteItemStore:
                 if item.quantity != old.quantity:
                     delta = item.quantity - old.quantity
                     ledger.append((item.id, delta, REASON_IMPORT, item.quantity, now))
-        for adjustment in await self.insert_adjustments(connection, ledger):
+        for adjustment in await self._insert_adjustments(connection, ledger):
             events.append(event_row(STOCK_ADJUSTED, adjustment_json(adjustment).decode(), now))
         await self._events.append(connection, events)
 

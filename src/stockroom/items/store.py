@@ -97,11 +97,6 @@ class ItemStore(Protocol):
 
     async def quantity_for_update(self, connection: Any, item_id: int) -> int | None: ...
 
-    async def insert_adjustments(
-        self, connection: Any, rows: Sequence[tuple[int, int, str | None, int, dt.datetime]]
-    ) -> list[AdjustmentRow]:
-        """Ledger rows ``(item_id, delta, reason, quantity_after, created_at)``."""
-
     # --- imports: one connection for the whole file ---------------------------------------
     async def begin_import(self, connection: Any) -> None:
         """Create the import's temporary tables on ``connection``."""
