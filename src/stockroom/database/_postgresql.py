@@ -54,6 +54,18 @@ _BROKEN_CONNECTION = (
     asyncpg.InternalClientError,
 )
 _CONNECTION_ERRORS = (OSError, asyncio.TimeoutError, *_BROKEN_CONNECTION)
+# The server ended the session (pg_terminate_backend, a shutdown) or the connection failed.
+_ENDED_SESSION_SQLSTATES = ("57P01", "57P02", "57P03", "08")
+
+
+def _is_broken(exc: BaseException) -> bool:
+    """Whether ``exc`` says the connection itself is gone (not the statement)."""
+    if isinstance(exc, _BROKEN_CONNECTION):
+        return True
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return isinstance(exc, asyncpg.PostgresError) and sqlstate.startswith(_ENDED_SESSION_SQLSTATES)
+
+
 _CLOSE_SECONDS = 5.0
 _RECONNECT_SECONDS = 2.0
 
@@ -166,7 +178,9 @@ class PostgresDatabase:
             async with self._pool.acquire(timeout=self._settings.database_pool_timeout) as conn:
                 try:
                     yield conn
-                except _BROKEN_CONNECTION:
+                except Exception as exc:
+                    if not _is_broken(exc):
+                        raise
                     # Not back into the pool; and its others may be gone too (a restart):
                     # the pool replaces each at its next use.
                     conn.terminate()
@@ -199,7 +213,7 @@ class PostgresDatabase:
             async with self.connection() as connection:
                 return await query(connection)
         except UnavailableError as exc:
-            if not isinstance(exc.__cause__, _BROKEN_CONNECTION):
+            if exc.__cause__ is None or not _is_broken(exc.__cause__):
                 raise
             # The server closed the connection an instant before: the read runs once more on
             # a new one (safe: a read changes nothing).
