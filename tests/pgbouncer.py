@@ -93,6 +93,7 @@ def start_pgbouncer(admin_url: str, *, in_ci: bool) -> PgBouncer:
         except OSError:
             time.sleep(0.05)
     process.kill()
+    process.wait()
     raise RuntimeError("pgbouncer did not start")
 
 

@@ -180,8 +180,7 @@ def test_serve_warns_of_a_misspelt_setting_and_starts(database_url: str, tmp_pat
     try:
         assert httpx.get(f"{server.url}/ping", timeout=5).status_code == 200
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=30)
+        server.stop()
     warnings = [line for line in server.log_lines() if "STOCKROOM_LOG_LEVL" in str(line)]
     assert len(warnings) == 1
     assert warnings[0]["level"] == "warning"

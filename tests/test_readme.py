@@ -90,8 +90,7 @@ def test_readme_shell_examples_run_as_written(repo_root: Path, tmp_path: Path) -
             check=False,
         )
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=30)
+        server.stop()
     assert result.returncode == 0, result.stdout[-6000:]
     assert "Traceback" not in result.stdout
     # The export-then-import walk-through: the exported file reads back, changing nothing.

@@ -61,6 +61,20 @@ class Server:
     def log_lines(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, as an orchestrator stops it; returns the exit status. A server that has
+        not exited within ``timeout`` seconds fails the test, and is killed and reaped first
+        (never left running to be reported by a later test)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            tail = self.log.read_text()[-2000:]
+            raise AssertionError(f"server did not stop within {timeout} s: {tail}") from None
+
 
 def start_server(
     database_url: str,
@@ -91,6 +105,7 @@ def start_server(
         except httpx.TransportError:
             time.sleep(0.1)
     process.kill()
+    process.wait()
     raise AssertionError(f"server did not start: {log.read_text()}")
 
 

@@ -180,8 +180,7 @@ async def test_auth_off_opens_everything_with_a_loud_warning(
             assert response.status_code == 201
             assert (await anonymous.get("/keys")).status_code == 200
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=30)
+        server.stop()
     warnings = [
         line for line in server.log_lines()
         if line.get("level") == "warning" and "AUTHENTICATION IS OFF" in str(line.get("event"))

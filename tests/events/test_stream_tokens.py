@@ -191,8 +191,7 @@ async def test_over_tcp_a_token_streams_ends_at_expiry_and_stays_out_of_the_logs
             assert await reader == 200
     finally:
         for server in (first, second):
-            server.process.terminate()
-            server.process.wait(timeout=30)
+            server.stop()
     for server in (first, second):
         text = server.log.read_text()
         assert token not in text

@@ -63,8 +63,7 @@ def served(
     try:
         yield server, cli_create_key(database_url, tmp_path, "write")
     finally:
-        server.process.terminate()
-        server.process.wait(timeout=30)
+        server.stop()
 
 
 def test_memory_stays_flat_for_a_200k_row_file(served: tuple[Server, str], tmp_path: Path) -> None:

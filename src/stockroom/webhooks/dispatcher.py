@@ -159,7 +159,13 @@ class Dispatcher:
             now = time.monotonic()
             if now >= self._last_fan_out + _FAN_OUT_GAP:
                 self._last_fan_out, self._fan_out_owed = now, False
-                while await queue.fan_out(session) >= queue.FAN_OUT_BATCH:
+                # A long backlog (an import's events) is passed a batch per transaction; a
+                # stop does not wait for the rest: the cursor moved with each batch, and the
+                # next start goes on from there.
+                while (
+                    await queue.fan_out(session) >= queue.FAN_OUT_BATCH
+                    and not self._stopping.is_set()
+                ):
                     pass
             else:
                 self._fan_out_owed = True
