@@ -1,4 +1,5 @@
-"""A bad setting stops start-up with exit status 2 and one line naming it."""
+"""A bad setting stops start-up with exit status 2 and one line naming it. How each value is
+read and refused, in process, is tests/unit/test_settings.py."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from stockroom.settings import DEFAULT_DATABASE_URL, SettingsError, load_settings
 
 
 def run_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -70,23 +69,3 @@ def test_default_database_is_an_sqlite_file_in_the_working_folder(tmp_path: Path
     result = run_cli(["migrate"], {}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "stockroom.db").is_file()
-
-
-def test_plain_driver_urls_are_pinned_to_async_drivers(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STOCKROOM_DATABASE_URL", "postgres://u:p@db.example:5433/stock")
-    assert load_settings().database_url == "postgresql+asyncpg://u:p@db.example:5433/stock"
-    monkeypatch.setenv("STOCKROOM_DATABASE_URL", "sqlite:///./x.db")
-    assert load_settings().database_url == "sqlite+aiosqlite:///./x.db"
-    monkeypatch.delenv("STOCKROOM_DATABASE_URL")
-    assert load_settings(_env_file=None).database_url == DEFAULT_DATABASE_URL
-
-
-def test_several_bad_settings_are_named_on_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("STOCKROOM_DATABASE_POOL_SIZE", "x")
-    monkeypatch.setenv("STOCKROOM_DATABASE_MAX_OVERFLOW", "y")
-    with pytest.raises(SettingsError) as caught:
-        load_settings()
-    message = str(caught.value)
-    assert "\n" not in message
-    assert "STOCKROOM_DATABASE_POOL_SIZE" in message
-    assert "STOCKROOM_DATABASE_MAX_OVERFLOW" in message
