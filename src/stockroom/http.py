@@ -22,6 +22,7 @@ __all__ = [
     "Cursor",
     "Limit",
     "Page",
+    "cursor_int",
     "decode_cursor",
     "encode_cursor",
     "etag_matches",
@@ -30,6 +31,10 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+# The largest integer a cursor may carry: a signed 64-bit column's (PostgreSQL's bigint,
+# SQLite's INTEGER). A larger one would reach the driver, which refuses it: a 500, not a 422.
+MAX_CURSOR_INT = 2**63 - 1
 
 # The query parameters every list takes.
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
@@ -111,6 +116,14 @@ def invalid_cursor() -> InvalidRequestError:
     return InvalidRequestError(
         "The cursor is not valid for this list and sort order.", loc=("query", "cursor")
     )
+
+
+def cursor_int(value: Any, *, maximum: int = MAX_CURSOR_INT) -> int:
+    """``value`` if it is a JSON integer from 0 to ``maximum`` (what the column it is
+    compared with holds), else the cursor is not one of ours: a 422."""
+    if type(value) is not int or not 0 <= value <= maximum:
+        raise invalid_cursor()
+    return value
 
 
 def _absent(value: object) -> bool:

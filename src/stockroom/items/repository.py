@@ -27,12 +27,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import InstrumentedAttribute
 
-from stockroom.http import invalid_cursor
+from stockroom.http import cursor_int, invalid_cursor
 from stockroom.items.models import Item, fold_name
 
 __all__ = ["ITEM_TABLE_COLUMNS", "ItemFilter", "Keyset", "Listing", "Shape"]
 
 ITEM_TABLE_COLUMNS = tuple(Item.__table__.columns)
+# items.id is an INTEGER column: 32 bits on PostgreSQL, whose driver refuses a larger value.
+_MAX_ID = 2**31 - 1
 
 # Sort key (as the API names it) -> column.
 _SORT_COLUMNS: dict[str, InstrumentedAttribute[Any]] = {
@@ -137,20 +139,18 @@ class Keyset:
 
     def after_params(self, payload: list[Any]) -> dict[str, Any]:
         """The bind parameters of a cursor's ``payload``; a foreign cursor is a 422."""
-        if len(payload) != 3 or payload[0] != self.sort or not _is_int(payload[2]):
+        if len(payload) != 3 or payload[0] != self.sort:
             raise invalid_cursor()
-        params = {"after_id": int(payload[2])}
+        params = {"after_id": cursor_int(payload[2], maximum=_MAX_ID)}
         if self.key != "id":
             params["after_value"] = self._parse_value(payload[1])
-        elif not _is_int(payload[1]):
-            raise invalid_cursor()
+        else:
+            cursor_int(payload[1], maximum=_MAX_ID)
         return params
 
     def _parse_value(self, value: Any) -> Any:
         if self.key == "price":
-            if not _is_int(value):
-                raise invalid_cursor()
-            return value
+            return cursor_int(value)
         if not isinstance(value, str):
             raise invalid_cursor()
         if self.key == "name":
@@ -162,10 +162,6 @@ class Keyset:
         if parsed.tzinfo is None:
             raise invalid_cursor()
         return parsed
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63
 
 
 Shape = tuple[Any, ...]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from stockroom.http import decode_cursor, encode_cursor, invalid_cursor
+from stockroom.http import cursor_int, decode_cursor, encode_cursor, invalid_cursor
 from stockroom.items.models import AdjustmentRow
 from stockroom.items.store import ItemStore
 from stockroom.items.writer import not_found
@@ -35,6 +35,6 @@ async def list_adjustments(
 
 
 def _cursor_id(payload: list[Any]) -> int:
-    if len(payload) != 2 or payload[0] != "-id" or type(payload[1]) is not int:
+    if len(payload) != 2 or payload[0] != "-id":
         raise invalid_cursor()
-    return payload[1]
+    return cursor_int(payload[1])

@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from stockroom.db import begin_write, utcnow
 from stockroom.errors import InvalidRequestError, NotFoundError
 from stockroom.events.models import Event
-from stockroom.http import decode_cursor, encode_cursor, invalid_cursor
+from stockroom.http import cursor_int, decode_cursor, encode_cursor, invalid_cursor
 from stockroom.webhooks.models import Delivery, DeliveryAttempt, Webhook
 from stockroom.webhooks.schemas import WebhookCreate
 from stockroom.webhooks.security import AddressRefusedError, check_host, generate_secret
@@ -117,9 +117,9 @@ async def list_attempts(
     )
     if cursor is not None:
         payload = decode_cursor(cursor)
-        if len(payload) != 2 or payload[0] != "-attempt" or type(payload[1]) is not int:
+        if len(payload) != 2 or payload[0] != "-attempt":
             raise invalid_cursor()
-        stmt = stmt.where(DeliveryAttempt.id < payload[1])
+        stmt = stmt.where(DeliveryAttempt.id < cursor_int(payload[1]))
     rows = (await session.execute(stmt.order_by(DeliveryAttempt.id.desc()).limit(limit + 1))).all()
     page = [
         {
