@@ -89,7 +89,11 @@ def _webhook_cursor(payload: list[Any]) -> tuple[dt.datetime, str]:
         kind, created, webhook_id = payload
         if kind != "webhooks" or not isinstance(webhook_id, str):
             raise ValueError
-        return dt.datetime.fromisoformat(created), webhook_id
+        at = dt.datetime.fromisoformat(created)
+        # The column takes aware times only (db.UTCDateTime); the cursors we make have a zone.
+        if at.tzinfo is None:
+            raise ValueError
+        return at, webhook_id
     except (ValueError, TypeError):
         raise invalid_cursor() from None
 
