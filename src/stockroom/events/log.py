@@ -31,6 +31,7 @@ cursor clients see (``id:`` of the stream).
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -76,6 +77,13 @@ __all__ = [
 SESSION_WROTE_EVENTS = "stockroom_wrote_events"
 
 
+# A position's text: two numbers of ASCII digits (str.isdigit would take other scripts' digits,
+# and "²", which int() refuses), each one the bigint columns hold: a larger number would reach
+# the driver, which refuses it.
+_POSITION_TEXT = re.compile(r"([0-9]{1,19})-([0-9]{1,19})")
+_MAX_POSITION = 2**63 - 1
+
+
 class Position(NamedTuple):
     """A place in the log: just after the event with this ``(txid, seq)``."""
 
@@ -88,10 +96,13 @@ class Position(NamedTuple):
     @classmethod
     def parse(cls, cursor: str) -> Position | None:
         """The position a cursor names, or None if it is not one of ours."""
-        txid, sep, seq = cursor.strip().partition("-")
-        if not sep or not txid.isdigit() or not seq.isdigit() or len(cursor) > 40:
+        match = _POSITION_TEXT.fullmatch(cursor.strip())
+        if match is None:
             return None
-        return cls(int(txid), int(seq))
+        txid, seq = int(match[1]), int(match[2])
+        if txid > _MAX_POSITION or seq > _MAX_POSITION:
+            return None
+        return cls(txid, seq)
 
 
 START = Position(0, 0)
