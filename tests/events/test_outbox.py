@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from stockroom.events.log import START, Position, prune, read_after
+from stockroom.events.log import START, prune, read_after
 from stockroom.items.schemas import ItemCreate
 from tests.conftest import ItemFactory
 from tests.events.conftest import logged, wait_until
@@ -175,13 +175,6 @@ async def test_concurrent_writers_each_get_their_event_once(
     ledger = (await client.get(f"/items/{item['id']}/adjustments?limit=100")).json()["data"]
     assert sorted(e["data"]["id"] for e in stock) == sorted(a["id"] for a in ledger)
     assert sorted(e["data"]["quantity_after"] for e in stock) == list(range(1, 31))
-
-
-def test_positions_round_trip_as_cursors() -> None:
-    position = Position(123456789, 42)
-    assert Position.parse(str(position)) == position
-    for bad in ("", "1", "a-b", "1-2-3", "-1-2", "1--2", "9" * 50 + "-1"):
-        assert Position.parse(bad) is None, bad
 
 
 async def test_imports_write_the_same_events_as_the_api(

@@ -186,7 +186,9 @@ async def test_an_attempts_cursor_beyond_any_id_is_refused() -> None:
 # --- The event stream (Last-Event-ID) ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("position", [Position(0, 0), Position(12, 345), Position(INT64_MAX, 1)])
+@pytest.mark.parametrize(
+    "position", [Position(0, 0), Position(123456789, 42), Position(INT64_MAX, 1)]
+)
 def test_an_event_id_names_its_position(position: Position) -> None:
     assert Position.parse(str(position)) == position
     assert Position.parse(f" {position} ") == position
@@ -194,7 +196,24 @@ def test_an_event_id_names_its_position(position: Position) -> None:
 
 @pytest.mark.parametrize(
     "cursor",
-    ["", "-", "1", "1-", "-1", "1-2-3", "a-1", "1-b", "1.0-2", "+1-2", "1 -2", "1-2" + "0" * 40],
+    [
+        "",
+        "-",
+        "1",
+        "1-",
+        "-1",
+        "-1-2",
+        "1--2",
+        "1-2-3",
+        "a-b",
+        "a-1",
+        "1-b",
+        "1.0-2",
+        "+1-2",
+        "1 -2",
+        "1-2" + "0" * 40,
+        "9" * 50 + "-1",
+    ],
 )
 def test_an_event_id_that_is_not_ours_names_nothing(cursor: str) -> None:
     assert Position.parse(cursor) is None
