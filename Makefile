@@ -1,4 +1,5 @@
-# Stockroom: `make run` serves on SQLite at 127.0.0.1:8000; `make test` runs every check.
+# Stockroom: `make run` serves on SQLite at 127.0.0.1:8000; `make test` runs every check
+# (`make test-fast` only the unit tests of pure code: seconds, no database).
 # Both create .venv with Python 3.11 and install pinned requirements first.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run migrate test pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer ensure-chromium install install-test clean bench-files bench-async bench bench-events
+.PHONY: run migrate test test-fast pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer ensure-chromium install install-test clean bench-files bench-async bench bench-events
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Stockroom needs Python 3.11"'
@@ -43,12 +44,18 @@ run: install
 	@echo "and send it as 'Authorization: Bearer <key>'."
 	$(BIN)/stockroom serve --host $(HOST) --port $(PORT)
 
-test: install-test ensure-postgres ensure-pgbouncer lint pytest schemathesis
+# The fast tier first: a broken pure function fails in seconds, before any database starts.
+test: install-test test-fast ensure-postgres ensure-pgbouncer lint pytest schemathesis
+
+# tests/unit: pure code called directly (no app, database, subprocess or sleep).
+test-fast: install-test
+	$(BIN)/pytest tests/unit -q
 
 # tests/test_readme.py runs the README's examples: they need bash and curl.
+# tests/unit ran in test-fast: not twice.
 pytest: install-test ensure-chromium
 	@command -v curl >/dev/null || { apt-get update && apt-get install -y curl; }
-	$(BIN)/pytest
+	$(BIN)/pytest --ignore=tests/unit
 
 schemathesis: install-test
 	BIN=$(BIN) scripts/schemathesis.sh
