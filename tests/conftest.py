@@ -129,6 +129,21 @@ async def database_url(
         await drop_pg_database(url)
 
 
+# The background pollers of an app started in-process, slowed down: every app of a test
+# session (the shared one, and those tests start of their own) would otherwise wake up
+# several times a second for nothing and compete for the CPU with the tests. A test of a
+# poller sets its own interval (e.g. tests/events/conftest.py QUICK, tests/test_metrics.py).
+# The stream hub still reads the log at once when this process commits events (and on
+# PostgreSQL when any process does): the poll is only its fallback.
+QUIET_BACKGROUND: dict[str, Any] = {
+    "events_poll_seconds": 5.0,
+    "events_prune_seconds": 3600.0,
+    "idempotency_purge_seconds": 3600.0,
+    "webhook_backlog_seconds": 3600.0,
+    "event_loop_probe_seconds": 3600.0,
+}
+
+
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
@@ -137,6 +152,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         # Tests that deliver webhooks run an app with the dispatcher on (and private
         # addresses allowed) of their own; the shared app would refuse their receivers.
         "webhook_dispatcher": False,
+        **QUIET_BACKGROUND,
     }
     values.update(overrides)
     return Settings(**values)

@@ -3,7 +3,6 @@ in-flight and event-loop figures; one answer for all workers of `serve --workers
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,7 +13,9 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
+from stockroom.observability import Metrics
 from tests.conftest import ItemFactory, client_for, make_settings, start_app
+from tests.events.conftest import wait_until
 from tests.test_serve import start_server
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -90,9 +91,13 @@ async def test_pool_gauges_follow_checked_out_connections(
     )
 
 
+PROBE_SECONDS = 0.05
+
+
 @pytest.fixture
 async def fresh_app(database_url: str) -> AsyncIterator[FastAPI]:
-    application, lifespan = await start_app(make_settings(database_url))
+    settings = make_settings(database_url, event_loop_probe_seconds=PROBE_SECONDS)
+    application, lifespan = await start_app(settings)
     try:
         yield application
     finally:
@@ -100,15 +105,30 @@ async def fresh_app(database_url: str) -> AsyncIterator[FastAPI]:
 
 
 async def test_a_blocked_event_loop_shows_as_lag(fresh_app: FastAPI) -> None:
+    lag = "stockroom_event_loop_lag_seconds"
     async with client_for(fresh_app) as http:
-        await asyncio.sleep(0.6)  # at least one probe at rest
-        time.sleep(1.0)  # noqa: ASYNC251 -- the blocking call a careless handler makes
-        await asyncio.sleep(0.6)  # let the probe wake up (late) and record it
+        await wait_until(lambda: _lag_probes(fresh_app)[0] >= 1)  # at least one at rest
+        _, late_before = _lag_probes(fresh_app)
+        # The blocking call a careless handler makes: the probe, asleep meanwhile, wakes up
+        # at least 0.5 - PROBE_SECONDS late and records it.
+        time.sleep(0.5)  # noqa: ASYNC251
+        await wait_until(lambda: _lag_probes(fresh_app)[1] > late_before)
         samples = await scrape(http)
-    observed = value(samples, "stockroom_event_loop_lag_seconds_count")
-    at_most_quarter = value(samples, "stockroom_event_loop_lag_seconds_bucket", le="0.25")
+    observed = value(samples, lag + "_count")
+    at_most_quarter = value(samples, lag + "_bucket", le="0.25")
     assert observed >= 2
-    assert observed - at_most_quarter >= 1  # the blocked second shows as ≥ 0.25 s of lag
+    # The blocked half second shows as > 0.25 s of lag at /metrics.
+    assert observed - at_most_quarter > late_before
+
+
+def _lag_probes(application: FastAPI) -> tuple[float, float]:
+    """How many lag probes the app has recorded, and how many of them more than 0.25 s late
+    (read from its registry, without a request)."""
+    metrics: Metrics = application.state.metrics
+    name = "stockroom_event_loop_lag_seconds"
+    count = metrics.registry.get_sample_value(name + "_count") or 0.0
+    quick = metrics.registry.get_sample_value(name + "_bucket", {"le": "0.25"}) or 0.0
+    return count, count - quick
 
 
 @pytest.mark.postgresql_only

@@ -46,9 +46,6 @@ __all__ = ["create_app"]
 
 log = structlog.get_logger("stockroom.app")
 
-# How often expired idempotency records are deleted, in small batches between requests.
-IDEMPOTENCY_PURGE_INTERVAL = 600.0
-
 DESCRIPTION = """\
 An async inventory service: items and their stock.
 Errors are `application/problem+json`; lists use `{"data", "next_cursor"}`.
@@ -92,14 +89,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics: Metrics = app.state.metrics
         purger = asyncio.create_task(
             purge_periodically(
-                "idempotency keys", sessions, purge_expired, IDEMPOTENCY_PURGE_INTERVAL
+                "idempotency keys", sessions, purge_expired, settings.idempotency_purge_seconds
             ),
             name="idempotency-purge",
         )
         hub = EventHub(engine, wakeup, queue_size=settings.events_stream_buffer)
         app.state.event_hub = hub
         watcher = asyncio.create_task(
-            watch_event_loop(metrics, lambda: metrics.sample_pool(stores.database.pool_status())),
+            watch_event_loop(
+                metrics,
+                lambda: metrics.sample_pool(stores.database.pool_status()),
+                settings.event_loop_probe_seconds,
+            ),
             name="event-loop-watch",
         )
         log.info("started", database=settings.backend, version=__version__)

@@ -23,10 +23,7 @@ from stockroom.webhooks.dispatcher import dispatching
 from stockroom.webhooks.queue import backlog
 from stockroom.webhooks.store import STORES
 
-__all__ = ["EVENT_PRUNE_INTERVAL", "event_services", "purge_periodically"]
-
-EVENT_PRUNE_INTERVAL = 3600.0
-BACKLOG_INTERVAL = 5.0
+__all__ = ["event_services", "purge_periodically"]
 
 log = structlog.get_logger("stockroom.background")
 
@@ -57,7 +54,9 @@ async def purge_periodically(
         await asyncio.sleep(interval)
 
 
-async def _refresh_backlog(sessions: async_sessionmaker[AsyncSession], metrics: Metrics) -> None:
+async def _refresh_backlog(
+    sessions: async_sessionmaker[AsyncSession], metrics: Metrics, interval: float
+) -> None:
     while True:
         try:
             async with sessions() as session:
@@ -66,7 +65,7 @@ async def _refresh_backlog(sessions: async_sessionmaker[AsyncSession], metrics: 
             metrics.webhook_backlog_oldest.set(figures.oldest_age_seconds)
         except Exception as exc:
             log.warning("cannot measure the webhook backlog", error=str(exc))
-        await asyncio.sleep(BACKLOG_INTERVAL)
+        await asyncio.sleep(interval)
 
 
 @asynccontextmanager
@@ -88,7 +87,8 @@ async def event_services(
 
     tasks = [
         asyncio.create_task(
-            purge_periodically("events", sessions, prune, EVENT_PRUNE_INTERVAL), name="event-prune"
+            purge_periodically("events", sessions, prune, settings.events_prune_seconds),
+            name="event-prune",
         )
     ]
     tasks.append(asyncio.create_task(database.listen(CHANNEL, wakeup.wake), name="event-listen"))
@@ -99,7 +99,12 @@ async def event_services(
             log.warning("event hub cannot start yet", error=str(exc))
         tasks.append(asyncio.create_task(hub.run(), name="event-hub"))
     if metrics is not None:
-        tasks.append(asyncio.create_task(_refresh_backlog(sessions, metrics), name="backlog"))
+        tasks.append(
+            asyncio.create_task(
+                _refresh_backlog(sessions, metrics, settings.webhook_backlog_seconds),
+                name="backlog",
+            )
+        )
     try:
         async with AsyncExitStack() as stack:
             if dispatcher:

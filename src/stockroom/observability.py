@@ -39,7 +39,6 @@ from stockroom.database import PoolStatus
 
 __all__ = [
     "ACCESS_LOGGER",
-    "LOOP_LAG_INTERVAL",
     "METRICS_CONTENT_TYPE",
     "MULTIPROC_DIR_VARIABLE",
     "AccessLog",
@@ -51,8 +50,6 @@ __all__ = [
 ACCESS_LOGGER = "stockroom.access"
 METRICS_CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
-# How often the event-loop probe wakes up; its lateness is the loop's lag.
-LOOP_LAG_INTERVAL = 0.5
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -199,8 +196,8 @@ class Metrics:
         )
         self.loop_lag = Histogram(
             "stockroom_event_loop_lag_seconds",
-            f"How late a task scheduled every {LOOP_LAG_INTERVAL} s runs: time the event "
-            "loop was blocked or saturated.",
+            "How late a probe scheduled every STOCKROOM_EVENT_LOOP_PROBE_SECONDS runs: "
+            "time the event loop was blocked or saturated.",
             buckets=_LAG_BUCKETS,
             registry=registry,
         )
@@ -262,9 +259,7 @@ class Metrics:
             multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
 
 
-async def watch_event_loop(
-    metrics: Metrics, sample: Callable[[], None], interval: float = LOOP_LAG_INTERVAL
-) -> None:
+async def watch_event_loop(metrics: Metrics, sample: Callable[[], None], interval: float) -> None:
     """Sleep ``interval`` again and again; every wake-up later than asked is time the loop
     could not run ready tasks (a blocking call, a CPU-bound handler, overload). Also
     refreshes the pool gauges, so that every worker's figures stay current."""

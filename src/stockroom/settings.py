@@ -116,6 +116,16 @@ class Settings(BaseSettings):
         le=1_099_511_627_776,
         description="Largest file POST /items/import reads, in bytes; larger is 413.",
     )
+    idempotency_purge_seconds: Seconds = Field(
+        600.0,
+        description="How often expired idempotency records are deleted (in small batches, "
+        "between requests).",
+    )
+    event_loop_probe_seconds: Seconds = Field(
+        0.5,
+        description="How often the event-loop probe wakes up; how late it wakes is the "
+        "stockroom_event_loop_lag_seconds metric (it also refreshes the pool gauges).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level of log lines written (JSON, one object a line)."
     )
@@ -165,6 +175,11 @@ class Settings(BaseSettings):
         le=604_800,
         description="A delivery still failing this long after its event is marked failed.",
     )
+    webhook_backlog_seconds: Seconds = Field(
+        5.0,
+        description="How often the webhook backlog gauges of /metrics are refreshed (one "
+        "query each time).",
+    )
     webhook_connect_timeout: Seconds = Field(
         5.0, description="Seconds to connect to a webhook URL before the attempt fails."
     )
@@ -193,6 +208,11 @@ class Settings(BaseSettings):
         le=10,
         description="Longest a reader of the event log sleeps without a wake-up (SQLite, "
         "PgBouncer, or a lost LISTEN connection).",
+    )
+    events_prune_seconds: Seconds = Field(
+        3600.0,
+        description="How often events older than the retention are deleted from the log "
+        "(in small batches, between requests).",
     )
     events_heartbeat_seconds: Seconds = Field(
         15.0, description="A comment line is sent on an idle GET /events stream this often."

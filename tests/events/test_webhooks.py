@@ -356,7 +356,9 @@ async def test_metrics_show_the_backlog_and_the_outcomes(
     database_url: str, client: httpx.AsyncClient, receiver: Receiver
 ) -> None:
     async with (
-        running_app(database_url, webhook_backoff_seconds=600) as application,
+        running_app(
+            database_url, webhook_backoff_seconds=600, webhook_backlog_seconds=0.1
+        ) as application,
         await admin(application) as http,
     ):
         failing = await subscribe(http, f"{receiver.url}/fail", ["item.created"])
@@ -376,7 +378,7 @@ async def test_metrics_show_the_backlog_and_the_outcomes(
         async def backlog_reported() -> bool:
             return (await scraped()).get("stockroom_webhook_backlog") == 1.0
 
-        await wait_until(backlog_reported)  # refreshed every few seconds
+        await wait_until(backlog_reported)  # refreshed every 0.1 s here
         values = await scraped()
         assert values['stockroom_webhook_deliveries_total{outcome="retry"}'] == 1.0
         assert values['stockroom_webhook_deliveries_total{outcome="delivered"}'] == 1.0
