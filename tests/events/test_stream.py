@@ -129,6 +129,32 @@ async def write_burst(base_url: str, key: str, items: int) -> None:
         await asyncio.gather(*(one(n) for n in range(items)))
 
 
+async def write_marker(base_url: str, key: str) -> str:
+    """Create one more item, after everything else this test wrote; returns its SKU. The
+    stream is in log order: once its ``item.created`` has arrived, every event written
+    before it has too, and anything extra or repeated would have come before it."""
+    sku = f"END-{uuid.uuid4().hex[:8]}"
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as http:
+        created = await http.post("/items", json={"sku": sku, "name": "End", "price": 1})
+        assert created.status_code == 201, created.text
+    return sku
+
+
+async def until_marker(stream: Stream, sku: str) -> list[Message]:
+    """Wait for the marker's event; the messages before it (it must be the last so far)."""
+    await wait_until(lambda: any(_is_marker(m, sku) for m in stream.messages))
+    messages = list(stream.messages)
+    assert _is_marker(messages[-1], sku), "events came after the marker"
+    return messages[:-1]
+
+
+def _is_marker(message: Message, sku: str) -> bool:
+    item = message.data.get("data")
+    return message.event == "item.created" and isinstance(item, dict) and item["sku"] == sku
+
+
 async def test_a_subscriber_sees_every_event_of_a_burst_in_log_order(
     app: FastAPI, served: tuple[Server, str]
 ) -> None:
@@ -136,12 +162,13 @@ async def test_a_subscriber_sees_every_event_of_a_burst_in_log_order(
     async with listening(server.url, key) as stream:
         assert stream.status == 200
         await write_burst(server.url, key, 40)
-        await wait_until(lambda: len(stream.messages) >= 120)
-        await asyncio.sleep(0.3)  # nothing more should come
-    log = await logged(app)
-    assert [m.data for m in stream.messages] == log  # every event, once, in log order
-    assert [m.event for m in stream.messages] == [e["type"] for e in log]
-    assert len(set(stream.ids)) == len(stream.ids)
+        # Nothing more than the log comes: the burst, then the marker written after it.
+        messages = await until_marker(stream, await write_marker(server.url, key))
+    log = (await logged(app))[:-1]
+    assert len(log) == 120
+    assert [m.data for m in messages] == log  # every event, once, in log order
+    assert [m.event for m in messages] == [e["type"] for e in log]
+    assert len({m.id for m in messages}) == len(messages)
 
 
 async def test_resume_with_last_event_id_has_no_gap_and_no_duplicate(
@@ -161,27 +188,27 @@ async def test_resume_with_last_event_id_has_no_gap_and_no_duplicate(
             assert (
                 await http.post("/items", json={"sku": f"L-{n}", "name": "L", "price": 1})
             ).status_code == 201
-    total = len(await logged(app))
     async with listening(server.url, key, headers={"Last-Event-ID": cut.id}) as second:
-        await wait_until(lambda: len(seen) + len(second.messages) >= total)
-        await asyncio.sleep(0.3)
-    seen += [m.data["id"] for m in second.messages]
-    assert seen == [e["id"] for e in await logged(app)]  # fmt: skip
+        marker = await write_marker(server.url, key)
+        seen += [m.data["id"] for m in await until_marker(second, marker)]
+    assert seen == [e["id"] for e in await logged(app)][:-1]  # fmt: skip
+    total = len(await logged(app))
 
     # ?after= is the same as Last-Event-ID.
     async with listening(server.url, key, f"?after={cut.id}") as third:
         await wait_until(lambda: len(third.messages) >= total - 12)
-    assert [m.data["id"] for m in third.messages] == seen[12:]
+    assert [m.data["id"] for m in third.messages][: len(seen) - 12] == seen[12:]
 
 
 async def test_types_filter(served: tuple[Server, str]) -> None:
     server, key = served
     async with listening(server.url, key, "?types=item.created") as stream:
         await write_burst(server.url, key, 5)
-        await wait_until(lambda: len(stream.messages) >= 5)
-        await asyncio.sleep(0.3)
-    assert {m.event for m in stream.messages} == {"item.created"}
-    assert len(stream.messages) == 5
+        # The marker is an item.created too: every event of the burst is in the log
+        # before it, and those of other types must not have come.
+        messages = await until_marker(stream, await write_marker(server.url, key))
+    assert {m.event for m in messages} == {"item.created"}
+    assert len(messages) == 5
 
 
 async def test_bad_cursors_are_410_and_bad_types_422(
@@ -225,12 +252,13 @@ async def test_a_subscriber_of_one_instance_sees_writes_made_through_another(
     try:
         async with listening(server.url, key) as stream:
             await write_burst(other.url, key, 20)
-            await wait_until(lambda: len(stream.messages) >= 60)
-            await asyncio.sleep(0.3)
+            messages = await until_marker(stream, await write_marker(other.url, key))
     finally:
         other.process.kill()
         other.process.wait()
-    assert [m.data for m in stream.messages] == await logged(app)
+    log = (await logged(app))[:-1]
+    assert len(log) == 60
+    assert [m.data for m in messages] == log
 
 
 def test_a_slow_subscriber_is_cut_off_at_its_buffer_and_others_go_on() -> None:
