@@ -3,9 +3,9 @@ route cannot forget its authentication."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from stockroom.auth.models import ApiKey
+from stockroom.auth.service import Authenticator
 from tests.conftest import client_for, create_key, make_settings, problem, start_app
 from tests.test_serve import start_server
 
@@ -148,25 +149,45 @@ async def test_verification_compares_in_constant_time(
     assert calls[-1][0] == calls[-1][1] == hashlib.sha256(secret.encode()).hexdigest()
 
 
+CACHE_SECONDS = 60.0
+
+
+class Clock:
+    """A monotonic clock that a test moves on instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
 @pytest.fixture
-async def second_instance(database_url: str) -> AsyncIterator[FastAPI]:
-    """Another instance on the same database, with a short key cache."""
-    application, lifespan = await start_app(make_settings(database_url, auth_cache_seconds=0.3))
+async def second_instance(database_url: str) -> AsyncIterator[tuple[FastAPI, Clock]]:
+    """Another instance on the same database, its key cache on a clock the test moves."""
+    settings = make_settings(database_url, auth_cache_seconds=CACHE_SECONDS)
+    application, lifespan = await start_app(settings)
+    clock = Clock()
+    application.state.authenticator = Authenticator(
+        application.state.sessions, enabled=True, ttl=CACHE_SECONDS, clock=clock
+    )
     try:
-        yield application
+        yield application, clock
     finally:
         await lifespan.__aexit__(None, None, None)
 
 
 async def test_revocation_reaches_other_instances_within_the_cache_time(
-    app: FastAPI, client: httpx.AsyncClient, second_instance: FastAPI
+    app: FastAPI, client: httpx.AsyncClient, second_instance: tuple[FastAPI, Clock]
 ) -> None:
+    elsewhere_app, clock = second_instance
     secret = await create_key(app, "short-lived", ["read"])
-    async with client_for(second_instance, secret) as elsewhere:
+    async with client_for(elsewhere_app, secret) as elsewhere:
         assert (await elsewhere.get("/items")).status_code == 200  # now cached there
         assert (await client.delete("/keys/short-lived")).status_code == 204
+        clock.offset = CACHE_SECONDS - 1
         assert (await elsewhere.get("/items")).status_code == 200  # still trusted, cached
-        await asyncio.sleep(0.4)
+        clock.offset = CACHE_SECONDS + 0.01
         problem(await elsewhere.get("/items"), 401)
 
 

@@ -14,7 +14,7 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -138,11 +138,17 @@ class Authenticator:
     MAX_ENTRIES = 10_000
 
     def __init__(
-        self, sessions: async_sessionmaker[AsyncSession], *, enabled: bool, ttl: float
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        enabled: bool,
+        ttl: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sessions = sessions
         self.enabled = enabled
         self._ttl = ttl
+        self._clock = clock  # seconds; a test moves it on instead of waiting
         # hash of the presented key -> (principal or None for unknown/revoked, expiry)
         self._cache: OrderedDict[str, tuple[Principal | None, float]] = OrderedDict()
         # hash of the presented key -> the lookup under way for it
@@ -154,7 +160,7 @@ class Authenticator:
         if not presented:
             raise UnauthorizedError("An API key is required: send 'Authorization: Bearer <key>'.")
         digest = hash_key(presented)
-        now = time.monotonic()
+        now = self._clock()
         cached = self._cache.get(digest)
         if cached is not None and cached[1] > now:
             principal = cached[0]
