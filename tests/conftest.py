@@ -3,6 +3,21 @@
 Each backend gets a fresh database, migrated with Alembic once per test session; tables are
 emptied after every test. In CI (CI=true) a PostgreSQL that cannot be reached is a failure,
 never a skip.
+
+Which tests run on which backend (decided here, in pytest_collection_modifyitems, by
+markers only, never by folder):
+
+- A test that uses the ``backend`` fixture (most do, through ``database_url``, ``app`` or
+  ``client``) runs once per backend it is collected for; a test that uses none runs once.
+- ``sqlite`` and ``postgresql``: every such test, the two databases we ship for. Marked
+  ``postgresql_only``: not on SQLite (several processes on one database, server-side kills,
+  locks SQLite does not have); it is deselected there, not skipped.
+- ``pgbouncer``: PostgreSQL behind a real PgBouncer in transaction mode, which changes how
+  statements are prepared and how the statement timeout is set, not what the API does. Only
+  tests marked ``pgbouncer`` run on it: the items and ledger API modules carry it
+  (``pytestmark``), as they take every query path once. Marked also ``slow`` or
+  ``postgresql_only`` (stress runs: stateful, several processes): not on PgBouncer, they
+  add minutes and no path the API tests do not already take.
 """
 
 from __future__ import annotations
@@ -29,10 +44,8 @@ from stockroom.settings import Settings
 from tests.openapi_check import response_checker
 from tests.pgbouncer import start_pgbouncer
 
-# "pgbouncer": PostgreSQL behind a real PgBouncer in transaction mode; only the items and
-# ledger API tests (and tests marked `pgbouncer`) run on it, see pytest_collection_modifyitems.
+# Which tests run on which: see this module's docstring.
 BACKENDS = ("sqlite", "postgresql", "pgbouncer")
-_PGBOUNCER_FOLDERS = ("tests/items/", "tests/ledger/")
 # Database URLs that lead through PgBouncer: settings made for them say so.
 PGBOUNCER_URLS: set[str] = set()
 # Where tests create their throwaway PostgreSQL databases (an admin connection).
@@ -74,23 +87,20 @@ async def drop_pg_database(url: str) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked `postgresql_only` are not collected for SQLite (rather than skipped);
-    only the items and ledger tests, and tests marked `pgbouncer`, run through PgBouncer."""
+    """Deselect the (test, backend) pairs the module docstring rules out."""
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("backend") if callspec is not None else None
-        sqlite_but_postgresql_only = backend == "sqlite" and item.get_closest_marker(
-            "postgresql_only"
-        )
-        # The stress runs (stateful, several processes) are left out: they add minutes
-        # and no PgBouncer path the API tests do not already take.
-        stress = item.get_closest_marker("slow") or item.get_closest_marker("postgresql_only")
-        pgbouncer_but_not_for_it = backend == "pgbouncer" and not (
-            (item.nodeid.startswith(_PGBOUNCER_FOLDERS) and not stress)
-            or item.get_closest_marker("pgbouncer")
-        )
-        (drop if sqlite_but_postgresql_only or pgbouncer_but_not_for_it else keep).append(item)
+        postgresql_only = item.get_closest_marker("postgresql_only") is not None
+        stress = postgresql_only or item.get_closest_marker("slow") is not None
+        runs = {
+            "sqlite": not postgresql_only,
+            "postgresql": True,
+            "pgbouncer": item.get_closest_marker("pgbouncer") is not None and not stress,
+            None: True,
+        }[backend]
+        (keep if runs else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -11,6 +11,9 @@ import pytest
 
 from tests.conftest import ItemFactory, problem
 
+# Through PgBouncer too: see tests/conftest.py.
+pytestmark = pytest.mark.pgbouncer
+
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 
 

@@ -15,11 +15,15 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from tests.conftest import empty_tables
+
+# Through PgBouncer too: see tests/conftest.py.
+pytestmark = pytest.mark.pgbouncer
 
 Item = dict[str, Any]
 

@@ -7,6 +7,9 @@ import pytest
 
 from tests.conftest import ItemFactory, problem
 
+# Through PgBouncer too: see tests/conftest.py.
+pytestmark = pytest.mark.pgbouncer
+
 
 async def ledger(client: httpx.AsyncClient, item_id: int) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
