@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from tests.conftest import PG_ADMIN_URL, ItemFactory, client_for, make_settings, problem, start_app
+from tests.events.conftest import wait_until
 
 
 @pytest.fixture
@@ -101,11 +102,7 @@ async def test_abandoned_requests_return_their_connections(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    for _ in range(50):
-        if app.state.stores.database.pool_status().checked_out == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert app.state.stores.database.pool_status().checked_out == 0
+    await wait_until(lambda: app.state.stores.database.pool_status().checked_out == 0)
     assert (await client.get(f"/items/{item['id']}")).status_code == 200
 
 

@@ -2,8 +2,8 @@
 
 The requests are stock adjustments on two items whose rows the test holds locked from its
 own PostgreSQL connection, so all 50 are really in flight (each waiting inside its
-transaction) when the signal arrives. The lock on item A is released a moment after the
-signal: its 25 requests must complete (201). Item B stays locked past
+transaction) when the signal arrives. The lock on item A is released once the server has
+stopped accepting: its 25 requests must complete (201). Item B stays locked past
 STOCKROOM_SHUTDOWN_TIMEOUT: its 25 requests must get a clean 503 problem and apply nothing.
 No response may be cut, the process must stop accepting at once and exit 0, and the ledger
 must explain both items' quantities exactly.
@@ -117,7 +117,7 @@ async def test_sigterm_finishes_in_flight_requests_and_503s_the_rest(
                 await asyncio.sleep(0.05)
             stopped_accepting = time.monotonic() - signalled
 
-            await asyncio.sleep(0.5)
+            # The server refuses connections: it is shutting down, with all 50 in flight.
             await lock_a.execute("ROLLBACK")  # A's requests may now finish
             responses_a = await asyncio.gather(*tasks[:PER_ITEM])
             # B's stay locked until the shutdown timeout cancels them.

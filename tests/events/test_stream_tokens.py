@@ -146,9 +146,13 @@ async def test_with_authentication_off_a_page_still_gets_a_token(database_url: s
         assert (await opens(http, token)).status_code == 200
 
 
-async def read_events(url: str, messages: list[dict[str, object]], ended: asyncio.Event) -> int:
-    """Read `GET url` (no Authorization header) as a stream of messages, until it ends."""
+async def read_events(
+    url: str, messages: list[dict[str, object]], opened: asyncio.Event, ended: asyncio.Event
+) -> int:
+    """Read `GET url` (no Authorization header) as a stream of messages, until it ends;
+    ``opened`` is set when its headers have come (the server subscribes right after)."""
     async with httpx.AsyncClient(timeout=30) as http, http.stream("GET", url) as response:
+        opened.set()
         if response.status_code != 200:
             ended.set()
             return response.status_code
@@ -176,12 +180,12 @@ async def test_over_tcp_a_token_streams_ends_at_expiry_and_stays_out_of_the_logs
         async with httpx.AsyncClient(base_url=first.url, headers=auth, timeout=10) as http:
             token = await new_token(http)
             messages: list[dict[str, object]] = []
-            ended = asyncio.Event()
+            opened, ended = asyncio.Event(), asyncio.Event()
             # Issued by the first instance, streamed from the second.
             reader = asyncio.create_task(
-                read_events(f"{second.url}/events?token={token}", messages, ended)
+                read_events(f"{second.url}/events?token={token}", messages, opened, ended)
             )
-            await asyncio.sleep(0.5)
+            await asyncio.wait_for(opened.wait(), 20)
             created = await http.post("/items", json={"sku": "TOK-1", "name": "T", "price": 1})
             assert created.status_code == 201
             await wait_until(lambda: len(messages) >= 1)
