@@ -89,6 +89,9 @@ class BadSettingError(Exception):
 def _settings() -> Settings:
     import structlog
 
+    # Every command that reads the settings migrates: Alembic is imported before logging
+    # is configured, as it logs each of its plugins (at info) when first imported.
+    from stockroom import migrations  # noqa: F401
     from stockroom.observability import configure_logging
     from stockroom.settings import SettingsError, load_settings, unknown_variables
 
