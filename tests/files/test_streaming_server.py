@@ -8,17 +8,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import psutil
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from tests.conftest import PG_ADMIN_URL
-from tests.test_serve import Server, cli_create_key, start_server, stockroom_env
+from tests.conftest import PG_ADMIN_URL, create_key
+from tests.test_serve import Server, start_server, stockroom_env
 
 ROWS = 200_000
 MEMORY_BUDGET = 60 * 1024 * 1024
@@ -56,12 +58,15 @@ class PeakRss:
 
 
 @pytest.fixture
-def served(
-    database_url: str, tmp_path: Path, client: httpx.AsyncClient
-) -> Iterator[tuple[Server, str]]:
+async def served(
+    database_url: str, tmp_path: Path, app: FastAPI, client: httpx.AsyncClient
+) -> AsyncIterator[tuple[Server, str]]:
+    # The key is made in-process, as `stockroom apikey create` makes it (the CLI's own
+    # tests run the command), in the server's database.
+    key = await create_key(app, f"files-{uuid.uuid4().hex[:8]}", ["write"])
     server = start_server(database_url, tmp_path)
     try:
-        yield server, cli_create_key(database_url, tmp_path, "write")
+        yield server, key
     finally:
         server.stop()
 
