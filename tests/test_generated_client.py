@@ -21,8 +21,10 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
-from tests.test_serve import Server, cli_create_key, start_server
+from tests.conftest import create_key
+from tests.test_serve import Server, start_server
 
 GENERATOR = Path(sys.prefix) / "generator" / "bin" / "openapi-python-client"
 # No post-hooks (they run ruff on the output; not needed to import it). openapi-python-client
@@ -77,9 +79,10 @@ def _api(package: ModuleType, name: str) -> Any:
 
 
 async def test_generated_client_drives_items_pages_adjustments_and_imports(
-    server: Server, database_url: str, tmp_path: Path
+    server: Server, app: FastAPI, tmp_path: Path
 ) -> None:
-    key = await asyncio.to_thread(cli_create_key, database_url, tmp_path, "write")
+    # Made in-process, as `stockroom apikey create` makes it, in the server's database.
+    key = await create_key(app, f"sdk-{uuid.uuid4().hex[:8]}", ["write"])
     sdk = await asyncio.to_thread(generate, server, tmp_path)
     models = _api(sdk, "models")
     create_item = _api(sdk, "api.items.create_item")

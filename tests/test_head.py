@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,8 +18,8 @@ from starlette.routing import Mount
 
 from stockroom.app import create_app
 from stockroom.settings import Settings
-from tests.conftest import problem
-from tests.test_serve import Server, cli_create_key, start_server
+from tests.conftest import create_key, problem
+from tests.test_serve import Server, start_server
 
 # Headers that differ between any two answers, or that only a streamed GET has.
 _VOLATILE = {"date", "x-request-id", "transfer-encoding"}
@@ -70,9 +71,10 @@ async def get_answer(http: httpx.AsyncClient, url: str, headers: dict[str, str])
 
 
 async def test_head_matches_get_on_every_get_route(
-    head_server: Server, database_url: str, tmp_path: Path
+    head_server: Server, database_url: str, app: FastAPI
 ) -> None:
-    key = cli_create_key(database_url, tmp_path, "admin")
+    # Made in-process, as `stockroom apikey create` makes it, in the server's database.
+    key = await create_key(app, f"head-{uuid.uuid4().hex[:8]}", ["admin"])
     auth = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=head_server.url, timeout=10) as http:
         item = await http.post(

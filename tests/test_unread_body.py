@@ -9,23 +9,27 @@ import asyncio
 import http.client
 import io
 import json
+import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from stockroom.edge import UnreadBodyMiddleware
-from tests.test_serve import Server, cli_create_key, start_server
+from tests.conftest import create_key
+from tests.test_serve import Server, start_server
 
 LIMIT = 1_048_576  # STOCKROOM_MAX_BODY_BYTES's default
 
 
-@pytest.fixture
-def served(database_url: str, tmp_path: Path, client: httpx.AsyncClient) -> Iterator[Server]:
-    running = start_server(database_url, tmp_path)
+@pytest.fixture(scope="module")
+def served(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for the module's tests (per backend): none needs a fresh one, and a
+    start-up is seconds. A test that writes asks for `client`, which empties the tables."""
+    running = start_server(database_url, tmp_path_factory.mktemp("served"))
     try:
         yield running
     finally:
@@ -75,7 +79,7 @@ async def test_a_streamed_body_over_the_limit_is_a_readable_413_too(served: Serv
 
 
 async def test_an_early_401_on_an_import_is_readable(
-    served: Server, database_url: str, tmp_path: Path
+    served: Server, app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     rows = b"sku,name,price\n" + b"".join(b"U-%d,Unread,1\n" % n for n in range(1_500_000))
     headers = {"Content-Type": "text/csv", "Connection": "close"}
@@ -85,7 +89,8 @@ async def test_an_early_401_on_an_import_is_readable(
     assert status == 401
     assert body["type"] == "/problems/unauthorized"
     # And the same connection-closing client can then import with a key.
-    key = cli_create_key(database_url, tmp_path, "write")
+    # Made in-process, as `stockroom apikey create` makes it, in the server's database.
+    key = await create_key(app, f"unread-{uuid.uuid4().hex[:8]}", ["write"])
     status, _headers, report = await asyncio.to_thread(
         send_all_then_read,
         served,

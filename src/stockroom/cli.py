@@ -16,33 +16,27 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from types import FrameType
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
-import structlog
 import typer
-import uvicorn
 from pydantic import ValidationError
-from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncSession
 from typer._click import exceptions as click  # typer's own copy of click: its errors
 
 from stockroom import __version__
-from stockroom.auth import service as keys
 from stockroom.auth.schemas import KEY_NAME_RULE, KeyCreate
-from stockroom.background import event_services
-from stockroom.db import create_session_factory
 from stockroom.errors import StockroomError
-from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
-from stockroom.files import service as files
-from stockroom.files.formats import CsvReader, NdjsonReader
-from stockroom.files.schemas import ImportReport
-from stockroom.items.repository import ItemFilter, Keyset, Listing
-from stockroom.items.schemas import SORT_KEYS
-from stockroom.migrations import upgrade
-from stockroom.observability import MULTIPROC_DIR_VARIABLE, configure_logging
-from stockroom.settings import Settings, SettingsError, load_settings, unknown_variables
-from stockroom.stores import Stores, create_engine, open_stores
+
+# The rest of the app (FastAPI, SQLAlchemy, Alembic, the stores) is imported inside the
+# commands that use it: a person waits for this command's start-up, and --version, -h or a
+# usage error should not cost the web app's imports (seconds on a busy machine).
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from stockroom.files.schemas import ImportReport
+    from stockroom.settings import Settings
+    from stockroom.stores import Stores
 
 __all__ = ["main"]
 
@@ -52,8 +46,6 @@ EXIT_USAGE = 2  # as click's own usage errors
 # Longest reason quoted from a database driver, so that a failure stays one short line.
 _REASON_MAX_CHARS = 200
 T = TypeVar("T")
-
-log = structlog.get_logger("stockroom.cli")
 
 cli = typer.Typer(
     name="stockroom",
@@ -90,11 +82,26 @@ class DatabaseUnusableError(Exception):
     """The database cannot be used; ``str()`` is one line naming it (password masked)."""
 
 
+class BadSettingError(Exception):
+    """A setting is wrong; ``str()`` says which, one line per bad variable."""
+
+
 def _settings() -> Settings:
-    settings = load_settings()
+    import structlog
+
+    # Every command that reads the settings migrates: Alembic is imported before logging
+    # is configured, as it logs each of its plugins (at info) when first imported.
+    from stockroom import migrations  # noqa: F401
+    from stockroom.observability import configure_logging
+    from stockroom.settings import SettingsError, load_settings, unknown_variables
+
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        raise BadSettingError(str(exc)) from None
     configure_logging(settings.log_level_number)
     for line in unknown_variables(os.environ):
-        log.warning(line)
+        structlog.get_logger("stockroom.cli").warning(line)
     return settings
 
 
@@ -117,6 +124,8 @@ def _missing_sqlite_folder(settings: Settings) -> str | None:
 
 
 def _reason(exc: BaseException) -> str:
+    from sqlalchemy import exc as sa_exc
+
     if isinstance(exc, sa_exc.DBAPIError) and exc.orig is not None:
         # asyncpg's own exception (the cause) says it best: 'database "x" does not exist'.
         text = str(exc.orig.__cause__ or exc.orig)
@@ -139,6 +148,8 @@ def _database(settings: Settings, *, connecting: bool = False) -> Iterator[None]
     """Turn a database failure into :class:`DatabaseUnusableError`. While ``connecting`` (the
     first connection, by the migrations) any OS error is the database's too: a refused
     connection, an unknown host, a timeout."""
+    from sqlalchemy import exc as sa_exc
+
     failures: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, sa_exc.TimeoutError)
     if connecting:
         failures = (*failures, OSError)
@@ -149,6 +160,8 @@ def _database(settings: Settings, *, connecting: bool = False) -> Iterator[None]
 
 
 def _migrate(settings: Settings) -> None:
+    from stockroom.migrations import upgrade
+
     # Checked before connecting: aiosqlite, failing to open a file, leaves a thread that
     # prints a traceback once the event loop has closed.
     if _missing_sqlite_folder(settings):
@@ -179,6 +192,8 @@ def serve(
     # handler; the default handler would end the process with status -15. A stop asked for
     # by SIGTERM that went well is a success: exit 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    import uvicorn
+
     uvicorn.run(
         "stockroom.app:create_app",
         factory=True,
@@ -208,6 +223,14 @@ def worker() -> None:
 
 
 async def _deliver_webhooks(settings: Settings) -> None:
+    import structlog
+
+    from stockroom.background import event_services
+    from stockroom.db import create_session_factory
+    from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
+    from stockroom.stores import create_engine, open_stores
+
+    log = structlog.get_logger("stockroom.cli")
     engine = create_engine(settings)
     wakeup = Wakeup(settings.events_poll_seconds)
     sessions = create_session_factory(engine, info={SESSION_WAKEUP: wakeup.wake})
@@ -257,6 +280,8 @@ def _share_metrics_between_workers() -> None:
     answers for all (prometheus-client's multiprocess mode). An operator's own
     PROMETHEUS_MULTIPROC_DIR is used if set; otherwise a fresh temporary folder. Values of
     an earlier run are removed: the folder must start empty."""
+    from stockroom.observability import MULTIPROC_DIR_VARIABLE
+
     folder = os.environ.get(MULTIPROC_DIR_VARIABLE)
     if folder:
         path = Path(folder)
@@ -276,6 +301,9 @@ cli.add_typer(apikey, name="apikey")
 
 def _with_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Migrate, then run ``work`` in a session of a short-lived engine."""
+    from stockroom.db import create_session_factory
+    from stockroom.stores import create_engine
+
     settings = _settings()
     _migrate(settings)
 
@@ -311,6 +339,8 @@ def _scopes(value: str) -> list[str]:
     try:
         KeyCreate.model_validate({"name": "scopes", "scopes": scopes})
     except ValidationError:
+        from stockroom.auth import service as keys
+
         unknown = [s for s in scopes if s not in keys.SCOPES]
         shown = f"unknown scope {_shown(unknown[0])}" if unknown else f"bad scopes {value!r}"
         raise typer.BadParameter(f"{shown}; use {', '.join(keys.SCOPES)}") from None
@@ -340,6 +370,8 @@ def apikey_create(
     ] = "read",
 ) -> None:
     """Create a key and print it, the only line on standard output. It is not shown again."""
+    from stockroom.auth import service as keys
+
     scope_list = _scopes(scopes)
     _record, secret = _with_session(lambda session: keys.create_key(session, name, scope_list))
     print(secret)  # noqa: T201
@@ -348,6 +380,8 @@ def apikey_create(
 @apikey.command("list")
 def apikey_list() -> None:
     """List keys (never their secrets)."""
+    from stockroom.auth import service as keys
+
     for record in _with_session(keys.list_keys):
         state = f"revoked {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}" if record.revoked_at else "active"
         created = f"{record.created_at:%Y-%m-%dT%H:%M:%SZ}"
@@ -359,6 +393,8 @@ def apikey_revoke(
     name: Annotated[str, typer.Argument(help="The key's name.", callback=_key_name)],
 ) -> None:
     """Revoke a key. Running services refuse it within STOCKROOM_AUTH_CACHE_SECONDS."""
+    from stockroom.auth import service as keys
+
     _with_session(lambda session: keys.revoke_key(session, name))
 
 
@@ -393,6 +429,8 @@ class _Progress:
 def _run_with_stores(work: Callable[[Stores], Awaitable[T]]) -> T:
     """Migrate, then run ``work`` with the stores of the configured database, then close
     them."""
+    from stockroom.stores import create_engine, open_stores
+
     settings = _settings()
     _migrate(settings)
 
@@ -422,6 +460,9 @@ def import_file(
 ) -> None:
     """Import items from a file, through the same code as POST /items/import; prints the
     report as JSON. Exit status 1 if any row failed."""
+    from stockroom.files import service as files
+    from stockroom.files.formats import CsvReader, NdjsonReader
+
     kind = format or ("ndjson" if path.suffix.lower() in (".ndjson", ".jsonl") else "csv")
     reader: files.Reader = NdjsonReader() if kind == "ndjson" else CsvReader()
     progress = _Progress("imported")
@@ -454,6 +495,10 @@ def export_file(
     sort: Annotated[str, typer.Option(help="As the list's sort, e.g. -price.")] = "id",
 ) -> None:
     """Write every item to standard output, through the same code as GET /items/export."""
+    from stockroom.files import service as files
+    from stockroom.items.repository import ItemFilter, Keyset, Listing
+    from stockroom.items.schemas import SORT_KEYS
+
     if format not in files.EXPORT_FORMATS:
         raise typer.BadParameter("use csv or ndjson", param_hint="--format")
     if sort.removeprefix("-") not in SORT_KEYS:
@@ -492,7 +537,7 @@ def main() -> None:
         )
     except typer.Abort:
         _fail("stockroom: aborted", EXIT_FAILED)
-    except SettingsError as exc:
+    except BadSettingError as exc:
         _fail(f"stockroom: {exc}", EXIT_BAD_SETTING)
     except DatabaseUnusableError as exc:
         _fail(f"stockroom: {exc}", EXIT_FAILED)

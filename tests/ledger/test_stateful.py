@@ -30,7 +30,7 @@ from hypothesis.stateful import (
 )
 
 from tests.conftest import problem
-from tests.test_serve import Server, cli_create_key, start_server
+from tests.test_serve import Server, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -322,10 +322,11 @@ def stockroom_server(
 
 
 def test_ledger_explains_stock_through_any_sequence_of_requests(
-    stockroom_server: Server, database_url: str, tmp_path: Path
+    stockroom_server: Server, admin_key: str
 ) -> None:
-    key = cli_create_key(database_url, tmp_path, "admin")
-    headers = {"Authorization": f"Bearer {key}"}
+    # admin_key: made in-process, as `stockroom apikey create` makes it, in the server's
+    # database (the CLI's own tests run the command).
+    headers = {"Authorization": f"Bearer {admin_key}"}
     with httpx.Client(base_url=stockroom_server.url, headers=headers, timeout=30) as http:
 
         class Machine(LedgerMachine):
