@@ -25,6 +25,9 @@ from fastapi import FastAPI
 from tests.conftest import ItemFactory, create_key
 from tests.test_serve import Server, start_server
 
+# The one-process run takes PgBouncer's path too; the two-process run is postgresql_only.
+pytestmark = pytest.mark.pgbouncer
+
 INITIAL = 40
 # 64-way concurrency on PostgreSQL is the point; 25 each is plenty for the stock, drifting
 # down by 0.6 a request on average, to run out again and again (1,600 requests).
