@@ -6,7 +6,6 @@ The page must see every event once, in log order, with no gap."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import http.server
 import json
@@ -23,9 +22,8 @@ import pytest
 from fastapi import FastAPI
 from playwright.async_api import Page, async_playwright
 
-from tests.conftest import create_key
 from tests.events.conftest import logged, wait_until
-from tests.test_serve import Server, free_port, start_server
+from tests.test_serve import Server, cli_create_key, free_port, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -101,12 +99,11 @@ async def test_a_page_on_another_origin_follows_the_stream_across_expiry_and_res
     # then the default hour, so that the browser's own reconnect carries on with its token.
     brief = {**base, "STOCKROOM_EVENTS_TOKEN_SECONDS": "5"}
     port = free_port()
-    servers: list[Server] = []
-    # The other instance, that takes writes while the page's server is down (restart 2),
-    # starts now, in a thread, while the rest goes on: a start-up is seconds of this test.
-    other_start = asyncio.create_task(
-        asyncio.to_thread(start_server, database_url, tmp_path, env_extra=base)
-    )
+    api = start_server(database_url, tmp_path, env_extra=brief, port=port)
+    servers = [api]
+    reader = cli_create_key(database_url, tmp_path, "read")  # the page's key
+    writer = cli_create_key(database_url, tmp_path, "write")  # the test's
+    label = uuid.uuid4().hex[:6]
 
     def restart(env: dict[str, str]) -> Server:
         stop(servers.pop(servers.index(api)))
@@ -115,15 +112,6 @@ async def test_a_page_on_another_origin_follows_the_stream_across_expiry_and_res
         return server
 
     try:
-        api = await asyncio.to_thread(
-            start_server, database_url, tmp_path, env_extra=brief, port=port
-        )
-        servers.append(api)
-        # Keys made in-process, as `stockroom apikey create` makes them (tests/auth/test_cli.py
-        # runs the command itself), in the servers' database.
-        reader = await create_key(app, f"page-{uuid.uuid4().hex[:8]}", ["read"])  # the page's
-        writer = await create_key(app, f"test-{uuid.uuid4().hex[:8]}", ["write"])  # the test's
-        label = uuid.uuid4().hex[:6]
         async with async_playwright() as playwright:
             browser = await playwright.chromium.launch_persistent_context(
                 str(tmp_path / "chromium-profile"),  # a fresh profile
@@ -183,7 +171,7 @@ async def test_a_page_on_another_origin_follows_the_stream_across_expiry_and_res
                 # the browser reconnects by itself with Last-Event-ID and its valid token.
                 await mark("restart 2")
                 stop(servers.pop(servers.index(api)))
-                elsewhere = await other_start
+                elsewhere = start_server(database_url, tmp_path, env_extra=base)
                 servers.append(elsewhere)
                 await mark("writes d")
                 await create_items(elsewhere.url, writer, f"{label}-d", 3)
@@ -200,9 +188,6 @@ async def test_a_page_on_another_origin_follows_the_stream_across_expiry_and_res
             finally:
                 await browser.close()
     finally:
-        with contextlib.suppress(AssertionError):  # start_server reaped what failed to start
-            if (other := await other_start) not in servers:
-                servers.append(other)
         for server in servers:
             if server.process.poll() is None:
                 server.process.kill()

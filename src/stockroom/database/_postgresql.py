@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 from sqlalchemy import event
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, ExceptionContext
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
@@ -103,6 +103,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         connect_args=connect_args,
     )
     event.listen(engine.sync_engine, "checkout", _on_checkout)
+    event.listen(engine.sync_engine, "handle_error", _on_error)
     if settings.database_pgbouncer:
         set_timeout = f"SET LOCAL statement_timeout = {statement_ms}"
 
@@ -121,6 +122,17 @@ def _on_checkout(
     # handing out a dead one. Free, unlike a ping.
     if dbapi_connection.driver_connection.is_closed():
         raise DisconnectionError("connection closed by the server while in the pool")
+
+
+def _on_error(context: ExceptionContext) -> None:
+    # SQLAlchemy knows a closed asyncpg connection, not one the server ended that asyncpg
+    # left in an internal error state: without this, such a connection went back into the
+    # pool and failed every statement until recycled. Now it is dropped, and the pool's
+    # other connections (a restart ended them too) are replaced at their next checkout.
+    error = context.original_exception
+    driver_error = error.__cause__ if error.__cause__ is not None else error
+    if _is_broken(driver_error):
+        context.is_disconnect = True
 
 
 class PostgresDatabase:
