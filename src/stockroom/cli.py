@@ -109,18 +109,13 @@ def _describe_database_failure(settings: Settings, exc: BaseException) -> str:
     """One line: the URL with its password masked, and why it cannot be used, in the
     driver's words but without SQL or a traceback."""
     url = settings.database.render_as_string(hide_password=True)
-    return f"cannot use the database {url}: {_missing_sqlite_folder(settings) or _reason(exc)}"
+    return f"cannot use the database {url}: {_unusable_before_connecting(settings) or _reason(exc)}"
 
 
-def _missing_sqlite_folder(settings: Settings) -> str | None:
-    file = settings.database.database
-    if (
-        settings.backend == "sqlite"
-        and file not in (None, "", ":memory:")
-        and not Path(file).parent.is_dir()
-    ):
-        return f"the folder {str(Path(file).parent)!r} does not exist"
-    return None
+def _unusable_before_connecting(settings: Settings) -> str | None:
+    from stockroom.stores import unusable_reason
+
+    return unusable_reason(settings)
 
 
 def _reason(exc: BaseException) -> str:
@@ -162,9 +157,8 @@ def _database(settings: Settings, *, connecting: bool = False) -> Iterator[None]
 def _migrate(settings: Settings) -> None:
     from stockroom.migrations import upgrade
 
-    # Checked before connecting: aiosqlite, failing to open a file, leaves a thread that
-    # prints a traceback once the event loop has closed.
-    if _missing_sqlite_folder(settings):
+    # Checked before connecting (a missing SQLite folder: see database/_sqlite.py).
+    if _unusable_before_connecting(settings):
         raise DatabaseUnusableError(_describe_database_failure(settings, FileNotFoundError()))
     with _database(settings, connecting=True):
         upgrade(settings.database_url)

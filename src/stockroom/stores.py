@@ -11,8 +11,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from stockroom.database import Database
 from stockroom.database._postgresql import PostgresDatabase
 from stockroom.database._postgresql import create_engine as create_postgresql_engine
+from stockroom.database._postgresql import unusable_reason as postgresql_unusable_reason
 from stockroom.database._sqlite import SqliteDatabase
 from stockroom.database._sqlite import create_engine as create_sqlite_engine
+from stockroom.database._sqlite import unusable_reason as sqlite_unusable_reason
 from stockroom.events._postgresql import PostgresEventStore
 from stockroom.events._sqlite import SqliteEventStore
 from stockroom.events.store import EventStore
@@ -25,7 +27,7 @@ from stockroom.items.store import ItemStore
 from stockroom.items.writer import ItemWriter
 from stockroom.settings import Backend, Settings
 
-__all__ = ["Stores", "create_engine", "open_stores"]
+__all__ = ["Stores", "create_engine", "open_stores", "unusable_reason"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +79,14 @@ _ENGINES: dict[Backend, Callable[[Settings], AsyncEngine]] = {
 def create_engine(settings: Settings) -> AsyncEngine:
     """The process's one SQLAlchemy engine, for the configured database."""
     return _ENGINES[settings.backend](settings)
+
+
+_UNUSABLE: dict[Backend, Callable[[Settings], str | None]] = {
+    "postgresql": postgresql_unusable_reason,
+    "sqlite": sqlite_unusable_reason,
+}
+
+
+def unusable_reason(settings: Settings) -> str | None:
+    """Why the configured database cannot be used, if that shows before connecting."""
+    return _UNUSABLE[settings.backend](settings)

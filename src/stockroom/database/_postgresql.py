@@ -33,7 +33,7 @@ from stockroom.db import PGBOUNCER_CONNECT_ARGS
 from stockroom.errors import UnavailableError
 from stockroom.settings import Settings
 
-__all__ = ["PostgresDatabase", "create_engine"]
+__all__ = ["PostgresDatabase", "create_engine", "unusable_reason"]
 
 T = TypeVar("T")
 
@@ -68,6 +68,11 @@ def _is_broken(exc: BaseException) -> bool:
 
 _CLOSE_SECONDS = 5.0
 _RECONNECT_SECONDS = 2.0
+
+
+def unusable_reason(_settings: Settings) -> None:
+    """Nothing to see before connecting: the server says what is wrong."""
+    return None
 
 
 def create_engine(settings: Settings) -> AsyncEngine:

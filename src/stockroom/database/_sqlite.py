@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import event
@@ -21,12 +22,22 @@ from stockroom.database import PoolStatus
 from stockroom.db import WRITE_OPTION, write_connection
 from stockroom.settings import Settings
 
-__all__ = ["SqliteDatabase", "create_engine"]
+__all__ = ["SqliteDatabase", "create_engine", "unusable_reason"]
 
 # SQLite waits this long for another writer's lock before it answers "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 
 T = TypeVar("T")
+
+
+def unusable_reason(settings: Settings) -> str | None:
+    """Why the database file cannot be opened, seen before trying: its folder is missing
+    (aiosqlite, failing to open a file, leaves a thread that prints a traceback once the
+    event loop has closed)."""
+    file = settings.database.database
+    if file not in (None, "", ":memory:") and not Path(file).parent.is_dir():
+        return f"the folder {str(Path(file).parent)!r} does not exist"
+    return None
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
