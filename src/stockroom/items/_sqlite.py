@@ -61,7 +61,6 @@ _QUANTITY = select(Item.quantity).where(Item.id == bindparam("item_id"))
 _INSERT = insert(_ITEMS).returning(*ITEM_TABLE_COLUMNS)
 _DELETE = delete(_ITEMS).where(Item.id == bindparam("item_id"))
 _INSERT_ADJUSTMENT = insert(_ADJUSTMENTS).returning(*_ADJUSTMENT_COLUMNS)
-_LAST_ADJUSTMENT_ID = select(func.coalesce(func.max(Adjustment.id), 0))
 
 # Skus seen so far in this import, kept by the database instead of in memory.
 _seen = Table(
@@ -199,18 +198,7 @@ class SqliteItemStore:
         if len(values) == 1:
             result = await connection.execute(_INSERT_ADJUSTMENT, values[0])
             return [AdjustmentRow(*result.one())]
-        # Many rows: one executemany, then read them back. With RETURNING in file order
-        # SQLAlchemy runs one INSERT per row on SQLite (it has no sentinel to sort a
-        # multi-row INSERT's RETURNING by), a thread hop each: 10 times slower. The write
-        # lock is held since the transaction began, so the new ids follow the largest one.
-        last = (await connection.execute(_LAST_ADJUSTMENT_ID)).scalar_one()
-        await connection.execute(insert(_ADJUSTMENTS), values)
-        written = await connection.execute(
-            select(*_ADJUSTMENT_COLUMNS).where(Adjustment.id > last).order_by(Adjustment.id)
-        )
-        adjustments = [AdjustmentRow(*row) for row in written]
-        assert len(adjustments) == len(values), "another writer inside the write lock"
-        return adjustments
+        return [AdjustmentRow(*row) for row in await _insert_many(connection, _ADJUSTMENTS, values)]
 
     # --- imports --------------------------------------------------------------------------
     async def begin_import(self, connection: AsyncConnection) -> None:
@@ -252,10 +240,7 @@ class SqliteItemStore:
         ledger: list[tuple[int, int, str | None, int, dt.datetime]] = []
         new = [row for row in rows if row.sku not in existing]
         if new:
-            # One executemany (one call to the driver), in file order; then the rows as
-            # inserted, read back by sku (unique) in id order, which is file order. Not
-            # INSERT ... RETURNING: in file order, SQLAlchemy runs that as one INSERT per
-            # row on SQLite (see _insert_adjustments).
+            # One executemany, in file order (see _insert_many).
             values = [
                 {
                     "sku": row.sku, "name": row.name, "name_key": row.name_key,
@@ -265,13 +250,7 @@ class SqliteItemStore:
                 }
                 for row in new
             ]  # fmt: skip
-            await connection.execute(insert(_ITEMS), values)
-            created = await connection.execute(
-                select(*ITEM_TABLE_COLUMNS)
-                .where(Item.sku.in_([row.sku for row in new]))
-                .order_by(Item.id)
-            )
-            for item in (ItemRow(*r) for r in created):
+            for item in (ItemRow(*r) for r in await _insert_many(connection, _ITEMS, values)):
                 events.append(event_row(ITEM_CREATED, item_json(item).decode(), now))
                 if item.quantity:
                     ledger.append((item.id, item.quantity, REASON_IMPORT, item.quantity, now))
@@ -363,3 +342,23 @@ async def _unique_sku(sku: str) -> AsyncIterator[None]:
         if is_unique_violation(exc):
             raise DuplicateError(f"An item with sku {sku!r} already exists.") from None
         raise
+
+
+async def _insert_many(
+    connection: AsyncConnection, table: Table, values: list[dict[str, Any]]
+) -> Sequence[Sequence[Any]]:
+    """Insert ``values`` with one executemany and return the rows as inserted, in order.
+
+    Not INSERT ... RETURNING: to return rows in parameter order, SQLAlchemy runs that as one
+    INSERT per row on SQLite (it has no sentinel to sort a multi-row INSERT's RETURNING by),
+    a thread hop each: ten times slower. The ids are AUTOINCREMENT and the write lock is held
+    since the transaction began, so the new rows are those above the largest id before.
+    """
+    (key,) = table.primary_key.columns
+    last = (await connection.execute(select(func.coalesce(func.max(key), 0)))).scalar_one()
+    await connection.execute(insert(table), values)
+    written = (
+        await connection.execute(select(*table.columns).where(key > last).order_by(key))
+    ).all()
+    assert len(written) == len(values), "another writer inside the write lock"
+    return written
