@@ -1,5 +1,7 @@
 """The finishing touches of the OpenAPI document, which no single route can add itself.
 
+- the ``HTTPBearer`` security scheme (the routes' scope checks declare their ``security``,
+  :class:`stockroom.auth.deps.ScopedRoute`);
 - the ``Problem`` and ``ValidationProblem`` components that every error response refers to
   (:func:`stockroom.problems.problem_responses` writes the references);
 - ``X-Request-ID`` on every response, and ``RateLimit-*`` on every response of a route that
@@ -84,11 +86,16 @@ def _describe_event_types(document: dict[str, Any], event_types: Sequence[str]) 
                     )
 
 
-def finish(document: dict[str, Any], event_types: Sequence[str] = ()) -> dict[str, Any]:
+def finish(
+    document: dict[str, Any],
+    event_types: Sequence[str] = (),
+    security_schemes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Add the shared components and headers to a document FastAPI built (in place)."""
     if event_types:
         _describe_event_types(document, event_types)
     components = document.setdefault("components", {})
+    components.setdefault("securitySchemes", {}).update(security_schemes or {})
     components.setdefault("schemas", {}).update(PROBLEM_SCHEMAS)
     components.setdefault("headers", {}).update(_HEADERS)
     for operations in document.get("paths", {}).values():
@@ -106,13 +113,14 @@ def finish(document: dict[str, Any], event_types: Sequence[str] = ()) -> dict[st
     return document
 
 
-def install_openapi(app: FastAPI) -> None:
+def install_openapi(app: FastAPI, *, security_schemes: dict[str, Any] | None = None) -> None:
     """Serve the finished document at /openapi.json (built once, on first use)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = finish(build(), getattr(app.state, "event_types", ()))
+            event_types = getattr(app.state, "event_types", ())
+            app.openapi_schema = finish(build(), event_types, security_schemes)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Request, status
 
 from stockroom.auth import service
-from stockroom.auth.deps import ADMIN, READ
+from stockroom.auth.deps import ADMIN, READ, CurrentPrincipal, ScopedRoute
 from stockroom.auth.models import ApiKey
 from stockroom.auth.schemas import (
     KEY_NAME_MAX_LENGTH,
@@ -17,7 +17,6 @@ from stockroom.auth.schemas import (
     KeyPublic,
     StreamTokenCreated,
 )
-from stockroom.auth.service import Principal
 from stockroom.auth.tokens import StreamTokens
 from stockroom.deps import SessionDep
 from stockroom.http import Page
@@ -26,6 +25,7 @@ from stockroom.problems import problem_responses
 __all__ = ["router", "stream_tokens_router"]
 
 router = APIRouter(
+    route_class=ScopedRoute,
     prefix="/keys",
     tags=["keys"],
     dependencies=[ADMIN],
@@ -86,7 +86,9 @@ async def revoke_key(session: SessionDep, request: Request, name: KeyName) -> No
 # A credential for the event stream: an auth concern (the stream itself is the events
 # package's), so it lives here, on a router of its own (no admin scope: read is enough).
 stream_tokens_router = APIRouter(
-    tags=["events"], responses=problem_responses(400, 401, 403, 422, 500, 503)
+    route_class=ScopedRoute,
+    tags=["events"],
+    responses=problem_responses(400, 401, 403, 422, 500, 503),
 )
 
 
@@ -94,11 +96,10 @@ stream_tokens_router = APIRouter(
     "/events/tokens",
     status_code=status.HTTP_201_CREATED,
     responses=problem_responses(413),
+    dependencies=[READ],
     operation_id="createStreamToken",
 )
-async def create_stream_token(
-    request: Request, principal: Annotated[Principal, READ]
-) -> StreamTokenCreated:
+async def create_stream_token(request: Request, principal: CurrentPrincipal) -> StreamTokenCreated:
     """A short-lived credential for `GET /events?token=...`, for a browser's `EventSource`
     (which cannot send `Authorization`). It opens nothing else, expires after
     `STOCKROOM_EVENTS_TOKEN_SECONDS` and stops working when its API key is revoked."""

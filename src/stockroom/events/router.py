@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
-from stockroom.auth.deps import READ, TOKEN_EXPIRES_STATE, accepts_stream_token
+from stockroom.auth.deps import READ, TOKEN_EXPIRES_STATE, ScopedRoute, accepts_stream_token
 from stockroom.edge import is_head, without_body
 from stockroom.errors import InvalidRequestError, StockroomError, UnavailableError
 from stockroom.events.hub import EventHub
@@ -23,7 +23,11 @@ __all__ = ["CursorGoneError", "router"]
 
 _REPLAY_BATCH = 500
 
-router = APIRouter(tags=["events"], responses=problem_responses(401, 403, 422, 500, 503))
+router = APIRouter(
+    route_class=ScopedRoute,
+    tags=["events"],
+    responses=problem_responses(401, 403, 422, 500, 503),
+)
 
 
 class CursorGoneError(StockroomError):

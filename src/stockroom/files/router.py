@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Request, status
 from starlette.responses import Response, StreamingResponse
 
-from stockroom.auth.deps import READ, WRITE, CurrentPrincipal
+from stockroom.auth.deps import READ, WRITE, CurrentPrincipal, ScopedRoute
 from stockroom.db import utcnow
 from stockroom.edge import is_head, without_body
 from stockroom.errors import UnsupportedMediaTypeError
@@ -24,6 +24,7 @@ from stockroom.problems import problem_responses
 __all__ = ["router"]
 
 router = APIRouter(
+    route_class=ScopedRoute,
     prefix="/items",
     tags=["files"],
     responses=problem_responses(400, 401, 403, 413, 422, 500, 503),

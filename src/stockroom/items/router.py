@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Body, Header, Response, status
 from starlette.convertors import StringConvertor, register_url_convertor
 
-from stockroom.auth.deps import READ, WRITE
+from stockroom.auth.deps import READ, WRITE, ScopedRoute
 from stockroom.deps import DatabaseDep
 from stockroom.http import (
     ETAG_HEADER,
@@ -38,6 +38,7 @@ from stockroom.problems import problem_responses
 __all__ = ["ITEM_PATH", "router"]
 
 router = APIRouter(
+    route_class=ScopedRoute,
     prefix="/items",
     tags=["items"],
     responses=problem_responses(400, 401, 403, 413, 422, 500, 503),

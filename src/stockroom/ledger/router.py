@@ -6,7 +6,7 @@ import orjson
 from fastapi import APIRouter, status
 from starlette.responses import Response
 
-from stockroom.auth.deps import READ, WRITE
+from stockroom.auth.deps import READ, WRITE, ScopedRoute
 from stockroom.http import REPLAYED_HEADER, Cursor, Limit, Page
 from stockroom.idempotency.deps import IdempotencyDep, answer_response
 from stockroom.idempotency.service import StoredAnswer
@@ -20,6 +20,7 @@ from stockroom.problems import problem_responses
 __all__ = ["router"]
 
 router = APIRouter(
+    route_class=ScopedRoute,
     prefix="/items/{item_id}/adjustments",
     tags=["stock"],
     responses=problem_responses(400, 401, 403, 404, 413, 422, 500, 503),

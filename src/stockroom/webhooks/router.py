@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response, status
 
-from stockroom.auth.deps import ADMIN
+from stockroom.auth.deps import ADMIN, ScopedRoute
 from stockroom.deps import SessionDep
 from stockroom.http import LOCATION_HEADER, Cursor, Limit, Page
 from stockroom.problems import problem_responses
@@ -17,6 +17,7 @@ from stockroom.webhooks.schemas import AttemptPublic, WebhookCreate, WebhookCrea
 __all__ = ["router"]
 
 router = APIRouter(
+    route_class=ScopedRoute,
     prefix="/webhooks",
     tags=["webhooks"],
     dependencies=[ADMIN],
