@@ -51,6 +51,49 @@ async def test_exhausted_pool_answers_503_then_recovers(
 
 
 @pytest.mark.postgresql_only
+async def test_connections_go_to_requests_in_the_order_they_asked(database_url: str) -> None:
+    """A request that asks for a connection the instant one is given back waits behind
+    those that were already waiting (asyncpg's own pool queue let it take the connection,
+    and the waiter it passed queued again at the back: under load, some requests waited
+    past the pool timeout while newer ones were served)."""
+    settings = make_settings(
+        database_url, database_pool_size=1, database_max_overflow=0, database_pool_timeout=30
+    )
+    application, lifespan = await start_app(settings)
+    database = application.state.stores.database
+    served: list[str] = []
+
+    async def read(name: str) -> None:
+        async def query(connection: asyncpg.Connection) -> None:
+            served.append(name)
+            await connection.fetchval("SELECT 1")
+
+        await database.read(query)
+
+    arrived = asyncio.Event()
+
+    async def newcomer(name: str) -> None:
+        # Arrives as the connection comes back: ready to run before any waiter is woken
+        # (each loop turn yields once; no event would wake it at that very instant).
+        await arrived.wait()
+        while database.pool_status().checked_out:  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        await read(name)
+
+    try:
+        async with database.connection():  # the only connection, held
+            waiting = [asyncio.create_task(read(f"waiter {n}")) for n in range(5)]
+            late = [asyncio.create_task(newcomer(f"newcomer {n}")) for n in range(3)]
+            await wait_until(lambda: len(database._turns._waiters or ()) == 5)
+            arrived.set()
+            await asyncio.sleep(0)  # the newcomers now poll the pool
+        await asyncio.wait_for(asyncio.gather(*waiting, *late), 30)
+        assert served == [f"waiter {n}" for n in range(5)] + [f"newcomer {n}" for n in range(3)]
+    finally:
+        await lifespan.__aexit__(None, None, None)
+
+
+@pytest.mark.postgresql_only
 async def test_dead_pooled_connections_are_replaced(
     app: FastAPI, client: httpx.AsyncClient, new_item: ItemFactory
 ) -> None:

@@ -146,6 +146,10 @@ class PostgresDatabase:
         self._on_commit = on_commit
         self._pool: asyncpg.Pool | None = None
         self._pgbouncer = settings.database_pgbouncer
+        # Requests wait for a connection in the order they asked (see `_acquire`).
+        self._turns = asyncio.Semaphore(
+            settings.database_pool_size + settings.database_max_overflow
+        )
         self._set_timeout = (
             f"SET LOCAL statement_timeout = {int(settings.database_statement_timeout * 1000)}"
         )
@@ -201,17 +205,34 @@ class PostgresDatabase:
                 await self._release(connection)
 
     async def _acquire(self) -> asyncpg.Connection:
-        # The pool's wait is bounded with asyncio.timeout, not acquire(timeout=...): on
-        # Python 3.11 that runs every acquire in a task of its own (asyncio.wait_for), about
-        # a twentieth of a GET /items/{id}'s CPU (py-spy).
+        """A connection, first come first served, within the pool timeout.
+
+        First come first served: asyncpg's pool queue is not fair. A connection given
+        back wakes the longest waiter, but a request that asks before that waiter runs
+        takes it, and the waiter queues again at the back; under load some requests waited
+        past the pool timeout (503s at 1,024 connections) while newer ones were served. The
+        semaphore (fair since Python 3.11.1) hands a freed turn to its first waiter, so the
+        pool itself never has one.
+
+        The wait is bounded with asyncio.timeout, not acquire(timeout=...): on Python 3.11
+        that runs every acquire in a task of its own (asyncio.wait_for), about a twentieth
+        of a GET /items/{id}'s CPU (py-spy)."""
         assert self._pool is not None, "the database is not started"
         async with asyncio.timeout(self._settings.database_pool_timeout):
-            connection: asyncpg.Connection = await self._pool.acquire()
+            await self._turns.acquire()
+            try:
+                connection: asyncpg.Connection = await self._pool.acquire()
+            except BaseException:
+                self._turns.release()
+                raise
         return connection
 
     async def _release(self, connection: asyncpg.Connection) -> None:
         assert self._pool is not None
-        await self._pool.release(connection)
+        try:
+            await self._pool.release(connection)
+        finally:
+            self._turns.release()
 
     async def _drop_if_broken(self, connection: asyncpg.Connection, exc: Exception) -> None:
         """A connection found broken goes not back into the pool; and its others may be gone
