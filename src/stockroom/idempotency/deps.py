@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from starlette.responses import Response
 
-from stockroom.auth.deps import CurrentPrincipal
+from stockroom.auth.deps import principal_of
 from stockroom.idempotency.service import Scope, StoredAnswer, UnitOfWork, request_hash
 
 __all__ = ["REPLAYED_HEADER", "IdempotencyDep", "IdempotencyKey", "answer_response"]
@@ -48,9 +48,12 @@ def unit_of_work(request: Request, scope: Scope | None) -> UnitOfWork:
 
 
 async def idempotent_request(
-    request: Request, principal: CurrentPrincipal, idempotency_key: IdempotencyKey = None
+    request: Request, idempotency_key: IdempotencyKey = None
 ) -> UnitOfWork:
-    return unit_of_work(request, scope_for(request, principal.name, idempotency_key))
+    """The request's unit of work, keyed by its caller (whom the route's scope check let
+    in) and its ``Idempotency-Key``, if it sent one."""
+    owner = principal_of(request).name
+    return unit_of_work(request, scope_for(request, owner, idempotency_key))
 
 
 IdempotencyDep = Annotated[UnitOfWork, Depends(idempotent_request)]
