@@ -187,8 +187,7 @@ class Dispatcher:
             # A step woken by a commit whose events wait for the next fan-out has nothing
             # new to claim: deliveries come from fan-outs (this instance's, or another's,
             # and retries coming due, both found at least every poll interval). Under a
-            # stream of writes that skips four claims in five (a query each, a twentieth of
-            # a write's CPU in py-spy).
+            # stream of writes that skips four claims in five (a query each).
             claim_due = self._claim_owed or now >= self._last_claim + self._wakeup.poll_interval
             if claim_due and want >= max(1, self._concurrency // 2) and not self._stopping.is_set():
                 self._claim_owed = False
