@@ -85,6 +85,22 @@ async def test_every_other_route_needs_a_key_with_its_scope(
         assert allowed.status_code not in (401, 403), (method, path, allowed.text)
 
 
+async def test_the_key_is_checked_before_the_body_is_read(app: FastAPI) -> None:
+    """An unauthenticated (or under-scoped) write is refused whatever its body: the body of
+    a caller without a key is never parsed (docs/api.md, Errors)."""
+    reader = await create_key(app, "body-reader", ["read"])
+    writes = [("POST", "/items"), ("PATCH", "/items/1"), ("POST", "/items/1/adjustments")]
+    for method, url in writes:
+        for key, status in ((None, 401), ("sr_unknown", 401), (reader, 403)):
+            async with client_for(app, key) as http:
+                response = await http.request(
+                    method, url, content=b'{"not json', headers={"Content-Type": "application/json"}
+                )
+            problem(response, status)
+            # Answered before the body was read: the connection is not reused.
+            assert response.headers["connection"] == "close", (method, url, key)
+
+
 async def test_a_non_bearer_authorization_is_401(app: FastAPI, admin_key: str) -> None:
     async with client_for(app) as http:
         response = await http.get("/items", headers={"Authorization": f"Basic {admin_key}"})
