@@ -186,6 +186,12 @@ class Settings(BaseSettings):
     webhook_timeout: Seconds = Field(
         10.0, description="Seconds to wait for a webhook's answer (each read and write)."
     )
+    webhook_lease_seconds: Seconds = Field(
+        30.0,
+        description="Seconds a claimed delivery is held beyond the longest one attempt can "
+        "take (the connect timeout plus 3 times the timeout): a dispatcher that dies leaves "
+        "its claims to another after that sum (65 s by default).",
+    )
     webhook_concurrency: int = Field(
         64, ge=1, le=1000, description="Deliveries in flight at once, per process."
     )
