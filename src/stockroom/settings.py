@@ -223,6 +223,14 @@ class Settings(BaseSettings):
     events_heartbeat_seconds: Seconds = Field(
         15.0, description="A comment line is sent on an idle GET /events stream this often."
     )
+    events_retry_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="When a GET /events stream drops, browsers reconnect after this long: "
+        "sent as the stream's first line (retry: in milliseconds); 0: not sent, each client "
+        "keeps its own delay (about 3 s in browsers).",
+    )
     events_stream_buffer: int = Field(
         1000,
         ge=10,
