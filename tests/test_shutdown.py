@@ -21,10 +21,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from tests.conftest import problem
-from tests.test_serve import cli_create_key, start_server
+from tests.conftest import create_key, problem
+from tests.test_serve import start_server
 
 pytestmark = pytest.mark.postgresql_only
 
@@ -61,7 +62,7 @@ def refuses_connections(port: int) -> bool:
 
 
 async def test_sigterm_finishes_in_flight_requests_and_503s_the_rest(
-    database_url: str, tmp_path: Path, client: httpx.AsyncClient
+    app: FastAPI, database_url: str, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
     # `client` is requested only so that the tables are emptied afterwards.
     server = start_server(
@@ -73,7 +74,8 @@ async def test_sigterm_finishes_in_flight_requests_and_503s_the_rest(
         },
     )
     port = int(server.url.rsplit(":", 1)[1])
-    key = cli_create_key(database_url, tmp_path, "write")
+    # Made in this process (`stockroom apikey create` is tested in tests/auth/test_cli.py).
+    key = await create_key(app, f"drain-{uuid.uuid4().hex[:8]}", ["write"])
     dsn = asyncpg_dsn(database_url)
     database = str(make_url(database_url).database)
     limits = httpx.Limits(max_connections=2 * PER_ITEM + 5)
