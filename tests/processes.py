@@ -36,13 +36,15 @@ class Batch(Generic[Case]):
         """The case's process, finished, and the folder it ran in."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=AT_ONCE, thread_name_prefix="cli")
-            # The asked-for case first, then the others in order.
+            # The asked-for case first, then the others in order. Each case's command (and
+            # folder) is made here, in the test's thread (tmp_path_factory is not
+            # thread-safe); only the processes run in the pool.
             for each in [case, *(c for c in self._cases if c != case)]:
-                self._futures[each] = self._pool.submit(self._run, each)
+                self._futures[each] = self._pool.submit(self._run, *self._command(each))
         return self._futures[case].result()
 
-    def _run(self, case: Case) -> Ran:
-        args, env, cwd = self._command(case)
+    @staticmethod
+    def _run(args: list[str], env: dict[str, str], cwd: Path) -> Ran:
         done = subprocess.run(
             args, env=env, cwd=cwd, capture_output=True, text=True, timeout=60, check=False
         )

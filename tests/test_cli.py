@@ -248,17 +248,38 @@ def test_version(tmp_path: Path) -> None:
     assert result.stdout == f"stockroom {__version__}\n"
 
 
-@pytest.mark.parametrize(
-    "command", [(), ("serve",), ("migrate",), ("worker",), ("apikey",), ("apikey", "create"),
-                ("import",), ("export",)], ids=" ".join,
-)  # fmt: skip
-@pytest.mark.parametrize("flag", ["-h", "--help"])
-def test_help(tmp_path: Path, command: tuple[str, ...], flag: str) -> None:
-    result = run(*command, flag, cwd=tmp_path)
+HELPED = [(), ("serve",), ("migrate",), ("worker",), ("apikey",), ("apikey", "create"),
+          ("import",), ("export",)]  # fmt: skip
+HELP_FLAGS = ["-h", "--help"]
+
+
+@pytest.fixture(scope="module")
+def help_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Batch[tuple[tuple[str, ...], str]]]:
+    """`stockroom ... -h` per (command, flag), a few at a time, each in a folder of its own."""
+
+    def command(case: tuple[tuple[str, ...], str]) -> tuple[list[str], dict[str, str], Path]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")}
+        return [STOCKROOM, *case[0], case[1]], env, tmp_path_factory.mktemp("help")
+
+    batch = Batch([(c, f) for f in HELP_FLAGS for c in HELPED], command)
+    try:
+        yield batch
+    finally:
+        batch.close()
+
+
+@pytest.mark.parametrize("command", HELPED, ids=" ".join)
+@pytest.mark.parametrize("flag", HELP_FLAGS)
+def test_help(
+    help_runs: Batch[tuple[tuple[str, ...], str]], command: tuple[str, ...], flag: str
+) -> None:
+    result, folder = help_runs.result((command, flag))
     assert result.returncode == 0, result.stderr
     assert f"Usage: {' '.join(('stockroom', *command))}" in result.stdout
     assert result.stderr == ""
-    assert not (tmp_path / "stockroom.db").exists()
+    assert not (folder / "stockroom.db").exists()
 
 
 _FAILING_START_UP = """
