@@ -33,7 +33,8 @@ class CursorGoneError(StockroomError):
 _STREAM_DOC = {
     200: {
         "description": "A `text/event-stream`: each message has `id` (the cursor), `event` "
-        "(the type) and `data` (the webhook body, one JSON line).",
+        "(the type) and `data` (the webhook body, one JSON line). With "
+        "STOCKROOM_EVENTS_RETRY_SECONDS set, a `retry:` line (milliseconds) comes first.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
     **problem_responses(410),
