@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from stockroom import __version__
 from tests.conftest import IN_CI, PG_ADMIN_URL, problem
+from tests.processes import Batch
 from tests.test_serve import free_port, start_server, stockroom_env
 
 STOCKROOM = str(Path(sys.executable).with_name("stockroom"))
@@ -150,14 +152,49 @@ COMMANDS = [
 FAILURES = ["sqlite-folder-missing", "connection-refused", "no-such-database", "no-such-role"]
 
 
+Unusable = tuple[tuple[str, ...], str]  # (command, failure)
+
+
+@pytest.fixture(scope="module")
+def unusable_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Batch[Unusable], dict[Unusable, tuple[str, str]]]]:
+    """A process per (command, failure), a few at a time, each in a folder of its own; and
+    each case's database URL and the reason its line must give."""
+    urls: dict[Unusable, tuple[str, str]] = {}
+
+    def command(case: Unusable) -> tuple[list[str], dict[str, str], Path]:
+        folder = tmp_path_factory.mktemp("unusable")
+        (folder / "items.csv").write_text("sku,name,price\nA,a,1\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")}
+        return [STOCKROOM, *case[0]], {**env, "STOCKROOM_DATABASE_URL": urls[case][0]}, folder
+
+    folder = tmp_path_factory.mktemp("unusable-urls")
+    reachable = _postgres_reachable()
+    for kind in FAILURES:
+        if kind == "sqlite-folder-missing" or reachable:  # the others skip
+            for args in COMMANDS:
+                urls[(args, kind)] = _unusable(kind, folder)
+    batch = Batch(list(urls), command)
+    try:
+        yield batch, urls
+    finally:
+        batch.close()
+
+
 @pytest.mark.parametrize("kind", FAILURES)
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_an_unusable_database_is_one_line_naming_it(
-    tmp_path: Path, command: tuple[str, ...], kind: str
+    unusable_runs: tuple[Batch[Unusable], dict[Unusable, tuple[str, str]]],
+    command: tuple[str, ...],
+    kind: str,
 ) -> None:
-    url, reason = _unusable(kind, tmp_path)
-    (tmp_path / "items.csv").write_text("sku,name,price\nA,a,1\n")
-    line = one_line_failure(run(*command, cwd=tmp_path, STOCKROOM_DATABASE_URL=url), 1)
+    batch, urls = unusable_runs
+    if (command, kind) not in urls:
+        pytest.skip("PostgreSQL is not reachable")
+    url, reason = urls[(command, kind)]
+    result, _folder = batch.result((command, kind))
+    line = one_line_failure(result, 1)
     shown = make_url(url).render_as_string(hide_password=True)
     assert line.startswith(f"stockroom: cannot use the database {shown}: "), line
     assert reason in line
@@ -211,17 +248,38 @@ def test_version(tmp_path: Path) -> None:
     assert result.stdout == f"stockroom {__version__}\n"
 
 
-@pytest.mark.parametrize(
-    "command", [(), ("serve",), ("migrate",), ("worker",), ("apikey",), ("apikey", "create"),
-                ("import",), ("export",)], ids=" ".join,
-)  # fmt: skip
-@pytest.mark.parametrize("flag", ["-h", "--help"])
-def test_help(tmp_path: Path, command: tuple[str, ...], flag: str) -> None:
-    result = run(*command, flag, cwd=tmp_path)
+HELPED = [(), ("serve",), ("migrate",), ("worker",), ("apikey",), ("apikey", "create"),
+          ("import",), ("export",)]  # fmt: skip
+HELP_FLAGS = ["-h", "--help"]
+
+
+@pytest.fixture(scope="module")
+def help_runs(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Batch[tuple[tuple[str, ...], str]]]:
+    """`stockroom ... -h` per (command, flag), a few at a time, each in a folder of its own."""
+
+    def command(case: tuple[tuple[str, ...], str]) -> tuple[list[str], dict[str, str], Path]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")}
+        return [STOCKROOM, *case[0], case[1]], env, tmp_path_factory.mktemp("help")
+
+    batch = Batch([(c, f) for f in HELP_FLAGS for c in HELPED], command)
+    try:
+        yield batch
+    finally:
+        batch.close()
+
+
+@pytest.mark.parametrize("command", HELPED, ids=" ".join)
+@pytest.mark.parametrize("flag", HELP_FLAGS)
+def test_help(
+    help_runs: Batch[tuple[tuple[str, ...], str]], command: tuple[str, ...], flag: str
+) -> None:
+    result, folder = help_runs.result((command, flag))
     assert result.returncode == 0, result.stderr
     assert f"Usage: {' '.join(('stockroom', *command))}" in result.stdout
     assert result.stderr == ""
-    assert not (tmp_path / "stockroom.db").exists()
+    assert not (folder / "stockroom.db").exists()
 
 
 _FAILING_START_UP = """

@@ -83,30 +83,56 @@ def start_server(
     env_extra: dict[str, str] | None = None,
     port: int | None = None,
 ) -> Server:
-    port = port or free_port()
-    log = tmp_path / f"server-{port}.log"
+    return start_servers(database_url, tmp_path, 1, *args, env_extra=env_extra, port=port)[0]
+
+
+def start_servers(
+    database_url: str,
+    tmp_path: Path,
+    count: int,
+    *args: str,
+    env_extra: dict[str, str] | None = None,
+    port: int | None = None,
+) -> list[Server]:
+    """``count`` servers started at once (each on its own port; ``port`` only for one), once
+    every one answers /healthz. One that fails to start fails the test, and all are reaped."""
+    assert port is None or count == 1
     env = {**stockroom_env(database_url), **(env_extra or {})}
-    with log.open("w") as sink:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(
-            [sys.executable, "-m", "stockroom", "serve", "--port", str(port), *args],
-            env=env,
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-            text=True,
-        )
-    server = Server(process, port, log)
+    servers = []
+    for _ in range(count):
+        chosen = port or free_port()
+        log = tmp_path / f"server-{chosen}.log"
+        with log.open("w") as sink:  # the child keeps its own copy of the descriptor
+            process = subprocess.Popen(
+                [sys.executable, "-m", "stockroom", "serve", "--port", str(chosen), *args],
+                env=env,
+                cwd=tmp_path,
+                stdout=subprocess.DEVNULL,
+                stderr=sink,
+                text=True,
+            )
+        servers.append(Server(process, chosen, log))
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
-                return server
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    process.wait()
-    raise AssertionError(f"server did not start: {log.read_text()}")
+    waiting = list(servers)
+    try:
+        while waiting and time.monotonic() < deadline:
+            for server in list(waiting):
+                assert server.process.poll() is None, server.log.read_text()
+                try:
+                    if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+                        waiting.remove(server)
+                except httpx.TransportError:
+                    pass
+            if waiting:
+                time.sleep(0.1)
+        if waiting:
+            raise AssertionError(f"server did not start: {waiting[0].log.read_text()}")
+    except BaseException:
+        for server in servers:
+            server.process.kill()
+            server.process.wait()
+        raise
+    return servers
 
 
 @pytest.fixture

@@ -21,10 +21,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from tests.conftest import problem
-from tests.test_serve import cli_create_key, start_server
+from tests.conftest import create_key, problem
+from tests.test_serve import start_server
 
 pytestmark = pytest.mark.postgresql_only
 
@@ -43,17 +44,13 @@ async def lock_row(dsn: str, item_id: int) -> asyncpg.Connection:
     return connection
 
 
-async def waiting_on_locks(dsn: str, database: str) -> int:
-    connection = await asyncpg.connect(dsn)
-    try:
-        count: int = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = $1 AND application_name = 'stockroom' AND wait_event_type = 'Lock'",
-            database,
-        )
-        return count
-    finally:
-        await connection.close()
+async def waiting_on_locks(connection: asyncpg.Connection, database: str) -> int:
+    count: int = await connection.fetchval(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = $1 AND application_name = 'stockroom' AND wait_event_type = 'Lock'",
+        database,
+    )
+    return count
 
 
 def refuses_connections(port: int) -> bool:
@@ -65,7 +62,7 @@ def refuses_connections(port: int) -> bool:
 
 
 async def test_sigterm_finishes_in_flight_requests_and_503s_the_rest(
-    database_url: str, tmp_path: Path, client: httpx.AsyncClient
+    app: FastAPI, database_url: str, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
     # `client` is requested only so that the tables are emptied afterwards.
     server = start_server(
@@ -77,11 +74,17 @@ async def test_sigterm_finishes_in_flight_requests_and_503s_the_rest(
         },
     )
     port = int(server.url.rsplit(":", 1)[1])
-    key = cli_create_key(database_url, tmp_path, "write")
+    # Made in this process (`stockroom apikey create` is tested in tests/auth/test_cli.py).
+    key = await create_key(app, f"drain-{uuid.uuid4().hex[:8]}", ["write"])
     dsn = asyncpg_dsn(database_url)
     database = str(make_url(database_url).database)
     limits = httpx.Limits(max_connections=2 * PER_ITEM + 5)
     headers = {"Authorization": f"Bearer {key}"}
+    # The test's own PostgreSQL connections (the two row locks, one that watches), closed
+    # and the requests' tasks ended whatever happens: a failure here must not leave rows
+    # locked for the teardown nor tasks whose errors no one reads.
+    held: list[asyncpg.Connection] = []
+    tasks: list[asyncio.Task[httpx.Response]] = []
     try:
         async with httpx.AsyncClient(
             base_url=server.url, headers=headers, timeout=30, limits=limits
@@ -94,21 +97,24 @@ async def test_sigterm_finishes_in_flight_requests_and_503s_the_rest(
                 items.append(created.json()["id"])
             item_a, item_b = items
             lock_a, lock_b = await lock_row(dsn, item_a), await lock_row(dsn, item_b)
+            held += [lock_a, lock_b]
+            watcher = await asyncpg.connect(dsn)
+            held.append(watcher)
 
             async def adjust(item_id: int, n: int) -> httpx.Response:
                 payload = {"delta": 1, "reason": f"drain {n}"}
                 return await http.post(f"/items/{item_id}/adjustments", json=payload)
 
-            tasks = [
+            tasks += [
                 asyncio.create_task(adjust(item_id, n))
                 for item_id in (item_a, item_b)
                 for n in range(PER_ITEM)
             ]
             for _ in range(200):  # until every request waits on a row lock in PostgreSQL
-                if await waiting_on_locks(dsn, database) == 2 * PER_ITEM:
+                if await waiting_on_locks(watcher, database) == 2 * PER_ITEM:
                     break
                 await asyncio.sleep(0.05)
-            assert await waiting_on_locks(dsn, database) == 2 * PER_ITEM
+            assert await waiting_on_locks(watcher, database) == 2 * PER_ITEM
 
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
@@ -124,12 +130,15 @@ async def test_sigterm_finishes_in_flight_requests_and_503s_the_rest(
             responses_b = await asyncio.gather(*tasks[PER_ITEM:])
             answered_b = time.monotonic() - signalled
             await lock_b.execute("ROLLBACK")
-            await lock_a.close()
-            await lock_b.close()
 
         exit_code = await asyncio.to_thread(server.process.wait, 30)
         exited = time.monotonic() - signalled
     finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for connection in held:
+            await connection.close()  # rolls back what it holds
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait()

@@ -186,6 +186,12 @@ class Settings(BaseSettings):
     webhook_timeout: Seconds = Field(
         10.0, description="Seconds to wait for a webhook's answer (each read and write)."
     )
+    webhook_lease_seconds: Seconds = Field(
+        30.0,
+        description="Seconds a claimed delivery is held beyond the longest one attempt can "
+        "take (the connect timeout plus 3 times the timeout): a dispatcher that dies leaves "
+        "its claims to another after that sum (65 s by default).",
+    )
     webhook_concurrency: int = Field(
         64, ge=1, le=1000, description="Deliveries in flight at once, per process."
     )
@@ -216,6 +222,14 @@ class Settings(BaseSettings):
     )
     events_heartbeat_seconds: Seconds = Field(
         15.0, description="A comment line is sent on an idle GET /events stream this often."
+    )
+    events_retry_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=3600,
+        description="When a GET /events stream drops, browsers reconnect after this long: "
+        "sent as the stream's first line (retry: in milliseconds); 0: not sent, each client "
+        "keeps its own delay (about 3 s in browsers).",
     )
     events_stream_buffer: int = Field(
         1000,

@@ -248,12 +248,13 @@ async def test_sigkill_mid_stream_keeps_the_log_exact_and_every_event_is_deliver
     receiver: Receiver,
     processes: list[subprocess.Popen[str]],
 ) -> None:
-    # `client`: the tables are emptied afterwards. Short timeouts keep the lease of the
-    # deliveries the killed process had claimed as short as it can be (about 30 s).
+    # `client`: the tables are emptied afterwards. Short timeouts and a short lease: the
+    # deliveries the killed process had claimed are due again 0.5 + 3 x 0.5 + 2 = 4 s later.
     env = {
         **DISPATCHING,
         "STOCKROOM_WEBHOOK_TIMEOUT": "0.5",
         "STOCKROOM_WEBHOOK_CONNECT_TIMEOUT": "0.5",
+        "STOCKROOM_WEBHOOK_LEASE_SECONDS": "2",
     }
     first = start_server(database_url, tmp_path, env_extra=env)
     processes.append(first.process)

@@ -19,11 +19,16 @@ from sqlalchemy import text
 
 from stockroom.events.hub import EventHub
 from stockroom.events.log import LoggedEvent, Position
+from stockroom.events.router import _messages
 from tests.conftest import problem
 from tests.events.conftest import logged, wait_until
 from tests.test_serve import Server, cli_create_key, start_server
 
-FAST = {"STOCKROOM_EVENTS_POLL_SECONDS": "0.05", "STOCKROOM_EVENTS_HEARTBEAT_SECONDS": "1"}
+FAST = {
+    "STOCKROOM_EVENTS_POLL_SECONDS": "0.05",
+    "STOCKROOM_EVENTS_HEARTBEAT_SECONDS": "1",
+    "STOCKROOM_EVENTS_RETRY_SECONDS": "0.25",  # the stream begins with `retry: 250`
+}
 
 
 @dataclass
@@ -40,6 +45,7 @@ class Stream:
     messages: list[Message] = field(default_factory=list)
     comments: int = 0
     status: int | None = None
+    retry: list[tuple[int, str]] = field(default_factory=list)  # (messages before it, value)
 
     @property
     def ids(self) -> list[str]:
@@ -70,6 +76,8 @@ async def listening(
                 if line.startswith(":"):
                     stream.comments += 1
                 elif line == "":
+                    if "retry" in fields:
+                        stream.retry.append((len(stream.messages), fields.pop("retry")))
                     if fields:
                         data = orjson.loads(fields["data"])
                         stream.messages.append(Message(fields["id"], fields["event"], data))
@@ -241,6 +249,31 @@ async def test_idle_streams_get_a_heartbeat(served: tuple[Server, str]) -> None:
     async with listening(server.url, key) as stream:
         await wait_until(lambda: stream.comments >= 2, within=10)  # every second here
     assert stream.messages == []
+    # STOCKROOM_EVENTS_RETRY_SECONDS=0.25: the reconnection delay, once, before anything.
+    assert stream.retry == [(0, "250")]
+
+
+async def test_the_stream_sends_a_reconnection_delay_only_when_set(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Unset (the default), browsers keep their own delay: the stream's first message is the
+    first event. Set, it comes first (in milliseconds, at least 1)."""
+    engine, hub = app.state.engine, app.state.event_hub
+    assert app.state.settings.events_retry_seconds == 0
+    with_retry = _messages(engine, hub, None, None, None, 1)
+    first = await anext(with_retry)
+    assert first.encode() == b"retry: 1\r\n\r\n"
+    await with_retry.aclose()
+
+    plain = _messages(engine, hub, None, None, None)
+    first_message = asyncio.ensure_future(anext(plain))
+    await asyncio.sleep(0)  # subscribed before the write
+    assert (
+        await client.post("/items", json={"sku": "R-1", "name": "R", "price": 1})
+    ).status_code == 201
+    event = await asyncio.wait_for(first_message, timeout=20)
+    assert (event.event, event.retry) == ("item.created", None)
+    await plain.aclose()
 
 
 @pytest.mark.postgresql_only

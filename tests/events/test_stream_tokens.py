@@ -20,7 +20,7 @@ from fastapi import FastAPI
 
 from tests.conftest import client_for, create_key, make_settings, problem, start_app
 from tests.events.conftest import wait_until
-from tests.test_serve import cli_create_key, start_server
+from tests.test_serve import start_servers
 
 FAST = {"STOCKROOM_EVENTS_POLL_SECONDS": "0.05", "STOCKROOM_EVENTS_HEARTBEAT_SECONDS": "1"}
 
@@ -169,13 +169,13 @@ async def read_events(
 
 
 async def test_over_tcp_a_token_streams_ends_at_expiry_and_stays_out_of_the_logs(
-    database_url: str, tmp_path: Path, client: httpx.AsyncClient
+    app: FastAPI, database_url: str, tmp_path: Path, client: httpx.AsyncClient
 ) -> None:
     env = {**FAST, "STOCKROOM_EVENTS_TOKEN_SECONDS": "4"}
-    first = start_server(database_url, tmp_path, env_extra=env)
-    second = start_server(database_url, tmp_path, env_extra=env)
+    first, second = start_servers(database_url, tmp_path, 2, env_extra=env)
     try:
-        key = cli_create_key(database_url, tmp_path, "write")
+        # Made in this process (`stockroom apikey create` is tested in tests/auth/test_cli.py).
+        key = await create_key(app, f"tcp-{uuid.uuid4().hex[:8]}", ["write"])
         auth = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=first.url, headers=auth, timeout=10) as http:
             token = await new_token(http)

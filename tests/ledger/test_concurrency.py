@@ -23,7 +23,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.conftest import ItemFactory, create_key
-from tests.test_serve import Server, start_server
+from tests.test_serve import Server, start_servers
 
 # The one-process run takes PgBouncer's path too; the two-process run is postgresql_only.
 pytestmark = pytest.mark.pgbouncer
@@ -125,13 +125,12 @@ def two_servers(
     database_url: str, tmp_path: Path, client: httpx.AsyncClient
 ) -> Iterator[list[Server]]:
     with contextlib.ExitStack() as stack:
-        servers = []
-        for _ in range(2):
-            server = start_server(database_url, tmp_path)
+        # Started together (start_servers reaps both if either fails to start).
+        servers = start_servers(database_url, tmp_path, 2)
+        for server in servers:
             # Server.stop() waits, and kills and fails the test if a server does not stop:
-            # every server started is reaped, even if the other fails to start or stop.
+            # every server started is reaped, even if the other fails to stop.
             stack.callback(server.stop)
-            servers.append(server)
         try:
             yield servers
         finally:

@@ -179,6 +179,20 @@ def test_durations_are_seconds_from_text(
 
 
 @pytest.mark.parametrize(
+    ("value", "expected"), [(None, 30.0), ("2", 2.0), ("0", None), ("3601", None)]
+)
+def test_the_webhook_lease_is_seconds_30_by_default(
+    monkeypatch: pytest.MonkeyPatch, value: str | None, expected: float | None
+) -> None:
+    if value is not None:
+        monkeypatch.setenv("STOCKROOM_WEBHOOK_LEASE_SECONDS", value)
+    if expected is None:
+        assert _refusal().startswith("invalid setting STOCKROOM_WEBHOOK_LEASE_SECONDS: ")
+    else:
+        assert load_settings().webhook_lease_seconds == expected
+
+
+@pytest.mark.parametrize(
     ("value", "reason"),
     [
         ("0", "greater than 0"),

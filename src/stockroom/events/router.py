@@ -37,7 +37,8 @@ class CursorGoneError(StockroomError):
 _STREAM_DOC = {
     200: {
         "description": "A `text/event-stream`: each message has `id` (the cursor), `event` "
-        "(the type) and `data` (the webhook body, one JSON line).",
+        "(the type) and `data` (the webhook body, one JSON line). With "
+        "STOCKROOM_EVENTS_RETRY_SECONDS set, a `retry:` line (milliseconds) comes first.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
     **problem_responses(410),
@@ -92,8 +93,12 @@ async def stream_events(
         raise UnavailableError("The event stream is not ready yet (no database); retry.")
     # Opened by a stream token: the stream ends when the token expires.
     ends_at: float | None = getattr(request.state, TOKEN_EXPIRES_STATE, None)
+    retry_seconds: float = request.app.state.settings.events_retry_seconds
+    # The reconnection delay in whole milliseconds (SSE's `retry:`), at least 1; none: the
+    # client's own.
+    retry = max(1, round(retry_seconds * 1000)) if retry_seconds > 0 else None
     response = EventSourceResponse(
-        _messages(engine, hub, start, wanted, ends_at),
+        _messages(engine, hub, start, wanted, ends_at, retry),
         ping=request.app.state.settings.events_heartbeat_seconds,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
@@ -128,6 +133,7 @@ async def _messages(
     start: Position | None,
     wanted: frozenset[str] | None,
     ends_at: float | None,
+    retry: int | None = None,
 ) -> AsyncIterator[ServerSentEvent]:
     # Subscribed here, not in the endpoint: the generator's `finally` always unsubscribes.
     subscription = hub.subscribe()
@@ -138,6 +144,8 @@ async def _messages(
             max(0.0, ends_at - time.time()), subscription.end
         )
     try:
+        if retry is not None:
+            yield ServerSentEvent(retry=retry)  # a line of its own, before any event
         last = subscription.start if start is None else start
         # Replay what the client missed, up to where the live feed begins.
         while last < subscription.start:

@@ -108,7 +108,7 @@ class Dispatcher:
         self._metrics = metrics
         # One attempt may take this long in all; the claim lasts longer than that.
         self._attempt_limit = settings.webhook_connect_timeout + 3 * settings.webhook_timeout
-        self._lease = dt.timedelta(seconds=self._attempt_limit + 30)
+        self._lease = dt.timedelta(seconds=self._attempt_limit + settings.webhook_lease_seconds)
         self._concurrency = settings.webhook_concurrency
         self._per_webhook = min(settings.webhook_concurrency_per_webhook, self._concurrency)
         self._in_flight: dict[asyncio.Task[None], Claimed] = {}
