@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Body, Header, Response, status
+from fastapi import APIRouter, Body, Header, Request, Response, status
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from stockroom.auth.deps import READ, WRITE, ScopedRoute
@@ -32,6 +32,7 @@ from stockroom.items.schemas import (
     SortKey,
     item_json,
 )
+from stockroom.items.store import ItemStore
 from stockroom.items.writer import etag_of
 from stockroom.problems import problem_responses
 
@@ -59,10 +60,15 @@ IfMatch = Annotated[
     str | None,
     Header(description="Apply only if the item's current ETag is one of these (or `*`)."),
 ]
-IfNoneMatch = Annotated[
-    str | None,
-    Header(description="Answer 304 (no body) if the item's ETag is one of these (or `*`)."),
-]
+_IF_NONE_MATCH = "Answer 304 (no body) if the item's ETag is one of these (or `*`)."
+# GET /items/{id} reads If-None-Match itself (see get_item); declared for the document here.
+_IF_NONE_MATCH_PARAMETER = {
+    "name": "if-none-match",
+    "in": "header",
+    "required": False,
+    "description": _IF_NONE_MATCH,
+    "schema": {"type": "string", "title": "If-None-Match", "description": _IF_NONE_MATCH},
+}
 
 
 _JSON = "application/json"
@@ -127,13 +133,15 @@ async def list_items(
     },
     dependencies=[READ],
     operation_id="getItem",
+    openapi_extra={"parameters": [_IF_NONE_MATCH_PARAMETER]},
 )
-async def get_item(
-    store: ItemStoreDep,
-    item_id: ItemId,
-    if_none_match: IfNoneMatch = None,
-) -> Response:
+async def get_item(request: Request, item_id: ItemId) -> Response:
+    # The most used route takes the store and If-None-Match from the request itself, not
+    # as a dependency and a header parameter: each one FastAPI solves or extracts costs
+    # every request (together about a tenth of this route's CPU, in-process, py-spy).
+    store: ItemStore = request.app.state.stores.items
     item = await service.get_item(store, item_id)
+    if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and etag_matches(if_none_match, etag_of(item), weak=True):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag_of(item)})
     return _item_response(item)
