@@ -1,5 +1,5 @@
 """An answer given before the request body was read (a 413 from Content-Length, a 401 before
-an import is read) reaches clients that send their whole body before reading: Python's
+a body is read) reaches clients that send their whole body before reading: Python's
 http.client against a real `stockroom serve`. And the server's reading of what is left is
 bounded."""
 
@@ -69,13 +69,25 @@ async def test_http_client_reads_the_413(served: Server, size: int, connection: 
     assert answer_headers["connection"] == "close"  # the rest of the body was not wanted
 
 
-async def test_a_streamed_body_over_the_limit_is_a_readable_413_too(served: Server) -> None:
+async def test_a_streamed_body_over_the_limit_is_a_readable_413_too(
+    served: Server, app: FastAPI
+) -> None:
+    # With a key the body is read, and found too large while it streams in: 413.
+    key = await create_key(app, f"unread-{uuid.uuid4().hex[:8]}", ["write"])
+    headers = {"Content-Type": "application/json", "Connection": "close"}
     status, _headers, body = await asyncio.to_thread(
         send_all_then_read, served, "/items", b"x" * (48 * LIMIT),
-        {"Content-Type": "application/json", "Connection": "close"}, chunked=True,
+        {**headers, "Authorization": f"Bearer {key}"}, chunked=True,
     )  # fmt: skip
     assert status == 413
     assert body["type"] == "/problems/content-too-large"
+    # Without one it is never read (docs/api.md: the key comes first): a readable 401.
+    status, answer_headers, body = await asyncio.to_thread(
+        send_all_then_read, served, "/items", b"x" * (48 * LIMIT), headers, chunked=True
+    )
+    assert status == 401
+    assert body["type"] == "/problems/unauthorized"
+    assert answer_headers["connection"] == "close"
 
 
 async def test_an_early_401_on_an_import_is_readable(
