@@ -236,11 +236,16 @@ class PostgresDatabase:
 
     async def _drop_if_broken(self, connection: asyncpg.Connection, exc: Exception) -> None:
         """A connection found broken goes not back into the pool; and its others may be gone
-        too (a restart): the pool replaces each at its next use."""
+        too (a restart): the pool replaces each at its next use. Expired first: asyncpg may
+        have given the connection back itself on seeing it lost, and then `terminate()`
+        raises; the others must be expired all the same (else the read's retry takes the
+        next dead one: "cannot switch to state 12; another operation (2) is in progress",
+        a 503 in a fresh-clone CI run)."""
         if _is_broken(exc):
             assert self._pool is not None
-            connection.terminate()
             await self._pool.expire_connections()
+            with contextlib.suppress(asyncpg.InterfaceError):
+                connection.terminate()
 
     @asynccontextmanager
     async def write(self, connection: asyncpg.Connection) -> AsyncIterator[None]:
