@@ -146,10 +146,9 @@ class PostgresDatabase:
         self._on_commit = on_commit
         self._pool: asyncpg.Pool | None = None
         self._pgbouncer = settings.database_pgbouncer
+        self._max_connections = settings.database_pool_size + settings.database_max_overflow
         # Requests wait for a connection in the order they asked (see `_acquire`).
-        self._turns = asyncio.Semaphore(
-            settings.database_pool_size + settings.database_max_overflow
-        )
+        self._turns = asyncio.Semaphore(self._max_connections)
         self._set_timeout = (
             f"SET LOCAL statement_timeout = {int(settings.database_statement_timeout * 1000)}"
         )
@@ -168,7 +167,7 @@ class PostgresDatabase:
             dsn,
             # No connection until one is needed: start-up works with the database away.
             min_size=0,
-            max_size=settings.database_pool_size + settings.database_max_overflow,
+            max_size=self._max_connections,
             max_inactive_connection_lifetime=300,
             timeout=settings.database_connect_timeout,
             # The client-side backstop if the server never answers (a dead network).
@@ -321,8 +320,7 @@ class PostgresDatabase:
             await asyncio.sleep(_RECONNECT_SECONDS)
 
     def pool_status(self) -> PoolStatus:
-        size = self._settings.database_pool_size
-        maximum = size + self._settings.database_max_overflow
+        size, maximum = self._settings.database_pool_size, self._max_connections
         if self._pool is None:
             return PoolStatus(size, maximum, 0, 0)
         opened = self._pool.get_size()
