@@ -121,9 +121,13 @@ class EventHub:
         assert self.position is not None
         async with self._engine.connect() as connection:
             if not self._subscribers:
-                # Nobody to feed: just move along, without reading bodies.
-                self.position = max(self.position, await latest_position(connection))
-                return
+                # Nobody to feed: just move along, without reading bodies. Unless a stream
+                # subscribed while the log was asked: it starts at the position of before,
+                # and replays only up to there, so what came since is its to be fed.
+                latest = await latest_position(connection)
+                if not self._subscribers:
+                    self.position = max(self.position, latest)
+                    return
             while True:
                 batch = await read_after(connection, self.position, limit=READ_BATCH)
                 if batch:
