@@ -51,6 +51,11 @@ class Database(Protocol):
         """A connection in a write transaction, committed when the block ends without an
         error (rolled back otherwise). SQLite takes its write lock at the start."""
 
+    async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``work`` on a connection in a write transaction of its own: committed when
+        it returns, rolled back if it raises. What ``transaction()`` does, as a plain call
+        (the hot path of every write: no context manager's generator around it)."""
+
     async def read(self, query: Callable[[Any], Awaitable[T]]) -> T:
         """Run ``query`` on a connection outside any transaction, held only while it runs;
         once more on a new connection if the first turned out dead (a read changes

@@ -108,6 +108,10 @@ class SqliteDatabase:
         async with self.connection() as connection, self.write(connection):
             yield connection
 
+    async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+        async with self.transaction() as connection:
+            return await work(connection)
+
     async def read(self, query: Callable[[Any], Awaitable[T]]) -> T:
         async with self._engine.connect() as connection:
             return await query(connection)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -115,21 +115,24 @@ class UnitOfWork:
         result, or replay the key's stored answer; returns the answer and whether it was
         a replay."""
         scope = self.scope
-        stored: StoredRecord | None = None
-        with self._in_flight.hold(scope) if scope is not None else nullcontext():
-            async with self._database.transaction() as connection:
-                if scope is not None:
-                    stored = await self._keys.lock(
-                        connection, scope.owner, scope.key, scope.lock_id, utcnow()
-                    )
-                if stored is None:
-                    answer = render(await effect(connection))
-                    if scope is not None:
-                        await self._keys.save(
-                            connection, scope.owner, scope.key, await _record(scope, answer)
-                        )
-                    return answer, False
-            assert scope is not None
+        if scope is None:
+            return render(await self._database.run(effect)), False
+
+        async def once(connection: Any) -> tuple[StoredAnswer | None, StoredRecord | None]:
+            stored = await self._keys.lock(
+                connection, scope.owner, scope.key, scope.lock_id, utcnow()
+            )
+            if stored is not None:
+                return None, stored
+            answer = render(await effect(connection))
+            await self._keys.save(connection, scope.owner, scope.key, await _record(scope, answer))
+            return answer, None
+
+        with self._in_flight.hold(scope):
+            answer, stored = await self._database.run(once)
+            if answer is not None:
+                return answer, False
+            assert stored is not None
             return _replay(stored, scope.method, scope.path, await scope.body_hash()), True
 
 

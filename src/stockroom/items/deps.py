@@ -12,7 +12,7 @@ from stockroom.items.schemas import SEARCH_PATTERN, Money
 from stockroom.items.store import ItemStore
 from stockroom.items.writer import ItemWriter, to_cents
 
-__all__ = ["ItemFilterDep", "ItemStoreDep", "ItemWriterDep"]
+__all__ = ["ItemFilterDep", "ItemStoreDep", "ItemWriterDep", "writer_of"]
 
 PriceBound = Annotated[Money | None, Query()]
 
@@ -22,13 +22,14 @@ async def _store(request: Request) -> ItemStore:
     return store
 
 
-async def _writer(request: Request) -> ItemWriter:
+def writer_of(request: Request) -> ItemWriter:
+    """The process's item writer (a plain call: see ``idempotency.deps.idempotent``)."""
     writer: ItemWriter = request.app.state.stores.writer
     return writer
 
 
 ItemStoreDep = Annotated[ItemStore, Depends(_store)]
-ItemWriterDep = Annotated[ItemWriter, Depends(_writer)]
+ItemWriterDep = Annotated[ItemWriter, Depends(writer_of)]
 
 
 async def item_filter(

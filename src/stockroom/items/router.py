@@ -19,10 +19,10 @@ from stockroom.http import (
     Page,
     etag_matches,
 )
-from stockroom.idempotency.deps import IdempotencyDep, answer_response
+from stockroom.idempotency.deps import IdempotencyKey, answer_response, idempotent
 from stockroom.idempotency.service import StoredAnswer
 from stockroom.items import service
-from stockroom.items.deps import ItemFilterDep, ItemStoreDep, ItemWriterDep
+from stockroom.items.deps import ItemFilterDep, ItemStoreDep, ItemWriterDep, writer_of
 from stockroom.items.models import ItemRow
 from stockroom.items.schemas import (
     ItemCreate,
@@ -95,8 +95,13 @@ def _item_response(item: ItemRow) -> Response:
     dependencies=[WRITE],
     operation_id="createItem",
 )
-async def create_item(body: ItemCreate, writer: ItemWriterDep, unit: IdempotencyDep) -> Response:
-    answer, replayed = await unit.run(lambda connection: writer.create(connection, body), _created)
+async def create_item(
+    request: Request, body: ItemCreate, idempotency_key: IdempotencyKey = None
+) -> Response:
+    writer = writer_of(request)
+    answer, replayed = await idempotent(request, idempotency_key).run(
+        lambda connection: writer.create(connection, body), _created
+    )
     return answer_response(answer, replayed=replayed)
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import orjson
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 from starlette.responses import Response
 
 from stockroom.auth.deps import READ, WRITE, ScopedRoute
 from stockroom.http import REPLAYED_HEADER, Cursor, Limit, Page
-from stockroom.idempotency.deps import IdempotencyDep, answer_response
+from stockroom.idempotency.deps import IdempotencyKey, answer_response, idempotent
 from stockroom.idempotency.service import StoredAnswer
-from stockroom.items.deps import ItemStoreDep, ItemWriterDep
+from stockroom.items.deps import ItemStoreDep, writer_of
 from stockroom.items.models import AdjustmentRow
 from stockroom.items.schemas import AdjustmentPublic, ItemId, adjustment_json
 from stockroom.ledger import service
@@ -40,11 +40,15 @@ def _created(adjustment: AdjustmentRow) -> StoredAnswer:
     operation_id="createAdjustment",
 )
 async def create_adjustment(
-    item_id: ItemId, body: AdjustmentCreate, writer: ItemWriterDep, unit: IdempotencyDep
+    request: Request,
+    item_id: ItemId,
+    body: AdjustmentCreate,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Change an item's stock. Removing more than is in stock is a 409 `insufficient-stock`
     whose `available` member says how much there was; nothing changes."""
-    answer, replayed = await unit.run(
+    writer = writer_of(request)
+    answer, replayed = await idempotent(request, idempotency_key).run(
         lambda connection: writer.adjust(connection, item_id, body.delta, body.reason), _created
     )
     return answer_response(answer, replayed=replayed)
