@@ -385,6 +385,33 @@ async def test_metrics_show_the_backlog_and_the_outcomes(
         assert values["stockroom_webhook_backlog_oldest_seconds"] > 0
 
 
+async def test_a_fan_out_says_how_many_deliveries_it_made(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """The dispatcher claims after a fan-out only if it made deliveries, and fans out less
+    often while none are made: so the count must be the deliveries, not the events."""
+    async with app.state.sessions() as session:
+        while (await queue.fan_out(session)).events:  # earlier tests' events, if any
+            pass
+    await subscribe(client, "https://93.184.216.34/all")
+    await subscribe(client, "https://93.184.216.34/deletions", ["item.deleted"])
+    for sku in ("F-1", "F-2"):
+        created = await client.post("/items", json={"sku": sku, "name": "F", "price": 1})
+        assert created.status_code == 201
+    passed: list[queue.FanOut] = []
+
+    async def fanned_out() -> bool:
+        async with app.state.sessions() as session:
+            while (result := await queue.fan_out(session)).events:
+                passed.append(result)
+        return sum(r.events for r in passed) == 2
+
+    await wait_until(fanned_out)
+    assert sum(r.deliveries for r in passed) == 2  # both item.created, to "all" only
+    async with app.state.sessions() as session:
+        assert await queue.fan_out(session) == queue.FanOut(0, 0)  # nothing new
+
+
 async def test_an_outcome_for_a_delivery_deleted_meanwhile_is_dropped(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
@@ -401,7 +428,7 @@ async def test_an_outcome_for_a_delivery_deleted_meanwhile_is_dropped(
     async def claim_both() -> bool:
         # The event is readable once every older transaction has ended (events.log).
         async with app.state.sessions() as session:
-            while await queue.fan_out(session):
+            while (await queue.fan_out(session)).events:
                 pass
             claimed.extend(
                 await queue.claim(session, store, 10, dt.timedelta(minutes=1), per_webhook=10)
@@ -462,7 +489,7 @@ async def test_a_claim_takes_at_most_its_share_of_each_webhook(
 
     async def fanned_out() -> bool:
         async with app.state.sessions() as session:
-            while await queue.fan_out(session):
+            while (await queue.fan_out(session)).events:
                 pass
             pending = await queue.backlog(session)
         return pending.pending == 6 + 2 + 6
@@ -502,7 +529,7 @@ async def test_a_webhook_gets_the_events_after_it_was_made_of_its_types(
 
     async def per_webhook() -> dict[str, list[str]]:
         async with app.state.sessions() as session:
-            while await queue.fan_out(session):
+            while (await queue.fan_out(session)).events:
                 pass
             rows = await session.execute(
                 select(Delivery.webhook_id, Event.type)

@@ -40,8 +40,10 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     BigInteger,
     ColumnElement,
+    Integer,
     Select,
     and_,
+    bindparam,
     column,
     delete,
     func,
@@ -57,13 +59,14 @@ from stockroom.db import begin_write
 from stockroom.events.models import Event
 
 __all__ = [
+    "BETWEEN",
     "SESSION_WROTE_EVENTS",
     "START",
     "LoggedEvent",
     "Position",
     "append",
     "batch_end",
-    "between",
+    "between_params",
     "event_exists",
     "event_row",
     "format_time",
@@ -156,9 +159,58 @@ _HORIZON = select(_horizon_view.c.txid).scalar_subquery()
 _log_order = tuple_(Event.txid, Event.seq)
 
 
-def _final_after(*columns: Any, after: Position = START) -> Select[Any]:
-    """``columns`` of the final events after ``after`` (below the horizon)."""
-    return select(*columns).where(_log_order > tuple_(*after), Event.txid < _HORIZON)
+def _position(name: str) -> ColumnElement[Any]:
+    return tuple_(
+        bindparam(f"{name}_txid", type_=BigInteger()), bindparam(f"{name}_seq", type_=BigInteger())
+    )
+
+
+def _at(name: str, position: Position) -> dict[str, int]:
+    return {f"{name}_txid": position.txid, f"{name}_seq": position.seq}
+
+
+# The reading statements, built once (each is compiled once and cached by SQLAlchemy; built
+# per call, they cost the dispatcher's fan-outs most of their CPU, py-spy): the final events
+# after the position `after`, below the horizon.
+_FINAL_AFTER = and_(_log_order > _position("after"), Event.txid < _HORIZON)
+_LIMIT = bindparam("limit", type_=Integer())
+
+
+def _reading(bodies: bool, bounded: bool) -> Select[Any]:
+    body = Event.body if bodies else literal("")
+    stmt = select(Event.txid, Event.seq, Event.id, Event.type, body, Event.created_at)
+    stmt = stmt.where(_FINAL_AFTER)
+    if bounded:
+        stmt = stmt.where(_log_order <= _position("until"))
+    return stmt.order_by(Event.txid, Event.seq).limit(_LIMIT)
+
+
+_READ = {(b, u): _reading(b, u) for b in (False, True) for u in (False, True)}
+_batch = (
+    select(Event.txid, Event.seq)
+    .where(_FINAL_AFTER)
+    .order_by(Event.txid, Event.seq)
+    .limit(_LIMIT)
+    .subquery()
+)
+_BATCH_END = (
+    select(_batch.c.txid, _batch.c.seq, func.count().over())
+    .order_by(_batch.c.txid.desc(), _batch.c.seq.desc())
+    .limit(1)
+)
+_LATEST = (
+    select(Event.txid, Event.seq)
+    .where(Event.txid < _HORIZON)
+    .order_by(Event.txid.desc(), Event.seq.desc())
+    .limit(1)
+)
+# Events after the position `after` up to and including `end`, in log order.
+BETWEEN = and_(_log_order > _position("after"), _log_order <= _position("end"))
+
+
+def between_params(after: Position, end: Position) -> dict[str, int]:
+    """The parameters of :data:`BETWEEN`."""
+    return {**_at("after", after), **_at("end", end)}
 
 
 async def read_after(
@@ -171,12 +223,10 @@ async def read_after(
 ) -> list[LoggedEvent]:
     """Up to ``limit`` final events after ``after`` (and not after ``until``), in order;
     without their bodies (``""``) unless ``bodies``."""
-    body = Event.body if bodies else literal("")
-    columns = (Event.txid, Event.seq, Event.id, Event.type, body, Event.created_at)
-    stmt = _final_after(*columns, after=after)
+    params = {**_at("after", after), "limit": limit}
     if until is not None:
-        stmt = stmt.where(_log_order <= tuple_(*until))
-    rows = await connection.execute(stmt.order_by(Event.txid, Event.seq).limit(limit))
+        params.update(_at("until", until))
+    rows = await connection.execute(_READ[bodies, until is not None], params)
     return [
         LoggedEvent(Position(txid, seq), event_id, kind, body, created_at)
         for txid, seq, event_id, kind, body, created_at in rows
@@ -187,31 +237,17 @@ async def batch_end(
     connection: AsyncConnection | AsyncSession, after: Position, *, limit: int
 ) -> tuple[Position, int] | None:
     """The position of the last of the next ``limit`` final events after ``after``, and how
-    many they are (None: there is none yet). Every event in ``between(after, end)`` is final
-    then: a reader can work on that range with set-based SQL, in later statements."""
-    stmt = _final_after(Event.txid, Event.seq, after=after)
-    batch = stmt.order_by(Event.txid, Event.seq).limit(limit).subquery()
-    row = (
-        await connection.execute(
-            select(batch.c.txid, batch.c.seq, func.count().over())
-            .order_by(batch.c.txid.desc(), batch.c.seq.desc())
-            .limit(1)
-        )
-    ).first()
+    many they are (None: there is none yet). Every event in :data:`BETWEEN` ``after`` and
+    that end is final then: a reader can work on that range with set-based SQL, in later
+    statements."""
+    params = {**_at("after", after), "limit": limit}
+    row = (await connection.execute(_BATCH_END, params)).first()
     return (Position(row[0], row[1]), row[2]) if row is not None else None
-
-
-def between(after: Position, end: Position) -> ColumnElement[bool]:
-    """Events after ``after`` up to and including ``end``, in log order."""
-    return and_(_log_order > tuple_(*after), _log_order <= tuple_(*end))
 
 
 async def latest_position(connection: AsyncConnection | AsyncSession) -> Position:
     """The position of the last final event: a reader starting here misses nothing later."""
-    stmt = _final_after(Event.txid, Event.seq)
-    row = (
-        await connection.execute(stmt.order_by(Event.txid.desc(), Event.seq.desc()).limit(1))
-    ).first()
+    row = (await connection.execute(_LATEST)).first()
     return Position(row[0], row[1]) if row is not None else START
 
 

@@ -23,7 +23,7 @@ from sqlalchemy import and_, bindparam, func, insert, literal, or_, select, upda
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stockroom.db import UTCDateTime, begin_write, utcnow
-from stockroom.events.log import Position, batch_end, between, read_after
+from stockroom.events.log import BETWEEN, Position, batch_end, between_params, read_after
 from stockroom.events.models import Event
 from stockroom.webhooks.models import Delivery, DeliveryAttempt, DispatchCursor, Webhook
 from stockroom.webhooks.store import DeliveryStore
@@ -35,6 +35,7 @@ __all__ = [
     "PENDING",
     "Backlog",
     "Claimed",
+    "FanOut",
     "Outcome",
     "backlog",
     "claim",
@@ -48,55 +49,72 @@ ALL_EVENTS = "*"
 FAN_OUT_BATCH = 1000  # events a fan-out passes at most
 
 
-async def fan_out(session: AsyncSession) -> int:
+@dataclass(frozen=True, slots=True)
+class FanOut:
+    """What a fan-out did: events passed (0 also when another instance holds the cursor
+    now), and deliveries made of them."""
+
+    events: int = 0
+    deliveries: int = 0
+
+
+# The fan-out's statements, built once (see events.log).
+_CURSOR = select(DispatchCursor.txid, DispatchCursor.seq)
+_LOCK_CURSOR = _CURSOR.where(DispatchCursor.id == 1).with_for_update(skip_locked=True)
+# Core tables, not the ORM classes: executed with parameters, an ORM insert or update
+# would be a bulk one, by primary key.
+_MOVE_CURSOR = (
+    update(DispatchCursor.__table__)  # type: ignore[arg-type]
+    .where(DispatchCursor.__table__.c.id == 1)
+    .values(txid=bindparam("end_txid"), seq=bindparam("end_seq"))
+)
+# One delivery per event of the batch and matching webhook, made by the database: no row of
+# the batch comes into Python. A webhook gets the events committed after it was made, of the
+# types it asked for ("*": all).
+_now = bindparam("now", type_=UTCDateTime())
+_comma = literal(",")
+_MAKE_DELIVERIES = insert(Delivery.__table__).from_select(  # type: ignore[arg-type]
+    ["webhook_id", "event_seq", "status", "attempts", "next_attempt_at", "created_at"],
+    select(Webhook.id, Event.seq, literal(PENDING), literal(0), _now, _now)
+    .select_from(Event)
+    .join(
+        Webhook,
+        and_(
+            Event.created_at >= Webhook.created_at,
+            or_(
+                Webhook.events == ALL_EVENTS,
+                (_comma + Webhook.events + _comma).contains(_comma + Event.type + _comma),
+            ),
+        ),
+    )
+    .where(BETWEEN),
+)
+
+
+async def fan_out(session: AsyncSession) -> FanOut:
     """Turn the next events of the log into deliveries, one per matching webhook, and move
-    the dispatcher's cursor past them, in one transaction. Returns how many events were
-    passed (0 also when another instance holds the cursor now)."""
+    the dispatcher's cursor past them, in one transaction."""
     # A look without the lock first: on SQLite the lock is the database's write lock.
-    start = (await session.execute(select(DispatchCursor.txid, DispatchCursor.seq))).one()
+    start = (await session.execute(_CURSOR)).one()
     if not await read_after(session, Position(*start), limit=1, bodies=False):
         await session.rollback()
-        return 0
+        return FanOut()
     await session.rollback()
     await begin_write(session)
-    row = (
-        await session.execute(
-            select(DispatchCursor.txid, DispatchCursor.seq)
-            .where(DispatchCursor.id == 1)
-            .with_for_update(skip_locked=True)
-        )
-    ).first()
+    row = (await session.execute(_LOCK_CURSOR)).first()
     if row is None:  # another instance is at it
         await session.rollback()
-        return 0
+        return FanOut()
     cursor = Position(*row)
     batch = await batch_end(session, cursor, limit=FAN_OUT_BATCH)
     if batch is None:
         await session.rollback()
-        return 0
+        return FanOut()
     end, count = batch
-    # One delivery per event of the batch and matching webhook, made by the database: no
-    # row of the batch comes into Python. A webhook gets the events committed after it was
-    # made, of the types it asked for ("*": all).
-    now = bindparam("now", utcnow(), type_=UTCDateTime())
-    comma = literal(",")
-    wanted = or_(
-        Webhook.events == ALL_EVENTS,
-        (comma + Webhook.events + comma).contains(comma + Event.type + comma),
-    )
-    matches = (
-        select(Webhook.id, Event.seq, literal(PENDING), literal(0), now, now)
-        .select_from(Event)
-        .join(Webhook, and_(Event.created_at >= Webhook.created_at, wanted))
-        .where(between(cursor, end))
-    )
-    columns = ["webhook_id", "event_seq", "status", "attempts", "next_attempt_at", "created_at"]
-    await session.execute(insert(Delivery).from_select(columns, matches))
-    await session.execute(
-        update(DispatchCursor).where(DispatchCursor.id == 1).values(txid=end.txid, seq=end.seq)
-    )
+    made = await session.execute(_MAKE_DELIVERIES, {**between_params(cursor, end), "now": utcnow()})
+    await session.execute(_MOVE_CURSOR, {"end_txid": end.txid, "end_seq": end.seq})
     await session.commit()
-    return int(count)
+    return FanOut(int(count), int(made.rowcount))  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
