@@ -41,7 +41,6 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     Integer,
-    Select,
     and_,
     bindparam,
     column,
@@ -176,9 +175,9 @@ _FINAL_AFTER = and_(_log_order > _position("after"), Event.txid < _HORIZON)
 _LIMIT = bindparam("limit", type_=Integer())
 
 
-def _reading(bodies: bool, bounded: bool) -> Select[Any]:
+def _reading(bodies: bool, bounded: bool) -> Any:
     body = Event.body if bodies else literal("")
-    stmt = select(Event.txid, Event.seq, Event.id, Event.type, body, Event.created_at)
+    stmt: Any = select(Event.txid, Event.seq, Event.id, Event.type, body, Event.created_at)
     stmt = stmt.where(_FINAL_AFTER)
     if bounded:
         stmt = stmt.where(_log_order <= _position("until"))
