@@ -18,8 +18,15 @@ UTC_TEXT = (
     "THEN to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
     "ELSE to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END"
 )
-_INSERT = "INSERT INTO events (id, type, body, created_at) VALUES ($1, $2, $3, $4)"
-# Several events in one statement (one round trip, and the NOTIFY trigger fires once).
+_COLUMNS = ("id", "type", "body", "created_at")
+# Several events in one statement (one round trip, and the NOTIFY trigger fires once): the
+# few of an API write as VALUES rows (a new item in stock has two), more as arrays (an
+# array parameter costs more to encode than a few plain ones).
+_INSERT = {
+    count: "INSERT INTO events (id, type, body, created_at) VALUES "
+    + ", ".join(f"(${4 * i + 1}, ${4 * i + 2}, ${4 * i + 3}, ${4 * i + 4})" for i in range(count))
+    for count in (1, 2, 3, 4)
+}
 _INSERT_MANY = (
     "INSERT INTO events (id, type, body, created_at) "
     "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])"
@@ -28,13 +35,13 @@ _INSERT_MANY = (
 
 class PostgresEventStore:
     async def append(self, connection: asyncpg.Connection, rows: Sequence[dict[str, Any]]) -> None:
-        if len(rows) == 1:
-            row = rows[0]
-            await connection.execute(
-                _INSERT, row["id"], row["type"], row["body"], row["created_at"]
-            )
-        elif rows:
-            columns = ([r[name] for r in rows] for name in ("id", "type", "body", "created_at"))
+        if not rows:
+            return
+        statement = _INSERT.get(len(rows))
+        if statement is not None:
+            await connection.execute(statement, *(row[name] for row in rows for name in _COLUMNS))
+        else:
+            columns = ([row[name] for row in rows] for name in _COLUMNS)
             await connection.execute(_INSERT_MANY, *columns)
 
     @staticmethod

@@ -39,7 +39,7 @@ from stockroom.files.formats import (
 from stockroom.files.schemas import ImportReport, ImportRow
 from stockroom.items.models import ItemRow, fold_name
 from stockroom.items.repository import Listing
-from stockroom.items.schemas import ITEM_WIRE, item_json
+from stockroom.items.schemas import item_json, item_wire
 from stockroom.items.store import ItemStore, ValidRow
 from stockroom.items.writer import ItemWriter, to_cents
 
@@ -347,7 +347,7 @@ def _format(rows: Sequence[ItemRow], fmt: str) -> bytes:
 
 
 def _cells(row: ItemRow) -> list[Any]:
-    return [get(row) for get in ITEM_WIRE.values()]
+    return list(item_wire(row).values())
 
 
 async def export_chunks(store: ItemStore, listing: Listing, fmt: str) -> AsyncIterator[bytes]:

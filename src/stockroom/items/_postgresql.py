@@ -7,7 +7,7 @@ statements depend on which filters are present: each shape is compiled from
 
 Imports: each batch is COPied into a temporary table, then a few set-based statements
 upsert it, write the ledger rows and make the events in the server, from the same field
-table as the API's JSON (``items.schemas.ITEM_WIRE``).
+table as the API's JSON (``items.schemas.ITEM_FIELDS``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from stockroom.items.models import (
     ItemRow,
 )
 from stockroom.items.repository import Listing, Shape
-from stockroom.items.schemas import ADJUSTMENT_WIRE, ITEM_WIRE, MAX_QUANTITY
+from stockroom.items.schemas import ADJUSTMENT_FIELDS, ITEM_FIELDS, MAX_QUANTITY
 from stockroom.items.store import BatchCounts, NewItem, ValidRow
 
 __all__ = ["PostgresItemStore"]
@@ -304,11 +304,11 @@ def _json(fields: Sequence[str], special: dict[str, str], row: str) -> str:
 
 
 def _item_json(row: str) -> str:
-    return _json(list(ITEM_WIRE), _ITEM_SQL, row)
+    return _json(ITEM_FIELDS, _ITEM_SQL, row)
 
 
 def _adjustment_json(row: str) -> str:
-    return _json(list(ADJUSTMENT_WIRE), _ADJUSTMENT_SQL, row)
+    return _json(ADJUSTMENT_FIELDS, _ADJUSTMENT_SQL, row)
 
 
 def _protected(column: str) -> Any:

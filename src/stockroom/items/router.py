@@ -22,7 +22,7 @@ from stockroom.http import (
 from stockroom.idempotency.deps import IdempotencyKey, answer_response, idempotent
 from stockroom.idempotency.service import StoredAnswer
 from stockroom.items import service
-from stockroom.items.deps import ItemFilterDep, ItemStoreDep, ItemWriterDep, writer_of
+from stockroom.items.deps import ItemFilterDep, ItemWriterDep, writer_of
 from stockroom.items.models import ItemRow
 from stockroom.items.schemas import (
     ItemCreate,
@@ -31,6 +31,7 @@ from stockroom.items.schemas import (
     ItemUpdate,
     SortKey,
     item_json,
+    items_json,
 )
 from stockroom.items.store import ItemStore
 from stockroom.items.writer import etag_of
@@ -107,21 +108,23 @@ async def create_item(
 
 @router.get("", response_model=Page[ItemPublic], dependencies=[READ], operation_id="listItems")
 async def list_items(
-    store: ItemStoreDep,
+    request: Request,
     where: ItemFilterDep,
     limit: Limit = 50,
     cursor: Cursor = None,
     sort: SortKey = "id",
     count: bool = False,
 ) -> Response:
+    # The store from the request, not a dependency (see get_item).
+    store: ItemStore = request.app.state.stores.items
     page = await service.list_items(
         store, where, sort=sort, cursor=cursor, limit=limit, count=count
     )
-    data = b",".join(item_json(item) for item in page.items)
     tail = b"" if page.total is None else b',"total":%d' % page.total
     cursor_json = orjson.dumps(page.next_cursor)
     return Response(
-        b'{"data":[%s],"next_cursor":%s%s}' % (data, cursor_json, tail), media_type=_JSON
+        b'{"data":%s,"next_cursor":%s%s}' % (items_json(page.items), cursor_json, tail),
+        media_type=_JSON,
     )
 
 
