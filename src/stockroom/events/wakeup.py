@@ -48,10 +48,16 @@ class Wakeup:
             flag.set()
 
     async def wait(self, flag: asyncio.Event, at_most: float | None = None) -> None:
-        """Until woken or the poll interval (or ``at_most`` seconds, if sooner) has passed."""
+        """Until woken or the poll interval (or ``at_most`` seconds, if sooner) has passed.
+
+        ``asyncio.timeout``, not ``asyncio.wait_for``: on Python 3.11 a task cancelled in the
+        same instant as the flag is set got the wake-up from ``wait_for`` and lost the
+        cancellation, so a reader cancelled at shutdown ran on, and the shutdown awaiting it
+        hung (tests/unit/test_wakeup.py)."""
         limit = self.poll_interval if at_most is None else min(at_most, self.poll_interval)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(flag.wait(), max(limit, 0.0))
+            async with asyncio.timeout(max(limit, 0.0)):
+                await flag.wait()
         flag.clear()
 
 
