@@ -12,12 +12,14 @@ from stockroom.items.schemas import SEARCH_PATTERN, Money
 from stockroom.items.store import ItemStore
 from stockroom.items.writer import ItemWriter, to_cents
 
-__all__ = ["ItemFilterDep", "ItemStoreDep", "ItemWriterDep", "writer_of"]
+__all__ = ["ItemFilterDep", "ItemStoreDep", "ItemWriterDep", "store_of", "writer_of"]
 
 PriceBound = Annotated[Money | None, Query()]
 
 
-async def _store(request: Request) -> ItemStore:
+def store_of(request: Request) -> ItemStore:
+    """The process's item store (a plain call on the hottest routes: see
+    ``idempotency.deps.idempotent``)."""
     store: ItemStore = request.app.state.stores.items
     return store
 
@@ -28,7 +30,7 @@ def writer_of(request: Request) -> ItemWriter:
     return writer
 
 
-ItemStoreDep = Annotated[ItemStore, Depends(_store)]
+ItemStoreDep = Annotated[ItemStore, Depends(store_of)]
 ItemWriterDep = Annotated[ItemWriter, Depends(writer_of)]
 
 

@@ -22,7 +22,7 @@ from stockroom.http import (
 from stockroom.idempotency.deps import IdempotencyKey, answer_response, idempotent
 from stockroom.idempotency.service import StoredAnswer
 from stockroom.items import service
-from stockroom.items.deps import ItemFilterDep, ItemWriterDep, writer_of
+from stockroom.items.deps import ItemFilterDep, ItemWriterDep, store_of, writer_of
 from stockroom.items.models import ItemRow
 from stockroom.items.schemas import (
     ItemCreate,
@@ -33,7 +33,6 @@ from stockroom.items.schemas import (
     item_json,
     items_json,
 )
-from stockroom.items.store import ItemStore
 from stockroom.items.writer import etag_of
 from stockroom.problems import problem_responses
 
@@ -116,9 +115,8 @@ async def list_items(
     count: bool = False,
 ) -> Response:
     # The store from the request, not a dependency (see get_item).
-    store: ItemStore = request.app.state.stores.items
     page = await service.list_items(
-        store, where, sort=sort, cursor=cursor, limit=limit, count=count
+        store_of(request), where, sort=sort, cursor=cursor, limit=limit, count=count
     )
     tail = b"" if page.total is None else b',"total":%d' % page.total
     cursor_json = orjson.dumps(page.next_cursor)
@@ -147,8 +145,7 @@ async def get_item(request: Request, item_id: ItemId) -> Response:
     # The most used route takes the store and If-None-Match from the request itself, not
     # as a dependency and a header parameter: each one FastAPI solves or extracts costs
     # every request (together about a tenth of this route's CPU, in-process, py-spy).
-    store: ItemStore = request.app.state.stores.items
-    item = await service.get_item(store, item_id)
+    item = await service.get_item(store_of(request), item_id)
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and etag_matches(if_none_match, etag_of(item), weak=True):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag_of(item)})

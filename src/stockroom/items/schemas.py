@@ -266,7 +266,7 @@ _JSON_OPTIONS = orjson.OPT_UTC_Z
 def item_wire(item: ItemRow) -> dict[str, Any]:
     """The item's wire fields (times as ``datetime``: orjson writes them)."""
     wire = dict(zip(ITEM_FIELDS, _item_values(item), strict=True))
-    wire["price"] = money_text(item.price_cents)
+    wire["price"] = money_text(wire["price"])  # read from price_cents
     return wire
 
 
