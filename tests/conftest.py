@@ -22,6 +22,7 @@ markers only, never by folder):
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -273,6 +274,19 @@ def new_item(client: httpx.AsyncClient) -> ItemFactory:
         return result
 
     return make
+
+
+# How long a test lets a call that must end by itself (a timeout, a refusal, a 503) run
+# before it calls it a hang. It is a bound on the wait, never a speed claim: tests show
+# *why* a call ended (the lock or the connection was still held when the 503 came), not how
+# fast, so a loaded machine slows them down without failing them.
+HANG_SECONDS = 30.0
+
+
+def not_a_hang() -> asyncio.Timeout:
+    """``async with not_a_hang():`` fails the test if the block is still waiting after
+    ``HANG_SECONDS`` (works for in-process apps too, where httpx's own timeouts do not)."""
+    return asyncio.timeout(HANG_SECONDS)
 
 
 def problem(response: httpx.Response, status: int) -> dict[str, Any]:

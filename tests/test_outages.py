@@ -3,9 +3,10 @@
 The service reaches PostgreSQL through a TCP proxy run by the test. "Down" closes the proxy's
 listener and resets every connection through it (what a stopped or crashed server looks
 like to the service); "up" listens again. While down, requests must answer a 503 problem
-within the pool timeout and /readyz within 2 s; once up, the same process must serve again
-with no restart. A statement running past STOCKROOM_DATABASE_STATEMENT_TIMEOUT is a 503 and
-its connection goes back to the pool.
+as soon as their connection is refused (not after queueing out the pool timeout: the
+server's log says why each failed) and /readyz a 503 at its own timeout; once up, the same
+process must serve again with no restart. A statement running past
+STOCKROOM_DATABASE_STATEMENT_TIMEOUT is a 503 and its connection goes back to the pool.
 """
 
 from __future__ import annotations
@@ -22,14 +23,20 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from tests.conftest import ItemFactory, client_for, make_settings, problem, start_app
+from tests.conftest import (
+    HANG_SECONDS,
+    ItemFactory,
+    client_for,
+    make_settings,
+    not_a_hang,
+    problem,
+    start_app,
+)
 from tests.events.conftest import wait_until
 from tests.test_serve import cli_create_key, free_port, start_server
 from tests.test_shutdown import asyncpg_dsn, lock_row
 
 pytestmark = pytest.mark.postgresql_only
-
-POOL_TIMEOUT = 5.0  # the default STOCKROOM_DATABASE_POOL_TIMEOUT
 
 
 class Proxy:
@@ -104,28 +111,42 @@ async def test_outage_answers_503_fast_and_recovers_without_restart(
 
             await proxy.down()
             started = time.monotonic()
-            responses = await asyncio.gather(
-                *(http.get(path) for _ in range(5)),
-                http.post(f"{path}/adjustments", json={"delta": 1}),
-            )
+            async with not_a_hang():
+                responses = await asyncio.gather(
+                    *(http.get(path) for _ in range(5)),
+                    http.post(f"{path}/adjustments", json={"delta": 1}),
+                )
             to_503 = time.monotonic() - started
             for response in responses:
                 body = problem(response, 503)
                 assert body["type"].endswith("service-unavailable")
                 assert response.headers["retry-after"] == "1"
-            assert to_503 < POOL_TIMEOUT + 1.0
+            # Fast because each failed on its refused connection, not after queueing for
+            # the pool's 5 s timeout: the server logged why, under each request's id.
+            refused = {response.headers["x-request-id"] for response in responses}
+
+            def refusals_logged() -> bool:
+                logged = {
+                    line.get("request_id")
+                    for line in server.log_lines()
+                    if line.get("event") == "database unavailable"
+                    and line.get("error") == "ConnectionRefusedError"
+                }
+                return refused <= logged
+
+            await wait_until(refusals_logged)
 
             started = time.monotonic()
-            readiness = await http.get("/readyz")
+            async with not_a_hang():  # ends at its own 1.5 s timeout
+                readiness = await http.get("/readyz")
             readyz_seconds = time.monotonic() - started
             problem(readiness, 503)
-            assert readyz_seconds < 2.0
             assert (await http.get("/healthz")).status_code == 200
 
             await proxy.up()
             started = time.monotonic()
             while (await http.get(path)).status_code != 200:
-                assert time.monotonic() - started < 15, "did not recover"
+                assert time.monotonic() - started < HANG_SECONDS, "did not recover"
                 await asyncio.sleep(0.1)
             recovered = time.monotonic() - started
             assert (await http.get("/readyz")).status_code == 200
@@ -168,7 +189,8 @@ async def test_statement_timeout_is_a_503_and_frees_the_connection(
     locker = await lock_row(asyncpg_dsn(database_url), item["id"])
     try:
         started = time.monotonic()
-        response = await http.patch(f"/items/{item['id']}", json={"name": "Waits for the lock"})
+        async with not_a_hang():
+            response = await http.patch(f"/items/{item['id']}", json={"name": "Waits for the lock"})
         waited = time.monotonic() - started
     finally:
         await locker.execute("ROLLBACK")
@@ -176,12 +198,14 @@ async def test_statement_timeout_is_a_503_and_frees_the_connection(
     body = problem(response, 503)
     assert body["type"].endswith("service-unavailable")
     assert response.headers["retry-after"] == "1"
-    assert 1.0 <= waited < 5.0  # the 1 s statement timeout, not the lock holder, ended it
+    # The 1 s statement timeout ended it, not the lock holder: the answer came while the
+    # lock was still held (the ROLLBACK above comes after it), and not before the timeout.
+    assert waited >= 1.0
     application = http.app  # type: ignore[attr-defined]
     # Freed: (the event log's readers borrow the pool's one connection for a moment now and
     # then, so look again rather than at one instant).
     database = application.state.stores.database  # the requests' pool
-    await wait_until(lambda: database.pool_status().checked_out == 0, within=5)
+    await wait_until(lambda: database.pool_status().checked_out == 0)
     # The pool's only connection works again: the PATCH now succeeds.
     again = await http.patch(f"/items/{item['id']}", json={"name": "After the timeout"})
     assert again.status_code == 200, again.text

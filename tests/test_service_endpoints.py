@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
 
-from tests.conftest import client_for, make_settings, problem, start_app
+from tests.conftest import client_for, make_settings, not_a_hang, problem, start_app
 
 
 async def test_ping(client: httpx.AsyncClient) -> None:
@@ -67,18 +66,17 @@ async def test_unreachable_database(kind: str, silent_server: int, closed_port: 
     port = silent_server if kind == "silent" else closed_port
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/stockroom"
     async for http in _client_for_url(url):
-        started = time.monotonic()
-        readiness = await http.get("/readyz")
-        assert time.monotonic() - started < 2.0
+        # Its own 1.5 s timeout ends the check: a 503, never a hang.
+        async with not_a_hang():
+            readiness = await http.get("/readyz")
         problem(readiness, 503)
 
         # The process itself is fine.
         assert (await http.get("/healthz")).status_code == 200
 
-        started = time.monotonic()
-        responses = await asyncio.gather(*(http.get("/items/1") for _ in range(5)))
         # Bounded by the connect timeout (1 s here): a 503, never a hang.
-        assert time.monotonic() - started < 5.0
+        async with not_a_hang():
+            responses = await asyncio.gather(*(http.get("/items/1") for _ in range(5)))
         for response in responses:
             body = problem(response, 503)
             assert body["type"].endswith("service-unavailable")
