@@ -6,14 +6,18 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import ipaddress
+import re
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from stockroom.webhooks.schemas import WebhookCreate
 from stockroom.webhooks.security import (
+    SECRET_PATTERN,
     SECRET_PREFIX,
     AddressRefusedError,
     InvalidSecretError,
@@ -176,3 +180,43 @@ def test_webhook_events_are_deduplicated_and_star_stands_alone() -> None:
     assert created.events == ["stock.adjusted", "item.created"]
     with pytest.raises(ValidationError, match="give it alone"):
         WebhookCreate(url="https://example.com/h", events=["*", "item.created"])
+
+
+@given(st.binary(min_size=0, max_size=80))
+def test_the_documented_secret_pattern_is_the_rule_the_service_applies(key: bytes) -> None:
+    """A client that checks a secret against the OpenAPI document's pattern accepts exactly
+    the secrets the service accepts: the base64 of 24 to 64 bytes, padded."""
+    secret = SECRET_PREFIX + base64.b64encode(key).decode()
+    assert bool(re.fullmatch(SECRET_PATTERN, secret)) == (24 <= len(key) <= 64)
+    assert bool(re.fullmatch(SECRET_PATTERN, secret)) == _accepted(secret)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "whsec_" + "A" * 32 + "=",  # padding without a group it completes
+        "whsec_" + "A" * 31,  # not a whole number of groups
+        "whsec_" + "A" * 30 + "==",  # 23 bytes
+        "whsec_" + "A" * 32 + "A===",
+        "whsec_" + "A-" * 16,  # URL-safe alphabet
+        "whsec_ " + "A" * 32,
+        "WHSEC_" + "A" * 32,
+    ],
+)
+def test_the_documented_secret_pattern_refuses_what_the_service_refuses(secret: str) -> None:
+    assert re.fullmatch(SECRET_PATTERN, secret) is None
+    assert not _accepted(secret)
+
+
+def test_the_openapi_document_carries_the_secret_pattern() -> None:
+    schema = WebhookCreate.model_json_schema()["properties"]["secret"]
+    patterns = [branch.get("pattern") for branch in schema["anyOf"]]
+    assert SECRET_PATTERN in patterns
+
+
+def _accepted(secret: str) -> bool:
+    try:
+        WebhookCreate(url="https://example.com/hook", events=["*"], secret=secret)
+    except ValidationError:
+        return False
+    return True

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import httpx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from stockroom.webhooks.security import InvalidSecretError, secret_key
+from stockroom.webhooks.security import SECRET_PATTERN, InvalidSecretError, secret_key
 
 __all__ = [
     "AttemptPublic",
@@ -47,6 +47,9 @@ WebhookUrl = Annotated[
     AfterValidator(_http_url),
 ]
 
+# The pattern only in the document: `_secret_form` checks the same rule with a reason.
+WebhookSecret = Annotated[str, Field(max_length=100, json_schema_extra={"pattern": SECRET_PATTERN})]
+
 
 class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -55,10 +58,8 @@ class WebhookCreate(BaseModel):
     events: list[EventName] = Field(
         min_length=1, max_length=5, description='Event types to send, or `["*"]` for all.'
     )
-    secret: str | None = Field(
-        None,
-        max_length=100,
-        description="`whsec_` + base64 of 24 to 64 random bytes; generated when absent.",
+    secret: WebhookSecret | None = Field(
+        None, description="`whsec_` + base64 of 24 to 64 random bytes; generated when absent."
     )
 
     @field_validator("events")

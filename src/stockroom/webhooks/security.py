@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 import select
 import socket
@@ -31,6 +31,7 @@ import httpcore
 import httpx
 
 __all__ = [
+    "SECRET_PATTERN",
     "SECRET_PREFIX",
     "AddressRefusedError",
     "GuardedTransport",
@@ -44,6 +45,11 @@ __all__ = [
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 _MIN_SECRET_BYTES, _MAX_SECRET_BYTES = 24, 64
+# The same rule as `secret_key`, for the OpenAPI document (so a generated client or a
+# validator knows it): padded base64 of 24 to 64 bytes is 8 to 21 whole groups of four
+# (24 to 63 bytes) and, after them, a last group holding one or two more.
+_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+SECRET_PATTERN = r"^whsec_(?:[A-Za-z0-9+/]{4}){8,21}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -65,10 +71,10 @@ def secret_key(secret: str) -> bytes:
     """The HMAC key of a ``whsec_<base64>`` secret (24 to 64 bytes)."""
     if not secret.startswith(SECRET_PREFIX):
         raise InvalidSecretError(f"a secret starts with {SECRET_PREFIX}")
-    try:
-        key = base64.b64decode(secret.removeprefix(SECRET_PREFIX), validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidSecretError(f"a secret is {SECRET_PREFIX} followed by base64") from None
+    encoded = secret.removeprefix(SECRET_PREFIX)
+    if _BASE64.fullmatch(encoded) is None:  # b64decode lets stray padding through
+        raise InvalidSecretError(f"a secret is {SECRET_PREFIX} followed by base64")
+    key = base64.b64decode(encoded)
     if not _MIN_SECRET_BYTES <= len(key) <= _MAX_SECRET_BYTES:
         raise InvalidSecretError(
             f"a secret holds {_MIN_SECRET_BYTES} to {_MAX_SECRET_BYTES} bytes, not {len(key)}"
