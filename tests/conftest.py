@@ -14,10 +14,10 @@ markers only, never by folder):
   locks SQLite does not have); it is deselected there, not skipped.
 - ``pgbouncer``: PostgreSQL behind a real PgBouncer in transaction mode, which changes how
   statements are prepared and how the statement timeout is set, not what the API does. Only
-  tests marked ``pgbouncer`` run on it: the items and ledger API modules carry it
-  (``pytestmark``), as they take every query path once. Marked also ``slow`` or
-  ``postgresql_only`` (stress runs: stateful, several processes): not on PgBouncer, they
-  add minutes and no path the API tests do not already take.
+  tests marked ``pgbouncer`` run on it: the items, ledger and import API modules carry it
+  (``pytestmark``), as they take every query path once (the import's across transactions).
+  Marked also ``slow`` or ``postgresql_only`` (stress runs: stateful, several processes):
+  not on PgBouncer, they add minutes and no path the API tests do not already take.
 """
 
 from __future__ import annotations

@@ -34,6 +34,12 @@ class PoolStatus(NamedTuple):
 class Database(Protocol):
     """Connections of one database, for the stores."""
 
+    # Whether a connection held across transactions keeps its session (temporary tables):
+    # not through PgBouncer in transaction mode, where each transaction may run on another
+    # server connection. Work that needs session state across commits (an import that
+    # commits batch by batch) runs as one transaction where this is False.
+    keeps_sessions: bool
+
     async def start(self) -> None:
         """Open the pool (connections are made when first needed)."""
 

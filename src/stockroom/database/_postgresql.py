@@ -146,6 +146,7 @@ class PostgresDatabase:
         self._on_commit = on_commit
         self._pool: asyncpg.Pool | None = None
         self._pgbouncer = settings.database_pgbouncer
+        self.keeps_sessions = not self._pgbouncer
         self._max_connections = settings.database_pool_size + settings.database_max_overflow
         # Requests wait for a connection in the order they asked (see `_acquire`).
         self._turns = asyncio.Semaphore(self._max_connections)

@@ -78,6 +78,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
 
 class SqliteDatabase:
+    keeps_sessions = True
+
     def __init__(self, engine: AsyncEngine, *, on_commit: Callable[[], None]) -> None:
         self._engine = engine
         self._on_commit = on_commit

@@ -173,12 +173,14 @@ async def import_items(
 
     With ``connection`` (already in the caller's write transaction: an idempotency key's
     unit of work) or ``atomic``, the whole import is one transaction; otherwise each batch
-    commits on its own. Raises :class:`ImportRejectedError` when nothing may be applied: an
+    commits on its own, where the database keeps a session across commits (the check for
+    a sku seen earlier in the file lives in a temporary table): through PgBouncer it is one
+    transaction too. Raises :class:`ImportRejectedError` when nothing may be applied: an
     unreadable header, or any bad row in atomic mode.
     """
     if connection is not None:
         return await _import(database, writer, connection, chunks, reader, atomic, True, progress)
-    if atomic:
+    if atomic or not database.keeps_sessions:
         async with database.transaction() as held:
             return await _import(database, writer, held, chunks, reader, atomic, True, progress)
     async with database.connection() as held:
