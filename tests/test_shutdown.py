@@ -25,6 +25,7 @@ from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
 from tests.conftest import HANG_SECONDS, create_key, problem
+from tests.events.conftest import wait_until
 from tests.test_serve import start_server
 
 pytestmark = pytest.mark.postgresql_only
@@ -118,13 +119,15 @@ async def test_sigterm_finishes_in_flight_requests_and_503s_the_rest(
 
             server.process.send_signal(signal.SIGTERM)
             signalled = time.monotonic()
-            while not refuses_connections(port):
-                assert time.monotonic() - signalled < HANG_SECONDS, "still accepting"
+
+            def stopped_accepting_first() -> bool:
                 # It stops accepting at once, before its drain ends: while it still
                 # accepts, none of the 50 has been answered (A's rows are still locked,
                 # B's answers come only when the shutdown timeout ends).
                 assert not any(task.done() for task in tasks), "answered while accepting"
-                await asyncio.sleep(0.05)
+                return refuses_connections(port)
+
+            await wait_until(stopped_accepting_first, within=HANG_SECONDS)
             stopped_accepting = time.monotonic() - signalled
             assert not any(task.done() for task in tasks)
 

@@ -45,11 +45,16 @@ __all__ = [
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32
 _MIN_SECRET_BYTES, _MAX_SECRET_BYTES = 24, 64
-# The same rule as `secret_key`, for the OpenAPI document (so a generated client or a
-# validator knows it): padded base64 of 24 to 64 bytes is 8 to 21 whole groups of four
-# (24 to 63 bytes) and, after them, a last group holding one or two more.
-_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
-SECRET_PATTERN = r"^whsec_(?:[A-Za-z0-9+/]{4}){8,21}(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+# Padded base64: whole groups of four characters (three bytes each), then maybe a last
+# group holding one or two bytes. `secret_key` checks the form with it (b64decode lets stray
+# padding through); SECRET_PATTERN is the same rule for the OpenAPI document (so a generated
+# client or a validator knows it): 24 to 64 bytes are 8 to 21 whole groups (24 to 63 bytes)
+# and the optional last one.
+_GROUP, _LAST = "[A-Za-z0-9+/]{4}", "(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+_BASE64 = re.compile(f"(?:{_GROUP})*{_LAST}")
+SECRET_PATTERN = (
+    f"^{SECRET_PREFIX}(?:{_GROUP}){{{_MIN_SECRET_BYTES // 3},{_MAX_SECRET_BYTES // 3}}}{_LAST}$"
+)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -72,7 +77,7 @@ def secret_key(secret: str) -> bytes:
     if not secret.startswith(SECRET_PREFIX):
         raise InvalidSecretError(f"a secret starts with {SECRET_PREFIX}")
     encoded = secret.removeprefix(SECRET_PREFIX)
-    if _BASE64.fullmatch(encoded) is None:  # b64decode lets stray padding through
+    if _BASE64.fullmatch(encoded) is None:
         raise InvalidSecretError(f"a secret is {SECRET_PREFIX} followed by base64")
     key = base64.b64decode(encoded)
     if not _MIN_SECRET_BYTES <= len(key) <= _MAX_SECRET_BYTES:
