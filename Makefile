@@ -52,10 +52,12 @@ test-fast: install-test
 	$(BIN)/pytest tests/unit -q
 
 # tests/test_readme.py runs the README's examples: they need bash and curl.
-# tests/unit ran in test-fast: not twice.
+# tests/unit ran in test-fast: not twice. Two test processes at once, then the few tests
+# that need PostgreSQL's connections to themselves, alone (tests/conftest.py says why).
 pytest: install-test ensure-chromium
 	@command -v curl >/dev/null || { apt-get update && apt-get install -y curl; }
-	$(BIN)/pytest --ignore=tests/unit
+	$(BIN)/pytest --ignore=tests/unit -n 2 --dist loadfile -m "not exclusive"
+	$(BIN)/pytest --ignore=tests/unit -m exclusive
 
 schemathesis: install-test
 	BIN=$(BIN) scripts/schemathesis.sh

@@ -18,6 +18,16 @@ markers only, never by folder):
   (``pytestmark``), as they take every query path once (the import's across transactions).
   Marked also ``slow`` or ``postgresql_only`` (stress runs: stateful, several processes):
   not on PgBouncer, they add minutes and no path the API tests do not already take.
+
+Two at a time (``make pytest``: ``pytest -n 2 --dist loadfile -m "not exclusive"``, then
+``pytest -m exclusive``): much of the suite waits (servers starting, tokens expiring,
+receivers answering), so two test processes share the machine's cores. Each has its own
+databases (the name carries its process id), PgBouncer, ports and temporary folders. What
+they share is PostgreSQL's 100 connections, so apps made here keep
+``TEST_POOL_SIZE`` connections and servers the tests start ``SERVER_POOL_SIZE`` unless a test
+sets its own; and tests that need many connections at once (50 requests each holding one,
+64-way concurrency through two servers) are marked ``exclusive`` and run after the others,
+alone.
 """
 
 from __future__ import annotations
@@ -155,10 +165,16 @@ QUIET_BACKGROUND: dict[str, Any] = {
 }
 
 
+# Two test processes share PostgreSQL's 100 connections (see this module's docstring).
+TEST_POOL_SIZE = 10
+SERVER_POOL_SIZE = 5
+
+
 def make_settings(database_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
         "log_level": "warning",
+        "database_pool_size": TEST_POOL_SIZE,
         "database_pgbouncer": database_url in PGBOUNCER_URLS,
         # Tests that deliver webhooks run an app with the dispatcher on (and private
         # addresses allowed) of their own; the shared app would refuse their receivers.

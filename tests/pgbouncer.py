@@ -65,6 +65,8 @@ def start_pgbouncer(admin_url: str, *, in_ci: bool) -> PgBouncer:
     users = folder / "users.txt"
     users.write_text(f'"{upstream.username or "postgres"}" ""\n')
     config = folder / "pgbouncer.ini"
+    # 10 server connections: two test processes, each with its PgBouncer, share PostgreSQL's
+    # 100 (tests/conftest.py); more clients than that wait in PgBouncer's queue.
     config.write_text(
         "[databases]\n"
         f"* = host={upstream.host or '127.0.0.1'} port={upstream.port or 5432}\n"
@@ -72,7 +74,7 @@ def start_pgbouncer(admin_url: str, *, in_ci: bool) -> PgBouncer:
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\n"
         f"unix_socket_dir =\nauth_type = trust\nauth_file = {users}\n"
         "pool_mode = transaction\n"
-        "default_pool_size = 20\nmax_client_conn = 500\n"
+        "default_pool_size = 10\nmax_client_conn = 500\n"
         "ignore_startup_parameters = extra_float_digits\n"
         f"logfile = {log}\n"
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import PGBOUNCER_URLS
+from tests.conftest import PGBOUNCER_URLS, SERVER_POOL_SIZE
 
 
 def free_port() -> int:
@@ -97,7 +97,11 @@ def start_servers(
     """``count`` servers started at once (each on its own port; ``port`` only for one), once
     every one answers /healthz. One that fails to start fails the test, and all are reaped."""
     assert port is None or count == 1
-    env = {**stockroom_env(database_url), **(env_extra or {})}
+    env = {
+        **stockroom_env(database_url),
+        "STOCKROOM_DATABASE_POOL_SIZE": str(SERVER_POOL_SIZE),
+        **(env_extra or {}),
+    }
     servers = []
     for _ in range(count):
         chosen = port or free_port()

@@ -28,7 +28,8 @@ from tests.conftest import HANG_SECONDS, create_key, problem
 from tests.events.conftest import wait_until
 from tests.test_serve import start_server
 
-pytestmark = pytest.mark.postgresql_only
+# 60 connections of its own (50 requests each hold one): alone (tests/conftest.py).
+pytestmark = [pytest.mark.postgresql_only, pytest.mark.exclusive]
 
 PER_ITEM = 25
 SHUTDOWN_TIMEOUT = 3

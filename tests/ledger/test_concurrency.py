@@ -26,7 +26,8 @@ from tests.conftest import ItemFactory, create_key
 from tests.test_serve import Server, start_servers
 
 # The one-process run takes PgBouncer's path too; the two-process run is postgresql_only.
-pytestmark = pytest.mark.pgbouncer
+# Both run alone (tests/conftest.py): 64 clients keep every pooled connection busy.
+pytestmark = [pytest.mark.pgbouncer, pytest.mark.exclusive]
 
 INITIAL = 40
 # 64-way concurrency on PostgreSQL is the point; 25 each is plenty for the stock, drifting
