@@ -23,11 +23,11 @@ Two at a time (``make pytest``: ``pytest -n 2 --dist loadfile -m "not exclusive"
 ``pytest -m exclusive``): much of the suite waits (servers starting, tokens expiring,
 receivers answering), so two test processes share the machine's cores. Each has its own
 databases (the name carries its process id), PgBouncer, ports and temporary folders. What
-they share is PostgreSQL's 100 connections, so apps made here keep
-``TEST_POOL_SIZE`` connections and servers the tests start ``SERVER_POOL_SIZE`` unless a test
-sets its own; and tests that need many connections at once (50 requests each holding one,
-64-way concurrency through two servers) are marked ``exclusive`` and run after the others,
-alone.
+they share is PostgreSQL's 100 connections, so apps made here and servers the tests start
+keep ``TEST_POOL_SIZE`` and ``SERVER_POOL_SIZE`` pooled connections (10, not the default
+20) unless a test sets its own; and tests that need many connections at once (50 requests
+each holding one, 64-way concurrency through two servers) are marked ``exclusive`` and run
+after the others, alone.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ QUIET_BACKGROUND: dict[str, Any] = {
 
 # Two test processes share PostgreSQL's 100 connections (see this module's docstring).
 TEST_POOL_SIZE = 10
-SERVER_POOL_SIZE = 5
+SERVER_POOL_SIZE = 10
 
 
 def make_settings(database_url: str, **overrides: Any) -> Settings:

@@ -24,7 +24,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from tests.conftest import (
-    HANG_SECONDS,
     ItemFactory,
     client_for,
     make_settings,
@@ -149,7 +148,7 @@ async def test_outage_answers_503_fast_and_recovers_without_restart(
             async def serves() -> bool:
                 return (await http.get(path)).status_code == 200
 
-            await wait_until(serves, within=HANG_SECONDS)
+            await wait_until(serves)
             recovered = time.monotonic() - started
             assert (await http.get("/readyz")).status_code == 200
             adjusted = await http.post(f"{path}/adjustments", json={"delta": 2})

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from stockroom.events.models import Event
-from tests.conftest import make_settings, start_app
+from tests.conftest import HANG_SECONDS, make_settings, start_app
 from tests.events.receiver import Receiver, RunningReceiver
 
 # Fast retries and short timeouts, so that a test of three attempts takes a second.
@@ -46,7 +46,7 @@ async def running_app(database_url: str, **overrides: Any) -> AsyncIterator[Fast
 
 
 async def wait_until(
-    check: Callable[[], Awaitable[bool]] | Callable[[], bool], *, within: float = 20.0
+    check: Callable[[], Awaitable[bool]] | Callable[[], bool], *, within: float = HANG_SECONDS
 ) -> None:
     """Poll ``check`` until it holds; fail after ``within`` seconds (a bound on the wait
     for background work, not a speed claim)."""

@@ -161,7 +161,7 @@ async def test_a_page_on_another_origin_follows_the_stream_across_expiry_and_res
 
                 # The token expires: the stream ends, the page gets a fresh token and goes on.
                 await mark("token expires")
-                await wait_until(lambda: opened_after("token expires"), within=30)
+                await wait_until(lambda: opened_after("token expires"))
                 await mark("writes b")
                 await create_items(api.url, writer, f"{label}-b", 3)
                 await wait_until(lambda: _count(page, 7))
@@ -189,13 +189,13 @@ async def test_a_page_on_another_origin_follows_the_stream_across_expiry_and_res
                 await mark("writes e")
                 await create_items(api.url, writer, f"{label}-e", 3)
                 await wait_until(lambda: opened_after("restart 2", source="same"), within=60)
-                await wait_until(lambda: _count(page, 15), within=30)
+                await wait_until(lambda: _count(page, 15))
                 # Nothing more, and nothing twice: one last write, and the page has exactly
                 # one more event (the stream is in log order: anything extra or repeated
                 # would have come before it).
                 await mark("writes f (the last)")
                 await create_items(api.url, writer, f"{label}-f", 1)
-                await wait_until(lambda: _count(page, 16), within=30)
+                await wait_until(lambda: _count(page, 16))
                 await mark("done")
             finally:
                 # Kept for the report below, whether the test got this far or not.

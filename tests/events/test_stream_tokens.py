@@ -116,7 +116,7 @@ async def test_a_token_dies_with_its_key_here_at_once_and_elsewhere_within_the_c
         async def refused_there() -> bool:
             return (await opens(there, token)).status_code == 401
 
-        await wait_until(refused_there, within=10)
+        await wait_until(refused_there)
 
 
 async def test_a_token_expires(app: FastAPI, client: httpx.AsyncClient, database_url: str) -> None:
@@ -130,7 +130,7 @@ async def test_a_token_expires(app: FastAPI, client: httpx.AsyncClient, database
             async def expired() -> bool:
                 return (await opens(http, token)).status_code == 401
 
-            await wait_until(expired, within=10)
+            await wait_until(expired)
             answer = await http.get(
                 "/events", params={"token": token}, headers={"Authorization": ""}
             )

@@ -127,7 +127,10 @@ def two_servers(
 ) -> Iterator[list[Server]]:
     with contextlib.ExitStack() as stack:
         # Started together (start_servers reaps both if either fails to start).
-        servers = start_servers(database_url, tmp_path, 2)
+        # The default pool (20 each): the test runs alone (exclusive), contention is the point.
+        servers = start_servers(
+            database_url, tmp_path, 2, env_extra={"STOCKROOM_DATABASE_POOL_SIZE": "20"}
+        )
         for server in servers:
             # Server.stop() waits, and kills and fails the test if a server does not stop:
             # every server started is reaped, even if the other fails to stop.
