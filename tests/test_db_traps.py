@@ -5,7 +5,9 @@ on client disconnects, and lazy loads after commit (MissingGreenlet)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 import httpx
@@ -16,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from tests.conftest import (
+    HANG_SECONDS,
     PG_ADMIN_URL,
     ItemFactory,
     client_for,
@@ -132,6 +135,65 @@ async def test_dead_pooled_connections_are_replaced(
         except DBAPIError:
             failures += 1
     assert failures <= 1
+
+
+def end_sessions_unseen(database: str) -> int:
+    """Every session of ``database`` ended by the server (pg_terminate_backend, as in a
+    restart or failover) and gone, while this event loop is blocked: the app's pooled
+    connections are dead and asyncpg has not yet read the news, as when the server restarts
+    between two requests. (The kill runs on an event loop of its own, in a thread.)"""
+
+    async def kill() -> int:
+        admin = await asyncpg.connect(PG_ADMIN_URL)
+        try:
+            killed: int = await admin.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                database,
+            )
+            left = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
+            async with not_a_hang():
+                while await admin.fetchval(left, database):  # noqa: ASYNC110 (another server)
+                    await asyncio.sleep(0.02)
+            return killed
+        finally:
+            await admin.close()
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, kill()).result(timeout=HANG_SECONDS)
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.parametrize("write", ["POST /items", "PATCH /items/{id}", "POST adjustments"])
+async def test_a_write_on_a_dead_pooled_connection_is_applied_once(
+    app: FastAPI, client: httpx.AsyncClient, new_item: ItemFactory, write: str
+) -> None:
+    """The first write after the server ended the pool's connections: BEGIN fails on the
+    dead connection before anything is sent, and runs again on a new one. A 201/200, and
+    the write is there exactly once."""
+    item = await new_item(quantity=5)
+    path = f"/items/{item['id']}"
+    assert (await client.get(path)).status_code == 200  # the key is checked and cached
+    database = str(make_url(str(app.state.engine.url)).database)
+    assert end_sessions_unseen(database) >= 1
+    sku = f"DEAD-{uuid.uuid4().hex[:8]}"
+    if write == "POST /items":
+        response = await client.post("/items", json={"sku": sku, "name": "D", "price": 1})
+        assert response.status_code == 201, response.text
+        listed = await client.get("/items", params={"q": sku})
+        assert [i["sku"] for i in listed.json()["data"]] == [sku]
+    elif write == "PATCH /items/{id}":
+        response = await client.patch(path, json={"name": "renamed"})
+        assert response.status_code == 200, response.text
+        after = (await client.get(path)).json()
+        assert (after["name"], after["version"]) == ("renamed", item["version"] + 1)
+    else:
+        response = await client.post(f"{path}/adjustments", json={"delta": 2})
+        assert response.status_code == 201, response.text
+        after = (await client.get(path)).json()
+        assert after["quantity"] == 7
+        ledger = (await client.get(f"{path}/adjustments")).json()["data"]
+        assert [entry["delta"] for entry in ledger].count(2) == 1
 
 
 async def test_concurrent_requests_each_get_their_own_session(
