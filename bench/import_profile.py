@@ -8,6 +8,10 @@ the rows of `make bench-files`) through a real `stockroom serve` on PostgreSQL, 
 
     .venv/bin/python bench/import_profile.py            # ROWS=200000 for a shorter run
 
+Then, on the database it leaves (ROWS items), the plan of one more batch of the import's
+main statement (`EXPLAIN (ANALYZE, BUFFERS)` of `_INSERT_BATCH` over BATCH_ROWS new rows,
+rolled back): where a batch's time goes, statement part by statement part.
+
 A profile, not a benchmark: `make bench-files` gives the import's speed against COPY.
 Uses (and drops) the database of `make bench-files`; the generated file is kept in the
 system's temporary folder for the next run.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import os
 import re
 import subprocess
@@ -66,6 +71,41 @@ class Sampler(threading.Thread):
                 await asyncio.sleep(SAMPLE_SECONDS)
         finally:
             await connection.close()
+
+
+async def explain_one_batch() -> None:
+    """The plan of one more batch of new rows, in a transaction that is rolled back."""
+    from stockroom.files.service import BATCH_ROWS
+    from stockroom.items import _postgresql as items
+
+    dsn = ADMIN_DSN.rsplit("/", 1)[0] + "/" + DATABASE
+    connection = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await connection.execute(items._CREATE_SEEN_TABLE)
+        await connection.execute(items._CREATE_BATCH_TABLE)
+        rows = [
+            (n, f"P{n:09d}", f"Profile item {n}", f"profile item {n}", f"Number {n}", n, n % 50)
+            for n in range(BATCH_ROWS)
+        ]
+        columns = ["line", "sku", "name", "name_key", "description", "price_cents", "quantity"]
+        await connection.copy_records_to_table(
+            "stockroom_import_rows", records=rows, columns=columns
+        )
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            plan = await connection.fetch(
+                "EXPLAIN (ANALYZE, BUFFERS) " + items._INSERT_BATCH,
+                dt.datetime.now(dt.UTC),
+                "import",
+            )
+        finally:
+            await transaction.rollback()
+    finally:
+        await connection.close()
+    print(f"one more batch of {BATCH_ROWS:,} new rows, EXPLAIN (ANALYZE, BUFFERS), rolled back:")
+    for row in plan:
+        print("  " + row[0])
 
 
 def main() -> None:
@@ -118,6 +158,7 @@ def main() -> None:
     print(f"sessions sampled: {dict(sampler.states)}; active samples by statement and wait:")
     for (query, wait), count in sampler.active.most_common(15):
         print(f"  {count / total:6.1%}  {wait:22}  {query}")
+    asyncio.run(explain_one_batch())
 
 
 if __name__ == "__main__":
