@@ -103,6 +103,13 @@ async def test_connections_go_to_requests_in_the_order_they_asked(database_url: 
         await lifespan.__aexit__(None, None, None)
 
 
+# The server ends every session of a database, as a restart or failover does.
+TERMINATE_SESSIONS = (
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+    "WHERE datname = $1 AND pid <> pg_backend_pid()"
+)
+
+
 @pytest.mark.postgresql_only
 async def test_dead_pooled_connections_are_replaced(
     app: FastAPI, client: httpx.AsyncClient, new_item: ItemFactory
@@ -115,11 +122,7 @@ async def test_dead_pooled_connections_are_replaced(
     database = make_url(str(app.state.engine.url)).database
     admin = await asyncpg.connect(PG_ADMIN_URL)
     try:
-        killed = await admin.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-            "WHERE datname = $1 AND pid <> pg_backend_pid()",
-            database,
-        )
+        killed = await admin.fetchval(TERMINATE_SESSIONS, database)
     finally:
         await admin.close()
     assert killed >= 1
@@ -146,11 +149,7 @@ def end_sessions_unseen(database: str) -> int:
     async def kill() -> int:
         admin = await asyncpg.connect(PG_ADMIN_URL)
         try:
-            killed: int = await admin.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = $1 AND pid <> pg_backend_pid()",
-                database,
-            )
+            killed: int = await admin.fetchval(TERMINATE_SESSIONS, database)
             left = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
             async with not_a_hang():
                 while await admin.fetchval(left, database):  # noqa: ASYNC110 (another server)

@@ -270,17 +270,11 @@ class PostgresDatabase:
         with _translated():
             connection, transaction = await self._begin()
             try:
-                try:
-                    yield connection
-                except BaseException:
-                    await transaction.rollback()
-                    raise
-                await transaction.commit()
-            except Exception as exc:
-                await self._drop_if_broken(connection, exc)
+                yield connection
+            except BaseException as exc:
+                await self._end(connection, transaction, exc)
                 raise
-            finally:
-                await self._release(connection)
+            await self._end(connection, transaction, None)
         self._on_commit()
 
     async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -289,17 +283,11 @@ class PostgresDatabase:
         with _translated():
             connection, transaction = await self._begin()
             try:
-                try:
-                    result = await work(connection)
-                except BaseException:
-                    await transaction.rollback()
-                    raise
-                await transaction.commit()
-            except Exception as exc:
-                await self._drop_if_broken(connection, exc)
+                result = await work(connection)
+            except BaseException as exc:
+                await self._end(connection, transaction, exc)
                 raise
-            finally:
-                await self._release(connection)
+            await self._end(connection, transaction, None)
         self._on_commit()
         return result
 
@@ -335,6 +323,28 @@ class PostgresDatabase:
             await self._release(connection)
             raise
         return connection, transaction
+
+    async def _end(
+        self,
+        connection: asyncpg.Connection,
+        transaction: Transaction,
+        failure: BaseException | None,
+    ) -> None:
+        """Commit, or roll back after ``failure``; then the connection goes back to the pool,
+        unless the failure (or the commit's or rollback's own) says it is broken."""
+        try:
+            if failure is None:
+                await transaction.commit()
+            else:
+                await transaction.rollback()
+        except Exception as exc:
+            await self._drop_if_broken(connection, exc)
+            raise
+        else:
+            if isinstance(failure, Exception):
+                await self._drop_if_broken(connection, failure)
+        finally:
+            await self._release(connection)
 
     async def read(self, query: Callable[[Any], Awaitable[T]]) -> T:
         if self._pgbouncer:
