@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ItemFactory, problem
+from tests.support.items import ItemFactory
+from tests.support.problems import problem
 
 JSON = {"content-type": "application/json"}
 VALID: dict[str, Any] = {"sku": "OK-1", "name": "Widget", "price": "1.00", "quantity": 1}

@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from stockroom import __version__
-from tests.conftest import IN_CI, PG_ADMIN_URL, problem
-from tests.processes import Batch
-from tests.test_serve import free_port, start_server, stockroom_env
+from tests.support.databases import IN_CI, PG_ADMIN_URL
+from tests.support.problems import problem
+from tests.support.processes import Batch
+from tests.support.servers import free_port, start_server, stockroom_env
 
 STOCKROOM = str(Path(sys.executable).with_name("stockroom"))
 PASSWORD = "s3cret-Pa55"

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import client_for, create_key, make_settings, problem, start_app
-from tests.test_serve import stockroom_env
+from tests.support.apps import client_for, create_key, make_settings, start_app
+from tests.support.problems import problem
+from tests.support.servers import stockroom_env
 
 PAGE = "http://127.0.0.1:5173"
 OTHER = "https://app.example.com"

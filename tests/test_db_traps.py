@@ -17,17 +17,11 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from tests.conftest import (
-    HANG_SECONDS,
-    PG_ADMIN_URL,
-    ItemFactory,
-    client_for,
-    make_settings,
-    not_a_hang,
-    problem,
-    start_app,
-)
-from tests.events.conftest import wait_until
+from tests.support.apps import client_for, make_settings, start_app
+from tests.support.databases import PG_ADMIN_URL
+from tests.support.items import ItemFactory
+from tests.support.problems import problem
+from tests.support.waiting import HANG_SECONDS, not_a_hang, wait_until
 
 
 @pytest.fixture

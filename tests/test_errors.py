@@ -13,15 +13,9 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from stockroom.migrations import upgrade_async
-from tests.conftest import (
-    client_for,
-    create_key,
-    create_pg_database,
-    drop_pg_database,
-    make_settings,
-    problem,
-    start_app,
-)
+from tests.support.apps import client_for, create_key, make_settings, start_app
+from tests.support.databases import create_pg_database, drop_pg_database
+from tests.support.problems import problem
 
 
 async def test_unknown_route_is_404_problem(client: httpx.AsyncClient) -> None:

@@ -23,8 +23,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import create_key
-from tests.test_serve import Server, start_server
+from tests.support.apps import create_key
+from tests.support.servers import Server, start_server
 
 GENERATOR = Path(sys.prefix) / "generator" / "bin" / "openapi-python-client"
 # No post-hooks (they run ruff on the output; not needed to import it). openapi-python-client

@@ -18,8 +18,9 @@ from starlette.routing import Mount
 
 from stockroom.app import create_app
 from stockroom.settings import Settings
-from tests.conftest import create_key, problem
-from tests.test_serve import Server, start_server
+from tests.support.apps import create_key
+from tests.support.problems import problem
+from tests.support.servers import Server, start_server
 
 # Headers that differ between any two answers, or that only a streamed GET has.
 _VOLATILE = {"date", "x-request-id", "transfer-encoding"}

@@ -14,9 +14,10 @@ from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from stockroom.observability import Metrics
-from tests.conftest import ItemFactory, client_for, make_settings, start_app
-from tests.events.conftest import wait_until
-from tests.test_serve import start_server
+from tests.support.apps import client_for, make_settings, start_app
+from tests.support.items import ItemFactory
+from tests.support.servers import start_server
+from tests.support.waiting import wait_until
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from stockroom.migrations import alembic_config
 from stockroom.models import Base
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.support.databases import create_pg_database, drop_pg_database
 
 
 def _diff(connection: Connection) -> list[Any]:

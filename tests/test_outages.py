@@ -23,17 +23,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from tests.conftest import (
-    ItemFactory,
-    client_for,
-    make_settings,
-    not_a_hang,
-    problem,
-    start_app,
-)
-from tests.events.conftest import wait_until
-from tests.test_serve import cli_create_key, free_port, start_server
-from tests.test_shutdown import asyncpg_dsn, lock_row
+from tests.support.apps import client_for, make_settings, start_app
+from tests.support.databases import asyncpg_dsn, lock_row
+from tests.support.items import ItemFactory
+from tests.support.problems import problem
+from tests.support.servers import cli_create_key, free_port, start_server
+from tests.support.waiting import not_a_hang, wait_until
 
 pytestmark = pytest.mark.postgresql_only
 

@@ -12,7 +12,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import client_for, create_key, make_settings, not_a_hang, problem, start_app
+from tests.support.apps import client_for, create_key, make_settings, start_app
+from tests.support.problems import problem
+from tests.support.waiting import not_a_hang
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 LIMIT = 5

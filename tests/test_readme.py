@@ -21,8 +21,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from stockroom.settings import ENV_PREFIX, Settings
-from tests.conftest import client_for
-from tests.test_serve import start_server, stockroom_env
+from tests.support.apps import client_for
+from tests.support.servers import start_server, stockroom_env
 
 NOT_RUN = "# not run by the README test:"
 _FENCE = re.compile(r"^```(sh|bash|console)[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from tests.conftest import client_for, make_settings, not_a_hang, problem, start_app
+from tests.support.apps import client_for, make_settings, start_app
+from tests.support.problems import problem
+from tests.support.waiting import not_a_hang
 
 
 async def test_ping(client: httpx.AsyncClient) -> None:

@@ -24,26 +24,17 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from tests.conftest import create_key, problem
-from tests.events.conftest import wait_until
-from tests.test_serve import start_server
+from tests.support.apps import create_key
+from tests.support.databases import asyncpg_dsn, lock_row
+from tests.support.problems import problem
+from tests.support.servers import start_server
+from tests.support.waiting import wait_until
 
 # 60 connections of its own (50 requests each hold one): alone (tests/conftest.py).
 pytestmark = [pytest.mark.postgresql_only, pytest.mark.exclusive]
 
 PER_ITEM = 25
 SHUTDOWN_TIMEOUT = 3
-
-
-def asyncpg_dsn(database_url: str) -> str:
-    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
-
-
-async def lock_row(dsn: str, item_id: int) -> asyncpg.Connection:
-    connection = await asyncpg.connect(dsn)
-    await connection.execute("BEGIN")
-    await connection.execute("SELECT 1 FROM items WHERE id = $1 FOR UPDATE", item_id)
-    return connection
 
 
 async def waiting_on_locks(connection: asyncpg.Connection, database: str) -> int:

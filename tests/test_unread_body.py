@@ -19,8 +19,8 @@ from fastapi import FastAPI
 from starlette.types import Message, Receive, Scope, Send
 
 from stockroom.edge import UnreadBodyMiddleware
-from tests.conftest import create_key
-from tests.test_serve import Server, start_server
+from tests.support.apps import create_key
+from tests.support.servers import Server, start_server
 
 LIMIT = 1_048_576  # STOCKROOM_MAX_BODY_BYTES's default
 

@@ -17,8 +17,9 @@ from sqlalchemy import select
 
 from stockroom.auth.models import ApiKey
 from stockroom.auth.service import Authenticator
-from tests.conftest import client_for, create_key, make_settings, problem, start_app
-from tests.test_serve import start_server
+from tests.support.apps import client_for, create_key, make_settings, start_app
+from tests.support.problems import problem
+from tests.support.servers import start_server
 
 OPEN = {"/ping", "/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json"}
 BELOW = {"read": [], "write": ["read"], "admin": ["write"]}

@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 from fastapi import FastAPI
 
-from tests.conftest import client_for, problem
-from tests.test_serve import cli_create_key, stockroom_env
+from tests.support.apps import client_for
+from tests.support.problems import problem
+from tests.support.servers import cli_create_key, stockroom_env
 
 
 def stockroom(database_url: str, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

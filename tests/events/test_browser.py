@@ -23,9 +23,10 @@ import pytest
 from fastapi import FastAPI
 from playwright.async_api import Page, async_playwright
 
-from tests.conftest import create_key
-from tests.events.conftest import logged, wait_until
-from tests.test_serve import Server, free_port, start_server
+from tests.support.apps import create_key
+from tests.support.event_log import logged
+from tests.support.servers import Server, free_port, start_server
+from tests.support.waiting import wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [

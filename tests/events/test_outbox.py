@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from stockroom.events.log import START, prune, read_after
 from stockroom.items.schemas import ItemCreate
-from tests.conftest import ItemFactory
-from tests.events.conftest import logged, wait_until
+from tests.support.event_log import logged
+from tests.support.items import ItemFactory
+from tests.support.waiting import wait_until
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 

@@ -20,9 +20,10 @@ from sqlalchemy import text
 from stockroom.events.hub import EventHub
 from stockroom.events.log import LoggedEvent, Position
 from stockroom.events.router import _messages
-from tests.conftest import problem
-from tests.events.conftest import logged, wait_until
-from tests.test_serve import Server, cli_create_key, start_server
+from tests.support.event_log import logged
+from tests.support.problems import problem
+from tests.support.servers import Server, cli_create_key, start_server
+from tests.support.waiting import wait_until
 
 FAST = {
     "STOCKROOM_EVENTS_POLL_SECONDS": "0.05",

@@ -18,9 +18,10 @@ import httpx
 import orjson
 from fastapi import FastAPI
 
-from tests.conftest import client_for, create_key, make_settings, problem, start_app
-from tests.events.conftest import wait_until
-from tests.test_serve import start_servers
+from tests.support.apps import client_for, create_key, make_settings, start_app
+from tests.support.problems import problem
+from tests.support.servers import start_servers
+from tests.support.waiting import wait_until
 
 FAST = {"STOCKROOM_EVENTS_POLL_SECONDS": "0.05", "STOCKROOM_EVENTS_HEARTBEAT_SECONDS": "1"}
 

@@ -13,7 +13,9 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ItemFactory, empty_tables, problem
+from tests.support.databases import empty_tables
+from tests.support.items import ItemFactory
+from tests.support.problems import problem
 
 FIELDS = ("sku", "name", "description", "price", "quantity")
 

@@ -12,7 +12,9 @@ import orjson
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import ItemFactory, client_for, make_settings, problem, start_app
+from tests.support.apps import client_for, make_settings, start_app
+from tests.support.items import ItemFactory
+from tests.support.problems import problem
 
 # Through PgBouncer too: an import keeps state across its batches (a temporary table), which
 # transaction pooling does not carry from one transaction to the next.

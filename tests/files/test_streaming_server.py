@@ -19,8 +19,9 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.engine import make_url
 
-from tests.conftest import PG_ADMIN_URL, create_key
-from tests.test_serve import Server, start_server, stockroom_env
+from tests.support.apps import create_key
+from tests.support.databases import PG_ADMIN_URL
+from tests.support.servers import Server, start_server, stockroom_env
 
 # A server's memory is bounded by a batch (5,000 rows) and a chunk, not by the file: the
 # peak growth is a fixed cost (on SQLite, 2026-12-06: 31.6 MB for 200,000 rows, 28.2 MB for

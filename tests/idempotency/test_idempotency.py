@@ -11,7 +11,9 @@ from sqlalchemy import func, select, update
 
 from stockroom.idempotency.models import IdempotencyRecord
 from stockroom.idempotency.service import purge_expired
-from tests.conftest import ItemFactory, client_for, create_key, make_settings, problem, start_app
+from tests.support.apps import client_for, create_key, make_settings, start_app
+from tests.support.items import ItemFactory
+from tests.support.problems import problem
 
 
 async def stock(client: httpx.AsyncClient, item_id: int) -> int:

@@ -9,7 +9,8 @@ import re
 import httpx
 import pytest
 
-from tests.conftest import ItemFactory, problem
+from tests.support.items import ItemFactory
+from tests.support.problems import problem
 
 # Through PgBouncer too: see tests/conftest.py.
 pytestmark = pytest.mark.pgbouncer

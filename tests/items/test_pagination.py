@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
-from tests.conftest import empty_tables
+from tests.support.databases import empty_tables
 
 # Through PgBouncer too: see tests/conftest.py.
 pytestmark = pytest.mark.pgbouncer

@@ -22,8 +22,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.conftest import ItemFactory, create_key
-from tests.test_serve import Server, start_servers
+from tests.support.apps import create_key
+from tests.support.items import ItemFactory
+from tests.support.servers import Server, start_servers
 
 # The one-process run takes PgBouncer's path too; the two-process run is postgresql_only.
 # Both run alone (tests/conftest.py): 64 clients keep every pooled connection busy.

@@ -29,8 +29,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from tests.conftest import problem
-from tests.test_serve import Server, start_server
+from tests.support.problems import problem
+from tests.support.servers import Server, start_server
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import uuid
 from typing import Any
 
 import httpx
@@ -20,20 +19,13 @@ from stockroom.events.models import Event
 from stockroom.webhooks import queue
 from stockroom.webhooks.models import Delivery
 from stockroom.webhooks.store import STORES
-from tests.conftest import client_for, create_key, problem
-from tests.events.conftest import running_app, wait_until
-from tests.events.receiver import Receiver
+from tests.support.apps import client_for, create_key
+from tests.support.problems import problem
+from tests.support.waiting import wait_until
+from tests.webhooks.dispatching import admin, running_app, subscribe
+from tests.webhooks.receiver import Receiver
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-
-
-async def subscribe(
-    http: httpx.AsyncClient, url: str, events: list[str] | None = None, **extra: Any
-) -> dict[str, Any]:
-    response = await http.post("/webhooks", json={"url": url, "events": events or ["*"], **extra})
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def attempts(http: httpx.AsyncClient, webhook_id: str) -> list[dict[str, Any]]:
@@ -159,11 +151,6 @@ async def dispatching_app(database_url: str, client: httpx.AsyncClient) -> Any:
     (``client``: the tables are emptied afterwards.)"""
     async with running_app(database_url, webhook_max_attempts=3) as application:
         yield application
-
-
-async def admin(application: FastAPI) -> httpx.AsyncClient:
-    key = await create_key(application, f"hooks-{uuid.uuid4().hex[:8]}", ["admin"])
-    return client_for(application, key)
 
 
 async def test_deliveries_are_signed_per_standard_webhooks(

@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
+from tests.support.servers import free_port
+
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 # PgBouncer refuses to run as root; as root it is started as this user.
 RUN_AS = "postgres"
@@ -42,13 +44,6 @@ class PgBouncer:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def start_pgbouncer(admin_url: str, *, in_ci: bool) -> PgBouncer:
     """Start PgBouncer (pool_mode = transaction) for every database of ``admin_url``'s
     server, on a free port; returns once it accepts connections."""
@@ -58,7 +53,7 @@ def start_pgbouncer(admin_url: str, *, in_ci: bool) -> PgBouncer:
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     upstream = make_url(admin_url)
-    port = _free_port()
+    port = free_port()
     folder = Path(tempfile.mkdtemp(prefix="stockroom-pgbouncer-"))
     folder.chmod(0o755)  # readable by the user PgBouncer runs as
     log = folder / "pgbouncer.log"

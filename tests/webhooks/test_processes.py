@@ -9,7 +9,7 @@
   flight either finish or are given back at once (not held until their lease ends), and
   another worker delivers them.
 
-Receivers are real HTTP servers on 127.0.0.1 (tests/events/receiver.py); signatures are
+Receivers are real HTTP servers on 127.0.0.1 (tests/webhooks/receiver.py); signatures are
 checked with the `standardwebhooks` package.
 """
 
@@ -43,11 +43,11 @@ from stockroom.events.models import Event
 from stockroom.items.event_types import ITEM_CREATED
 from stockroom.items.models import Adjustment, Item
 from stockroom.webhooks.models import Delivery
-from tests.conftest import create_key
-from tests.events.conftest import running_app, wait_until
-from tests.events.receiver import Received, Receiver
-from tests.events.test_webhooks import admin, subscribe
-from tests.test_serve import start_server, stockroom_env
+from tests.support.apps import create_key
+from tests.support.servers import start_server, stockroom_env
+from tests.support.waiting import wait_until
+from tests.webhooks.dispatching import admin, running_app, subscribe
+from tests.webhooks.receiver import Received, Receiver
 
 pytestmark = pytest.mark.postgresql_only
 

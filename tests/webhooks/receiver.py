@@ -24,7 +24,7 @@ from typing import Any
 
 import uvicorn
 
-from tests.test_serve import free_port
+from tests.support.servers import free_port
 
 
 @dataclass
