@@ -16,16 +16,11 @@ from stockroom import __version__
 from stockroom.auth.deps import security_schemes
 from stockroom.auth.router import router as auth_router
 from stockroom.auth.router import stream_tokens_router
-from stockroom.auth.service import Authenticator
-from stockroom.auth.tokens import StreamTokens
 from stockroom.background import event_services, purge_periodically
-from stockroom.db import create_session_factory
 from stockroom.edge import CorsMiddleware, HeadMiddleware, UnreadBodyMiddleware, api_methods
-from stockroom.events.hub import EventHub
 from stockroom.events.router import router as events_router
-from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
 from stockroom.files.router import router as files_router
-from stockroom.idempotency.service import InFlightKeys, purge_expired
+from stockroom.idempotency.service import purge_expired
 from stockroom.items.event_types import EVENT_TYPES
 from stockroom.items.router import router as items_router
 from stockroom.ledger.router import router as ledger_router
@@ -37,9 +32,8 @@ from stockroom.middleware import (
 from stockroom.observability import AccessLog, Metrics, configure_logging, watch_event_loop
 from stockroom.openapi import install_openapi
 from stockroom.problems import install_error_handlers
-from stockroom.ratelimit import RateLimiter
 from stockroom.settings import Settings, load_settings
-from stockroom.stores import create_engine, open_stores
+from stockroom.stores import open_resources
 from stockroom.system import DOCS_ASSETS_PATH, docs_assets
 from stockroom.system import router as system_router
 from stockroom.webhooks.router import router as webhooks_router
@@ -59,8 +53,8 @@ def _add_routes(app: FastAPI, router: APIRouter) -> None:
 
     Since FastAPI 0.137 an included router stays a node of the app's routes that every
     request walks (the routers' versions, each route's match through its include context):
-    about 15 us of CPU a request here, a twentieth of a ``GET /items/{id}`` (py-spy, and
-    ``bench/``'s fastapi-ceiling has its routes on the app). Ours need nothing an include
+    a cost every request pays (docs/async.md has the measurement; ``bench/``'s
+    fastapi-ceiling has its routes on the app too). Ours need nothing an include
     adds: each has its prefix, tags, responses and scope checks in its routes already, and
     no include-time options. (Not supported so: ``app.dependency_overrides``, which reaches
     only routes the app itself made or included.)"""
@@ -76,78 +70,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings)
-        wakeup = Wakeup(settings.events_poll_seconds)
-        # A commit that wrote events wakes this process's readers at once.
-        sessions = create_session_factory(engine, info={SESSION_WAKEUP: wakeup.wake})
-        app.state.engine = engine
-        app.state.sessions = sessions
-        stores = open_stores(settings, engine, on_commit=wakeup.wake)
-        await stores.database.start()
-        app.state.stores = stores
-        app.state.authenticator = Authenticator(
-            sessions, enabled=settings.auth, ttl=settings.auth_cache_seconds
-        )
-        app.state.stream_tokens = StreamTokens(
-            sessions,
-            lifetime=settings.events_token_seconds,
-            ttl=settings.auth_cache_seconds,
-            secret=settings.events_token_secret,
-        )
-        app.state.in_flight_keys = InFlightKeys()
-        if not settings.auth:
-            log.warning(
-                "AUTHENTICATION IS OFF (STOCKROOM_AUTH=off): every endpoint is open to anyone "
-                "who can reach this port. Use this for local play only."
-            )
-        limit = settings.rate_limit_item
-        limiter = RateLimiter(limit, settings.redis_url) if limit else None
-        app.state.rate_limiter = limiter
         metrics: Metrics = app.state.metrics
-        purger = asyncio.create_task(
-            purge_periodically(
-                "idempotency keys", sessions, purge_expired, settings.idempotency_purge_seconds
-            ),
-            name="idempotency-purge",
-        )
-        hub = EventHub(engine, wakeup, queue_size=settings.events_stream_buffer)
-        app.state.event_hub = hub
-        watcher = asyncio.create_task(
-            watch_event_loop(
-                metrics,
-                lambda: metrics.sample_pool(stores.database.pool_status()),
-                settings.event_loop_probe_seconds,
-            ),
-            name="event-loop-watch",
-        )
-        log.info("started", database=settings.backend, version=__version__)
-        # Everything made so far (the app, its routes and schemas, the modules) lives as long
-        # as the process: out of the collector's sight, a full collection no longer walks
-        # it, and the event loop no longer stalls for one (they took 100-250 ms under load).
-        gc.collect()
-        gc.freeze()
-        try:
-            async with event_services(
-                settings,
-                sessions,
-                stores.database,
-                wakeup,
-                hub=hub,
-                metrics=metrics,
-                dispatcher=settings.webhook_dispatcher,
-            ):
-                yield
-        finally:
-            for task in (purger, watcher):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            if limiter is not None:
-                await limiter.close()
-            await stores.database.close()
-            await engine.dispose()
-            metrics.forget_this_process()
-            log.info("stopped")
+        async with open_resources(settings, metrics=metrics) as resources:
+            app.state.resources = resources  # what resources_of(request) reads
+            if not settings.auth:
+                log.warning(
+                    "AUTHENTICATION IS OFF (STOCKROOM_AUTH=off): every endpoint is open to "
+                    "anyone who can reach this port. Use this for local play only."
+                )
+            database = resources.stores.database
+            purger = asyncio.create_task(
+                purge_periodically(
+                    "idempotency keys",
+                    resources.sessions,
+                    purge_expired,
+                    settings.idempotency_purge_seconds,
+                ),
+                name="idempotency-purge",
+            )
+            watcher = asyncio.create_task(
+                watch_event_loop(
+                    metrics,
+                    lambda: metrics.sample_pool(database.pool_status()),
+                    settings.event_loop_probe_seconds,
+                ),
+                name="event-loop-watch",
+            )
+            log.info("started", database=settings.backend, version=__version__)
+            # Everything made so far (the app, its routes and schemas, the modules) lives as
+            # long as the process: out of the collector's sight, a full collection no longer
+            # walks it, and the event loop no longer stalls for one (docs/async.md).
+            gc.collect()
+            gc.freeze()
+            try:
+                async with event_services(
+                    resources, serving=True, dispatcher=settings.webhook_dispatcher
+                ):
+                    yield
+            finally:
+                for task in (purger, watcher):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                metrics.forget_this_process()
+        log.info("stopped")
 
     app = FastAPI(
         title="Stockroom",

@@ -12,16 +12,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from stockroom.database import Database
 from stockroom.db import utcnow
 from stockroom.events import log as event_log
-from stockroom.events.hub import EventHub
-from stockroom.events.wakeup import CHANNEL, Wakeup
+from stockroom.events.wakeup import CHANNEL
 from stockroom.observability import Metrics
-from stockroom.settings import Settings
+from stockroom.resources import Resources
 from stockroom.webhooks.dispatcher import dispatching
 from stockroom.webhooks.queue import backlog
-from stockroom.webhooks.store import STORES
 
 __all__ = ["event_services", "purge_periodically"]
 
@@ -70,16 +67,12 @@ async def _refresh_backlog(
 
 @asynccontextmanager
 async def event_services(
-    settings: Settings,
-    sessions: async_sessionmaker[AsyncSession],
-    database: Database,
-    wakeup: Wakeup,
-    *,
-    hub: EventHub | None = None,
-    metrics: Metrics | None = None,
-    dispatcher: bool,
+    resources: Resources, *, serving: bool, dispatcher: bool
 ) -> AsyncIterator[None]:
-    """Everything that follows the event log, for the duration of the block."""
+    """Everything that follows the event log, for the duration of the block: the log's
+    prune and its listener; with ``serving`` (an app) the live stream's hub and the webhook
+    backlog gauges; with ``dispatcher`` the webhook dispatcher."""
+    settings, sessions = resources.settings, resources.sessions
     retention = dt.timedelta(days=settings.events_retention_days)
 
     async def prune(session: AsyncSession) -> int:
@@ -89,16 +82,20 @@ async def event_services(
         asyncio.create_task(
             purge_periodically("events", sessions, prune, settings.events_prune_seconds),
             name="event-prune",
-        )
+        ),
+        asyncio.create_task(
+            resources.stores.database.listen(CHANNEL, resources.wakeup.wake), name="event-listen"
+        ),
     ]
-    tasks.append(asyncio.create_task(database.listen(CHANNEL, wakeup.wake), name="event-listen"))
+    hub = resources.event_hub if serving else None
     if hub is not None:
         try:
             await hub.start()
         except Exception as exc:  # the database is away; the hub keeps trying
             log.warning("event hub cannot start yet", error=str(exc))
         tasks.append(asyncio.create_task(hub.run(), name="event-hub"))
-    if metrics is not None:
+    metrics = resources.metrics
+    if serving and metrics is not None:
         tasks.append(
             asyncio.create_task(
                 _refresh_backlog(sessions, metrics, settings.webhook_backlog_seconds),
@@ -108,11 +105,7 @@ async def event_services(
     try:
         async with AsyncExitStack() as stack:
             if dispatcher:
-                # The database's delivery store, picked once for the dispatcher's life.
-                store = STORES[settings.backend]()
-                await stack.enter_async_context(
-                    dispatching(settings, sessions, wakeup, store, metrics)
-                )
+                await stack.enter_async_context(dispatching(resources))
             yield
     finally:
         if hub is not None:

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     from stockroom.files.schemas import ImportReport
+    from stockroom.resources import Resources
     from stockroom.settings import Settings
-    from stockroom.stores import Stores
 
 __all__ = ["main"]
 
@@ -220,28 +220,20 @@ async def _deliver_webhooks(settings: Settings) -> None:
     import structlog
 
     from stockroom.background import event_services
-    from stockroom.db import create_session_factory
-    from stockroom.events.wakeup import SESSION_WAKEUP, Wakeup
-    from stockroom.stores import create_engine, open_stores
+    from stockroom.stores import open_resources
 
     log = structlog.get_logger("stockroom.cli")
-    engine = create_engine(settings)
-    wakeup = Wakeup(settings.events_poll_seconds)
-    sessions = create_session_factory(engine, info={SESSION_WAKEUP: wakeup.wake})
-    stores = open_stores(settings, engine, on_commit=wakeup.wake)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    try:
-        await stores.database.start()
-        async with event_services(settings, sessions, stores.database, wakeup, dispatcher=True):
-            log.info("worker started", database=settings.backend)
-            await stop.wait()
-            log.info("worker stopping")
-    finally:
-        await stores.database.close()
-        await engine.dispose()
+    async with (
+        open_resources(settings) as resources,
+        event_services(resources, serving=False, dispatcher=True),
+    ):
+        log.info("worker started", database=settings.backend)
+        await stop.wait()
+        log.info("worker stopping")
     log.info("worker stopped")
 
 
@@ -294,23 +286,13 @@ cli.add_typer(apikey, name="apikey")
 
 
 def _with_session(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
-    """Migrate, then run ``work`` in a session of a short-lived engine."""
-    from stockroom.db import create_session_factory
-    from stockroom.stores import create_engine
+    """Migrate, then run ``work`` in a session of the process's resources."""
 
-    settings = _settings()
-    _migrate(settings)
+    async def in_session(resources: Resources) -> T:
+        async with resources.sessions() as session:
+            return await work(session)
 
-    async def run() -> T:
-        engine = create_engine(settings)
-        try:
-            async with create_session_factory(engine)() as session:
-                return await work(session)
-        finally:
-            await engine.dispose()
-
-    with _database(settings):
-        return asyncio.run(run())
+    return _with_resources(in_session)
 
 
 def _shown(name: str) -> str:
@@ -420,25 +402,17 @@ class _Progress:
             sys.stderr.write("\n")
 
 
-def _run_with_stores(work: Callable[[Stores], Awaitable[T]]) -> T:
-    """Migrate, then run ``work`` with the stores of the configured database, then close
-    them."""
-    from stockroom.stores import create_engine, open_stores
+def _with_resources(work: Callable[[Resources], Awaitable[T]]) -> T:
+    """Migrate, then run ``work`` with the resources of a process (as the app's lifespan
+    opens them), then close them."""
+    from stockroom.stores import open_resources
 
     settings = _settings()
     _migrate(settings)
 
     async def run() -> T:
-        engine = create_engine(settings)
-        try:
-            stores = open_stores(settings, engine, on_commit=lambda: None)
-            await stores.database.start()
-            try:
-                return await work(stores)
-            finally:
-                await stores.database.close()
-        finally:
-            await engine.dispose()
+        async with open_resources(settings) as resources:
+            return await work(resources)
 
     with _database(settings):
         return asyncio.run(run())
@@ -466,13 +440,14 @@ def import_file(
             while chunk := await asyncio.to_thread(stream.read, _FILE_CHUNK):
                 yield chunk
 
-    async def work(stores: Stores) -> ImportReport:
+    async def work(resources: Resources) -> ImportReport:
+        stores = resources.stores
         return await files.import_items(
             stores.database, stores.writer, chunks(), reader, atomic=atomic, progress=progress
         )
 
     try:
-        report = _run_with_stores(work)
+        report = _with_resources(work)
     except files.ImportRejectedError as exc:
         progress.done()
         print(exc.report.model_dump_json(), file=sys.stderr)  # noqa: T201
@@ -500,16 +475,16 @@ def export_file(
     progress = _Progress("exported")
     out = sys.stdout.buffer
 
-    async def work(stores: Stores) -> None:
+    async def work(resources: Resources) -> None:
         lines = 0
         listing = Listing(ItemFilter(), Keyset(sort))
-        async for chunk in files.export_chunks(stores.items, listing, format):
+        async for chunk in files.export_chunks(resources.stores.items, listing, format):
             await asyncio.to_thread(out.write, chunk)
             lines += chunk.count(b"\n")
             progress(lines)
         await asyncio.to_thread(out.flush)
 
-    _run_with_stores(work)
+    _with_resources(work)
     progress.done()
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
 from typing import Annotated, Any, Generic, TypeVar
 
 import orjson
@@ -16,9 +15,9 @@ from starlette.responses import Response
 from stockroom.errors import InvalidRequestError
 
 __all__ = [
-    "ETAG_HEADER",
-    "LOCATION_HEADER",
-    "REPLAYED_HEADER",
+    "ETAG_DOC",
+    "LOCATION_DOC",
+    "REPLAYED_DOC",
     "Cursor",
     "Limit",
     "Page",
@@ -26,8 +25,8 @@ __all__ = [
     "decode_cursor",
     "encode_cursor",
     "etag_matches",
-    "json_response",
     "make_etag",
+    "page_response",
 ]
 
 T = TypeVar("T")
@@ -42,21 +41,21 @@ Cursor = Annotated[
     str | None, Query(max_length=2048, description="`next_cursor` of the previous page.")
 ]
 
-# Response headers, as OpenAPI `headers` of the responses that carry them.
-ETAG_HEADER: dict[str, Any] = {
+# Response headers' documentation, as OpenAPI `headers` of the responses that carry them.
+ETAG_DOC: dict[str, Any] = {
     "ETag": {
         "description": 'The item\'s entity tag, `"<id>-<version>"`: send it in `If-Match` or '
         "`If-None-Match`.",
         "schema": {"type": "string", "pattern": r'^"\d+-\d+"$'},
     }
 }
-LOCATION_HEADER: dict[str, Any] = {
+LOCATION_DOC: dict[str, Any] = {
     "Location": {
         "description": "Path of the created resource.",
         "schema": {"type": "string", "format": "uri-reference"},
     }
 }
-REPLAYED_HEADER: dict[str, Any] = {
+REPLAYED_DOC: dict[str, Any] = {
     "Idempotent-Replayed": {
         "description": "`true` when this is the stored answer to an earlier request with the "
         "same `Idempotency-Key` (nothing was applied again); absent otherwise.",
@@ -65,16 +64,13 @@ REPLAYED_HEADER: dict[str, Any] = {
 }
 
 
-def json_response(
-    body: BaseModel, *, status_code: int = 200, headers: Mapping[str, str] | None = None
-) -> Response:
-    """``body`` as JSON, serialised once by pydantic. A route returning this still declares
-    its ``response_model`` (the schema), but FastAPI neither validates the model again nor
-    encodes it a second time."""
+def page_response(data: bytes, next_cursor: str | None, total: int | None = None) -> Response:
+    """The list envelope of every list (the wire form of :class:`Page`), written once: ``data``
+    is the page's rows as a JSON array, already serialised (by the serializer each domain
+    builds once at import); nothing is validated or encoded a second time."""
+    tail = b"" if total is None else b',"total":%d' % total
     return Response(
-        body.__pydantic_serializer__.to_json(body),
-        status_code=status_code,
-        headers=headers,
+        b'{"data":%s,"next_cursor":%s%s}' % (data, orjson.dumps(next_cursor), tail),
         media_type="application/json",
     )
 

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from importlib import resources
+from importlib import resources as package_files
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.staticfiles import StaticFiles
 
 from stockroom.errors import UnavailableError
-from stockroom.observability import METRICS_CONTENT_TYPE, Metrics
+from stockroom.observability import METRICS_CONTENT_TYPE
 from stockroom.problems import problem_responses
+from stockroom.resources import resources_of
 
 __all__ = ["DOCS_ASSETS_PATH", "docs_assets", "router"]
 
@@ -53,7 +53,7 @@ async def healthz() -> Health:
 @router.get("/readyz", responses=problem_responses(503), operation_id="getReadiness")
 async def readyz(request: Request) -> Readiness:
     """The database answers a trivial query within 1.5 s."""
-    engine: AsyncEngine = request.app.state.engine
+    engine = resources_of(request).engine
     try:
         async with asyncio.timeout(READINESS_TIMEOUT), engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
@@ -75,8 +75,11 @@ async def readyz(request: Request) -> Readiness:
 )
 async def metrics(request: Request) -> Response:
     """Prometheus metrics of this instance (all its workers). Open: no key needed."""
-    collected: Metrics = request.app.state.metrics
-    collected.sample_pool(request.app.state.stores.database.pool_status())
+    resources = resources_of(request)
+    collected = resources.metrics
+    if collected is None:  # an app always has them (create_app); a test app may not
+        raise UnavailableError("This process keeps no metrics.")
+    collected.sample_pool(resources.stores.database.pool_status())
     # With several workers this reads their files: keep that off the event loop.
     body = await asyncio.to_thread(collected.render)
     return Response(body, media_type=METRICS_CONTENT_TYPE)
@@ -84,7 +87,7 @@ async def metrics(request: Request) -> Response:
 
 def docs_assets() -> StaticFiles:
     """Swagger UI and ReDoc files shipped in a package, so /docs works with no internet."""
-    return StaticFiles(directory=str(resources.files("fastapi_offline") / "static"))
+    return StaticFiles(directory=str(package_files.files("fastapi_offline") / "static"))
 
 
 @router.get("/docs", include_in_schema=False)

@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Any, TypeVar
 
 from fastapi import Depends, Request, Response, params
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
-from stockroom.auth.service import Authenticator, Principal
-from stockroom.auth.tokens import TOKEN_PARAM, TOKEN_PREFIX, StreamTokens
+from stockroom.auth.service import Principal
+from stockroom.auth.tokens import TOKEN_PARAM, TOKEN_PREFIX
 from stockroom.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
 from stockroom.ratelimit import STATE_KEY, RateLimiter
+from stockroom.resources import resources_of
 
 __all__ = [
     "ADMIN",
     "READ",
     "TOKEN_EXPIRES_STATE",
     "WRITE",
-    "CurrentPrincipal",
     "RequireScope",
     "ScopedRoute",
     "accepts_stream_token",
@@ -32,7 +32,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _STREAM_TOKEN_MARK = "__stockroom_accepts_stream_token__"
 # Where a request opened by a stream token keeps the token's expiry (Unix seconds).
 TOKEN_EXPIRES_STATE = "stream_token_expires"
-# Where the scope check leaves the caller, for CurrentPrincipal.
+# Where the scope check leaves the caller, for principal_of.
 _PRINCIPAL_STATE = "principal"
 
 _BEARER_DESCRIPTION = "An API key: `Authorization: Bearer sr_...` (see `stockroom apikey create`)."
@@ -54,7 +54,8 @@ async def _authenticate(request: Request) -> Principal:
     """The caller, counted against its rate limit: by its API key, or on a route marked
     :func:`accepts_stream_token` by a stream token in ``?token=`` (which no other route
     accepts, nor ``Authorization``)."""
-    authenticator: Authenticator = request.app.state.authenticator
+    resources = resources_of(request)
+    authenticator = resources.authenticator
     # The query string is parsed only when it may hold a token (most requests have none).
     token = request.query_params.get(TOKEN_PARAM) if request.scope["query_string"] else None
     if token is not None and authenticator.enabled:
@@ -63,8 +64,7 @@ async def _authenticate(request: Request) -> Principal:
                 "A stream token (?token=) opens only GET /events; send the API key here "
                 "as 'Authorization: Bearer <key>'."
             )
-        tokens: StreamTokens = request.app.state.stream_tokens
-        principal, expires = await tokens.verify(token)
+        principal, expires = await resources.stream_tokens.verify(token)
         setattr(request.state, TOKEN_EXPIRES_STATE, expires)
         return await _count(request, principal)
     presented = _bearer_key(request)
@@ -82,13 +82,8 @@ def principal_of(request: Request) -> Principal:
     dependency depending on another costs every request a level of FastAPI's solving."""
     principal = request.scope.get("state", {}).get(_PRINCIPAL_STATE)
     if not isinstance(principal, Principal):
-        raise RuntimeError("CurrentPrincipal needs a scope check (READ, WRITE, ADMIN) first")
+        raise RuntimeError("principal_of needs a scope check (READ, WRITE, ADMIN) first")
     return principal
-
-
-async def current_principal(request: Request) -> Principal:
-    """:func:`principal_of` as a dependency."""
-    return principal_of(request)
 
 
 def accepts_stream_token(endpoint: F) -> F:
@@ -97,17 +92,14 @@ def accepts_stream_token(endpoint: F) -> F:
     return endpoint
 
 
-CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
-
-
 async def _count(request: Request, principal: Principal) -> Principal:
     """Counts the request against the caller's budget: its API key's, or with
     authentication off its client address's. Over budget: 429 with ``Retry-After``.
     The ``RateLimit-*`` headers are added to the response by ``RateLimitHeadersMiddleware``.
-    Runs once per request however many scope checks a route has (FastAPI caches the
-    principal); part of :func:`current_principal`, not a dependency of its own: each level
-    of dependencies costs every request."""
-    limiter: RateLimiter | None = request.app.state.rate_limiter
+    Runs once per request however many scope checks a route has (the principal is kept
+    in the request's state); part of the scope check, not a dependency of its own: each
+    level of dependencies costs every request."""
+    limiter = resources_of(request).rate_limiter
     if limiter is None:
         return principal
     if principal.name:
@@ -139,7 +131,7 @@ class RequireScope(HTTPBearer):
 
     It is FastAPI's ``HTTPBearer`` itself (so the OpenAPI document declares the scheme, one
     ``HTTPBearer`` for every scope), not a dependency on it: each dependency FastAPI solves
-    costs every request (about 20 us of CPU a request here, measured)."""
+    costs every request (docs/async.md has the measurement)."""
 
     def __init__(self, scope: str) -> None:
         super().__init__(
@@ -164,12 +156,12 @@ class ScopedRoute(APIRoute):
     before FastAPI's request handler, instead of as a dependency FastAPI solves.
 
     Same check, same order (authentication, rate limit, scope; before the body is read or
-    any parameter validated), same OpenAPI document (the route's ``security``); but one
-    dependency FastAPI solves costs every request about 35 us of CPU here (measured with
-    py-spy: cache keys, parameter extraction, scope bookkeeping), more than the check itself
-    and a sixth of a ``GET /items/{id}``. A router opts in with ``route_class=ScopedRoute``;
-    on a router that does not, ``READ`` and its kin work as plain dependencies, as does a
-    scope check on a parameter (``principal: Annotated[Principal, READ]``)."""
+    any parameter validated), same OpenAPI document (the route's ``security``); but a
+    dependency FastAPI solves costs every request more than the check itself (cache keys,
+    parameter extraction, scope bookkeeping; the measurement is in docs/async.md). A router
+    opts in with ``route_class=ScopedRoute``; on a router that does not, ``READ`` and its
+    kin work as plain dependencies, as does a scope check on a parameter
+    (``principal: Annotated[Principal, READ]``)."""
 
     def __init__(
         self,

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, status
+from pydantic import TypeAdapter
+from starlette.responses import Response
 
 from stockroom.auth import service
-from stockroom.auth.deps import ADMIN, READ, CurrentPrincipal, ScopedRoute
+from stockroom.auth.deps import ADMIN, READ, ScopedRoute, principal_of
 from stockroom.auth.models import ApiKey
 from stockroom.auth.schemas import (
     KEY_NAME_MAX_LENGTH,
@@ -17,10 +19,9 @@ from stockroom.auth.schemas import (
     KeyPublic,
     StreamTokenCreated,
 )
-from stockroom.auth.tokens import StreamTokens
-from stockroom.deps import SessionDep
-from stockroom.http import Page
+from stockroom.http import Page, page_response
 from stockroom.problems import problem_responses
+from stockroom.resources import resources_of
 
 __all__ = ["router", "stream_tokens_router"]
 
@@ -35,6 +36,9 @@ router = APIRouter(
 KeyName = Annotated[
     str, Path(min_length=1, max_length=KEY_NAME_MAX_LENGTH, pattern=KEY_NAME_PATTERN)
 ]
+
+
+_KEYS = TypeAdapter(list[KeyPublic])
 
 
 def _public(record: ApiKey) -> KeyPublic:
@@ -52,9 +56,10 @@ def _public(record: ApiKey) -> KeyPublic:
     responses=problem_responses(409),
     operation_id="createKey",
 )
-async def create_key(session: SessionDep, body: KeyCreate) -> KeyCreated:
+async def create_key(request: Request, body: KeyCreate) -> KeyCreated:
     """A new key. Its secret is in this answer only; it is stored as a hash."""
-    record, secret = await service.create_key(session, body.name, body.scopes)
+    async with resources_of(request).sessions() as session:
+        record, secret = await service.create_key(session, body.name, body.scopes)
     return KeyCreated(
         name=record.name,
         scopes=service.scopes_of(record),
@@ -63,10 +68,12 @@ async def create_key(session: SessionDep, body: KeyCreate) -> KeyCreated:
     )
 
 
-@router.get("", operation_id="listKeys")
-async def list_keys(session: SessionDep) -> Page[KeyPublic]:
+@router.get("", response_model=Page[KeyPublic], operation_id="listKeys")
+async def list_keys(request: Request) -> Response:
     """Every key, revoked ones included; never the secrets."""
-    return Page(data=[_public(r) for r in await service.list_keys(session)], next_cursor=None)
+    async with resources_of(request).sessions() as session:
+        keys = await service.list_keys(session)
+    return page_response(_KEYS.dump_json([_public(r) for r in keys]), next_cursor=None)
 
 
 @router.delete(
@@ -75,12 +82,14 @@ async def list_keys(session: SessionDep) -> Page[KeyPublic]:
     responses=problem_responses(404),
     operation_id="revokeKey",
 )
-async def revoke_key(session: SessionDep, request: Request, name: KeyName) -> None:
+async def revoke_key(request: Request, name: KeyName) -> None:
     """Revoke a key (again is fine). This instance refuses it at once; others within
     `STOCKROOM_AUTH_CACHE_SECONDS`."""
-    await service.revoke_key(session, name)
-    request.app.state.authenticator.forget(name)
-    request.app.state.stream_tokens.forget(name)
+    resources = resources_of(request)
+    async with resources.sessions() as session:
+        await service.revoke_key(session, name)
+    resources.authenticator.forget(name)
+    resources.stream_tokens.forget(name)
 
 
 # A credential for the event stream: an auth concern (the stream itself is the events
@@ -99,10 +108,12 @@ stream_tokens_router = APIRouter(
     dependencies=[READ],
     operation_id="createStreamToken",
 )
-async def create_stream_token(request: Request, principal: CurrentPrincipal) -> StreamTokenCreated:
+async def create_stream_token(request: Request) -> StreamTokenCreated:
     """A short-lived credential for `GET /events?token=...`, for a browser's `EventSource`
     (which cannot send `Authorization`). It opens nothing else, expires after
     `STOCKROOM_EVENTS_TOKEN_SECONDS` and stops working when its API key is revoked."""
-    tokens: StreamTokens = request.app.state.stream_tokens
-    issued = await tokens.issue(principal, anonymous=not request.app.state.authenticator.enabled)
+    resources = resources_of(request)
+    issued = await resources.stream_tokens.issue(
+        principal_of(request), anonymous=not resources.authenticator.enabled
+    )
     return StreamTokenCreated(token=issued.token, expires_at=issued.expires_at)

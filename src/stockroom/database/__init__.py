@@ -15,11 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 __all__ = ["Database", "PoolStatus"]
 
 T = TypeVar("T")
+# The driver's connection: asyncpg's on PostgreSQL, SQLAlchemy's AsyncConnection on SQLite.
+C = TypeVar("C")
 
 
 class PoolStatus(NamedTuple):
@@ -31,8 +33,8 @@ class PoolStatus(NamedTuple):
     overflow: int  # open above ``size``
 
 
-class Database(Protocol):
-    """Connections of one database, for the stores."""
+class Database(Protocol[C]):
+    """Connections (of type ``C``) of one database, for the stores."""
 
     # Whether a connection held across transactions keeps its session (temporary tables):
     # not through PgBouncer in transaction mode, where each transaction may run on another
@@ -46,23 +48,23 @@ class Database(Protocol):
     async def close(self) -> None:
         """Close every connection (the end of the lifespan)."""
 
-    def connection(self) -> AbstractAsyncContextManager[Any]:
+    def connection(self) -> AbstractAsyncContextManager[C]:
         """A connection held for the block, outside any transaction (a stream, an import
         that commits as it goes)."""
 
-    def write(self, connection: Any) -> AbstractAsyncContextManager[None]:
+    def write(self, connection: C) -> AbstractAsyncContextManager[None]:
         """A write transaction on a held ``connection`` (or a savepoint inside one)."""
 
-    def transaction(self) -> AbstractAsyncContextManager[Any]:
+    def transaction(self) -> AbstractAsyncContextManager[C]:
         """A connection in a write transaction, committed when the block ends without an
         error (rolled back otherwise). SQLite takes its write lock at the start."""
 
-    async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+    async def run(self, work: Callable[[C], Awaitable[T]]) -> T:
         """Run ``work`` on a connection in a write transaction of its own: committed when
         it returns, rolled back if it raises. What ``transaction()`` does, as a plain call
         (the hot path of every write: no context manager's generator around it)."""
 
-    async def read(self, query: Callable[[Any], Awaitable[T]]) -> T:
+    async def read(self, query: Callable[[C], Awaitable[T]]) -> T:
         """Run ``query`` on a connection outside any transaction, held only while it runs;
         once more on a new connection if the first turned out dead (a read changes
         nothing)."""

@@ -9,11 +9,13 @@ changes in the same transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 __all__ = ["EventStore"]
 
+C = TypeVar("C", contravariant=True)  # the connection type of the store's database
 
-class EventStore(Protocol):
-    async def append(self, connection: Any, rows: Sequence[dict[str, Any]]) -> None:
+
+class EventStore(Protocol[C]):
+    async def append(self, connection: C, rows: Sequence[dict[str, Any]]) -> None:
         """Write events (made by ``events.log.event_row``) in ``connection``'s transaction."""

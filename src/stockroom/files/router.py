@@ -7,19 +7,20 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Request, status
 from starlette.responses import Response, StreamingResponse
 
-from stockroom.auth.deps import READ, WRITE, CurrentPrincipal, ScopedRoute
+from stockroom.auth.deps import READ, WRITE, ScopedRoute
 from stockroom.db import utcnow
 from stockroom.edge import is_head, without_body
 from stockroom.errors import UnsupportedMediaTypeError
 from stockroom.files import service
 from stockroom.files.schemas import ImportReport
-from stockroom.http import REPLAYED_HEADER
-from stockroom.idempotency.deps import answer_response, unit_of_work
-from stockroom.idempotency.service import Scope, StoredAnswer
-from stockroom.items.deps import ItemFilterDep, ItemStoreDep
+from stockroom.http import REPLAYED_DOC
+from stockroom.idempotency.deps import answer_response, idempotent
+from stockroom.idempotency.service import StoredAnswer
+from stockroom.items.deps import ItemFilterDep
 from stockroom.items.repository import Keyset, Listing
 from stockroom.items.schemas import SortKey
 from stockroom.problems import problem_responses
+from stockroom.resources import resources_of
 
 __all__ = ["router"]
 
@@ -77,14 +78,13 @@ def _report_answer(report: ImportReport) -> StoredAnswer:
 @router.post(
     "/import",
     response_model=ImportReport,
-    responses={200: {"headers": REPLAYED_HEADER}, **problem_responses(409, 415)},
+    responses={200: {"headers": REPLAYED_DOC}, **problem_responses(409, 415)},
     openapi_extra=_IMPORT_BODY,
     dependencies=[WRITE],
     operation_id="importItems",
 )
 async def import_items(
     request: Request,
-    principal: CurrentPrincipal,
     mode: Annotated[
         Literal["default", "atomic"],
         Query(description="atomic: one transaction; any bad row and nothing is applied (422)."),
@@ -99,7 +99,7 @@ async def import_items(
             "Send the file as text/csv or application/x-ndjson "
             f"(got {media_type or 'no Content-Type'!r})."
         )
-    stores = request.app.state.stores
+    stores = resources_of(request).stores
     body = service.BodyHasher(request.stream())
     atomic = mode == "atomic"
     if idempotency_key is None:
@@ -113,8 +113,8 @@ async def import_items(
             pass
         return body.hexdigest()
 
-    scope = Scope(principal.name, idempotency_key, "POST", request.url.path, body_hash)
-    answer, replayed = await unit_of_work(request, scope).run(
+    work = idempotent(request, idempotency_key, body_hash=body_hash)
+    answer, replayed = await work.run(
         lambda connection: service.import_items(
             stores.database,
             stores.writer,
@@ -137,7 +137,6 @@ async def import_items(
 )
 async def export_items(
     request: Request,
-    store: ItemStoreDep,
     where: ItemFilterDep,
     format: Annotated[Literal["csv", "ndjson"], Query()] = "csv",
     sort: SortKey = "id",
@@ -145,7 +144,9 @@ async def export_items(
     """Every item that matches the list filters, in `sort` order, as a file download."""
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
     response = StreamingResponse(
-        service.export_chunks(store, Listing(where, Keyset(sort)), format),
+        service.export_chunks(
+            resources_of(request).stores.items, Listing(where, Keyset(sort)), format
+        ),
         media_type=service.EXPORT_FORMATS[format],
         headers={"Content-Disposition": f'attachment; filename="items-{stamp}.{format}"'},
     )

@@ -19,7 +19,7 @@ import datetime as dt
 import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
@@ -37,11 +37,12 @@ from stockroom.files.formats import (
     csv_rows,
 )
 from stockroom.files.schemas import ImportReport, ImportRow
+from stockroom.items.common import to_cents
 from stockroom.items.models import ItemRow, fold_name
 from stockroom.items.repository import Listing
 from stockroom.items.schemas import item_json, item_wire
-from stockroom.items.store import ItemStore, ValidRow
-from stockroom.items.writer import ItemWriter, to_cents
+from stockroom.items.store import BatchCounts, ItemStore, ValidRow
+from stockroom.items.writer import ItemWriter
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -66,6 +67,8 @@ IMPORT_FORMATS: dict[str, type[Reader]] = {
     "application/x-ndjson": NdjsonReader,
     "application/ndjson": NdjsonReader,
 }
+C = TypeVar("C")  # the connection type of the database written to
+
 EXPORT_FORMATS = {"csv": "text/csv; charset=utf-8", "ndjson": "application/x-ndjson"}
 
 
@@ -160,13 +163,13 @@ def _problem(error: ErrorDetails) -> str:
 
 
 async def import_items(
-    database: Database,
-    writer: ItemWriter,
+    database: Database[C],
+    writer: ItemWriter[C],
     chunks: AsyncIterator[bytes],
     reader: Reader,
     *,
     atomic: bool,
-    connection: Any = None,
+    connection: C | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
     """Read the whole stream and upsert its rows; returns the report.
@@ -178,50 +181,102 @@ async def import_items(
     transaction too. Raises :class:`ImportRejectedError` when nothing may be applied: an
     unreadable header, or any bad row in atomic mode.
     """
+
+    def one_import(held: C, *, one_transaction: bool) -> _Import[C]:
+        return _Import(
+            database=database,
+            writer=writer,
+            connection=held,
+            reader=reader,
+            atomic=atomic,
+            one_transaction=one_transaction,
+            progress=progress,
+        )
+
     if connection is not None:
-        return await _import(database, writer, connection, chunks, reader, atomic, True, progress)
+        return await one_import(connection, one_transaction=True).run(chunks)
     if atomic or not database.keeps_sessions:
         async with database.transaction() as held:
-            return await _import(database, writer, held, chunks, reader, atomic, True, progress)
+            return await one_import(held, one_transaction=True).run(chunks)
     async with database.connection() as held:
-        return await _import(database, writer, held, chunks, reader, atomic, False, progress)
+        return await one_import(held, one_transaction=False).run(chunks)
 
 
-async def _import(
-    database: Database,
-    writer: ItemWriter,
-    connection: Any,
-    chunks: AsyncIterator[bytes],
-    reader: Reader,
-    atomic: bool,
-    one_transaction: bool,
-    progress: Callable[[int], None] | None,
-) -> ImportReport:
-    report = ImportReport()
-    if one_transaction:
-        await writer.begin_import(connection)
-        await _run(
-            database, writer, connection, chunks, reader, report, atomic, one_transaction, progress
-        )
-        if atomic and report.failed:
-            raise ImportRejectedError(
-                f"{report.failed} bad row(s); nothing was imported (mode=atomic).",
-                ImportReport(failed=report.failed, errors=report.errors),
-            )
-        await writer.end_import(connection)
+@dataclass(kw_only=True)
+class _Import(Generic[C]):
+    """One import: where its rows go, how they commit, and its report."""
+
+    database: Database[C]
+    writer: ItemWriter[C]
+    connection: C
+    reader: Reader
+    atomic: bool
+    # The whole file in one transaction (the caller's, or one opened for it); otherwise
+    # each batch commits on its own.
+    one_transaction: bool
+    progress: Callable[[int], None] | None
+    report: ImportReport = field(default_factory=ImportReport)
+
+    async def run(self, chunks: AsyncIterator[bytes]) -> ImportReport:
+        writer, connection, report = self.writer, self.connection, self.report
+        if self.one_transaction:
+            await writer.begin_import(connection)
+            await self._read_and_write(chunks)
+            if self.atomic and report.failed:
+                raise ImportRejectedError(
+                    f"{report.failed} bad row(s); nothing was imported (mode=atomic).",
+                    ImportReport(failed=report.failed, errors=report.errors),
+                )
+            await writer.end_import(connection)
+            return report
+        async with self.database.write(connection):
+            await writer.begin_import(connection)
+        try:
+            await self._read_and_write(chunks)
+        finally:
+            # Leave the pooled connection as we found it; if it broke, it is discarded.
+            with contextlib.suppress(Exception):
+                async with self.database.write(connection):
+                    await writer.end_import(connection)
         return report
-    async with database.write(connection):
-        await writer.begin_import(connection)
-    try:
-        await _run(
-            database, writer, connection, chunks, reader, report, atomic, one_transaction, progress
-        )
-    finally:
-        # Leave the pooled connection as we found it; if it broke, it is discarded.
-        with contextlib.suppress(Exception):
-            async with database.write(connection):
-                await writer.end_import(connection)
-    return report
+
+    async def _read_and_write(self, chunks: AsyncIterator[bytes]) -> None:
+        """Read batches (in a task of their own) and write each as it comes."""
+        report = self.report
+        rows_read = 0
+        apply = True
+        queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
+        producer = asyncio.create_task(_read_batches(chunks, self.reader, BATCH_ROWS, queue))
+        try:
+            while (batch := await queue.get()) is not None:
+                for error in batch.errors:
+                    report.fail(error.line, error.message)
+                rows_read += len(batch.rows) + len(batch.errors)
+                if self.progress is not None:
+                    self.progress(rows_read)
+                if self.atomic and report.failed:
+                    apply = False  # read on to report every bad row, but write nothing more
+                if batch.rows and apply:
+                    await self._write(batch.rows)
+            await producer  # raises what the reading or parsing raised
+        except FileError as exc:
+            report.fail(exc.line, exc.message)
+            if isinstance(self.reader, CsvReader) and self.reader.columns is None:
+                raise ImportRejectedError(exc.message, report) from None
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
+
+    async def _write(self, rows: list[ValidRow]) -> None:
+        connection = self.connection
+        if self.one_transaction:
+            counts = await self.writer.import_batch(connection, rows, utcnow())
+        else:
+            async with self.database.write(connection):
+                counts = await self.writer.import_batch(connection, rows, utcnow())
+        _count(self.report, counts)
 
 
 @dataclass
@@ -269,50 +324,7 @@ async def _read_batches(
             await queue.put(None)
 
 
-async def _run(
-    database: Database,
-    writer: ItemWriter,
-    connection: Any,
-    chunks: AsyncIterator[bytes],
-    reader: Reader,
-    report: ImportReport,
-    atomic: bool,
-    one_transaction: bool,
-    progress: Callable[[int], None] | None,
-) -> None:
-    rows_read = 0
-    apply = True
-    queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
-    producer = asyncio.create_task(_read_batches(chunks, reader, BATCH_ROWS, queue))
-    try:
-        while (batch := await queue.get()) is not None:
-            for error in batch.errors:
-                report.fail(error.line, error.message)
-            rows_read += len(batch.rows) + len(batch.errors)
-            if progress is not None:
-                progress(rows_read)
-            if atomic and report.failed:
-                apply = False  # keep reading to report every bad row, but write nothing more
-            if batch.rows and apply:
-                if one_transaction:
-                    _count(report, await writer.import_batch(connection, batch.rows, utcnow()))
-                else:
-                    async with database.write(connection):
-                        counts = await writer.import_batch(connection, batch.rows, utcnow())
-                    _count(report, counts)
-        await producer  # raises what the reading or parsing raised
-    except FileError as exc:
-        report.fail(exc.line, exc.message)
-        if isinstance(reader, CsvReader) and reader.columns is None:
-            raise ImportRejectedError(exc.message, report) from None
-    finally:
-        if not producer.done():
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
-
-
-def _count(report: ImportReport, counts: Any) -> None:
+def _count(report: ImportReport, counts: BatchCounts) -> None:
     for line, sku, first in counts.repeated or ():
         report.fail(line, f"sku {sku!r} appears again (first on line {first})")
     report.created += counts.created
@@ -352,7 +364,7 @@ def _cells(row: ItemRow) -> list[Any]:
     return list(item_wire(row).values())
 
 
-async def export_chunks(store: ItemStore, listing: Listing, fmt: str) -> AsyncIterator[bytes]:
+async def export_chunks(store: ItemStore[Any], listing: Listing, fmt: str) -> AsyncIterator[bytes]:
     """The export as byte chunks, streamed from a server-side cursor (or from the
     database's own CSV writer, where it has one)."""
     database_csv = store.export_csv(listing) if fmt == "csv" else None

@@ -15,7 +15,7 @@ import hashlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Generic, TypeVar
 
 import orjson
 from sqlalchemy import delete, select, tuple_
@@ -39,6 +39,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+C = TypeVar("C")  # the connection type of the database written to
 
 
 class IdempotencyInProgressError(ConflictError):
@@ -97,11 +98,15 @@ class InFlightKeys:
             self._keys.discard(marker)
 
 
-class UnitOfWork:
+class UnitOfWork(Generic[C]):
     """One write transaction for an effect, once per idempotency key (when there is one)."""
 
     def __init__(
-        self, database: Database, keys: KeyStore, in_flight: InFlightKeys, scope: Scope | None
+        self,
+        database: Database[C],
+        keys: KeyStore[C],
+        in_flight: InFlightKeys,
+        scope: Scope | None,
     ) -> None:
         self._database = database
         self._keys = keys
@@ -109,7 +114,7 @@ class UnitOfWork:
         self.scope = scope
 
     async def run(
-        self, effect: Callable[[Any], Awaitable[T]], render: Callable[[T], StoredAnswer]
+        self, effect: Callable[[C], Awaitable[T]], render: Callable[[T], StoredAnswer]
     ) -> tuple[StoredAnswer, bool]:
         """Apply ``effect(connection)`` in a new write transaction and ``render`` its
         result, or replay the key's stored answer; returns the answer and whether it was
@@ -118,7 +123,7 @@ class UnitOfWork:
         if scope is None:
             return render(await self._database.run(effect)), False
 
-        async def once(connection: Any) -> tuple[StoredAnswer | None, StoredRecord | None]:
+        async def once(connection: C) -> tuple[StoredAnswer | None, StoredRecord | None]:
             stored = await self._keys.lock(
                 connection, scope.owner, scope.key, scope.lock_id, utcnow()
             )

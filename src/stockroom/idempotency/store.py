@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 
 __all__ = ["KEY_TTL", "KeyStore", "StoredRecord"]
 
 KEY_TTL = dt.timedelta(hours=24)
+C = TypeVar("C", contravariant=True)  # the connection type of the store's database
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,13 +26,13 @@ class StoredRecord:
     body: bytes
 
 
-class KeyStore(Protocol):
+class KeyStore(Protocol[C]):
     async def lock(
-        self, connection: Any, owner: str, key: str, lock_id: int, now: dt.datetime
+        self, connection: C, owner: str, key: str, lock_id: int, now: dt.datetime
     ) -> StoredRecord | None:
         """Lock the key for the transaction (``IdempotencyInProgressError`` if another
         transaction holds it); drop its record if expired; return the record if any.
         Must run first in the write transaction."""
 
-    async def save(self, connection: Any, owner: str, key: str, record: StoredRecord) -> None:
+    async def save(self, connection: C, owner: str, key: str, record: StoredRecord) -> None:
         """Store the first answer in the transaction (committed with the effect)."""

@@ -1,37 +1,20 @@
-"""The items store and writer of the process (made in the lifespan) as dependencies."""
+"""The list filters, an input shared by the list and the export, as a dependency (the
+collaborators of a route come from ``stockroom.resources.resources_of``, not from here)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query
 
 from stockroom.errors import InvalidRequestError
+from stockroom.items.common import to_cents
 from stockroom.items.repository import ItemFilter
 from stockroom.items.schemas import SEARCH_PATTERN, Money
-from stockroom.items.store import ItemStore
-from stockroom.items.writer import ItemWriter, to_cents
 
-__all__ = ["ItemFilterDep", "ItemStoreDep", "ItemWriterDep", "store_of", "writer_of"]
+__all__ = ["ItemFilterDep"]
 
 PriceBound = Annotated[Money | None, Query()]
-
-
-def store_of(request: Request) -> ItemStore:
-    """The process's item store (a plain call on the hottest routes: see
-    ``idempotency.deps.idempotent``)."""
-    store: ItemStore = request.app.state.stores.items
-    return store
-
-
-def writer_of(request: Request) -> ItemWriter:
-    """The process's item writer (a plain call: see ``idempotency.deps.idempotent``)."""
-    writer: ItemWriter = request.app.state.stores.writer
-    return writer
-
-
-ItemStoreDep = Annotated[ItemStore, Depends(store_of)]
-ItemWriterDep = Annotated[ItemWriter, Depends(writer_of)]
 
 
 async def item_filter(

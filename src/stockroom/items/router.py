@@ -4,25 +4,25 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Body, Header, Request, Response, status
 from starlette.convertors import StringConvertor, register_url_convertor
 
 from stockroom.auth.deps import READ, WRITE, ScopedRoute
-from stockroom.deps import DatabaseDep
 from stockroom.http import (
-    ETAG_HEADER,
-    LOCATION_HEADER,
-    REPLAYED_HEADER,
+    ETAG_DOC,
+    LOCATION_DOC,
+    REPLAYED_DOC,
     Cursor,
     Limit,
     Page,
     etag_matches,
+    page_response,
 )
 from stockroom.idempotency.deps import IdempotencyKey, answer_response, idempotent
 from stockroom.idempotency.service import StoredAnswer
 from stockroom.items import service
-from stockroom.items.deps import ItemFilterDep, ItemWriterDep, store_of, writer_of
+from stockroom.items.common import etag_of
+from stockroom.items.deps import ItemFilterDep
 from stockroom.items.models import ItemRow
 from stockroom.items.schemas import (
     ItemCreate,
@@ -33,8 +33,8 @@ from stockroom.items.schemas import (
     item_json,
     items_json,
 )
-from stockroom.items.writer import etag_of
 from stockroom.problems import problem_responses
+from stockroom.resources import resources_of
 
 __all__ = ["ITEM_PATH", "router"]
 
@@ -89,7 +89,7 @@ def _item_response(item: ItemRow) -> Response:
     status_code=status.HTTP_201_CREATED,
     response_model=ItemPublic,
     responses={
-        201: {"headers": {**LOCATION_HEADER, **ETAG_HEADER, **REPLAYED_HEADER}},
+        201: {"headers": {**LOCATION_DOC, **ETAG_DOC, **REPLAYED_DOC}},
         **problem_responses(409),
     },
     dependencies=[WRITE],
@@ -98,9 +98,9 @@ def _item_response(item: ItemRow) -> Response:
 async def create_item(
     request: Request, body: ItemCreate, idempotency_key: IdempotencyKey = None
 ) -> Response:
-    writer = writer_of(request)
-    answer, replayed = await idempotent(request, idempotency_key).run(
-        lambda connection: writer.create(connection, body), _created
+    writer = resources_of(request).stores.writer
+    answer, replayed = await service.create_item(
+        idempotent(request, idempotency_key), writer, body, _created
     )
     return answer_response(answer, replayed=replayed)
 
@@ -114,26 +114,25 @@ async def list_items(
     sort: SortKey = "id",
     count: bool = False,
 ) -> Response:
-    # The store from the request, not a dependency (see get_item).
     page = await service.list_items(
-        store_of(request), where, sort=sort, cursor=cursor, limit=limit, count=count
+        resources_of(request).stores.items,
+        where,
+        sort=sort,
+        cursor=cursor,
+        limit=limit,
+        count=count,
     )
-    tail = b"" if page.total is None else b',"total":%d' % page.total
-    cursor_json = orjson.dumps(page.next_cursor)
-    return Response(
-        b'{"data":%s,"next_cursor":%s%s}' % (items_json(page.items), cursor_json, tail),
-        media_type=_JSON,
-    )
+    return page_response(items_json(page.items), page.next_cursor, page.total)
 
 
 @router.get(
     ITEM_PATH,
     response_model=ItemPublic,
     responses={
-        200: {"headers": ETAG_HEADER},
+        200: {"headers": ETAG_DOC},
         304: {
             "description": "Not modified: `If-None-Match` matched the ETag.",
-            "headers": ETAG_HEADER,
+            "headers": ETAG_DOC,
         },
         **problem_responses(404),
     },
@@ -142,10 +141,9 @@ async def list_items(
     openapi_extra={"parameters": [_IF_NONE_MATCH_PARAMETER]},
 )
 async def get_item(request: Request, item_id: ItemId) -> Response:
-    # The most used route takes the store and If-None-Match from the request itself, not
-    # as a dependency and a header parameter: each one FastAPI solves or extracts costs
-    # every request (together about a tenth of this route's CPU, in-process, py-spy).
-    item = await service.get_item(store_of(request), item_id)
+    # The most used route reads If-None-Match from the request itself, not as a header
+    # parameter: each parameter FastAPI extracts costs every request (docs/async.md).
+    item = await service.get_item(resources_of(request).stores.items, item_id)
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None and etag_matches(if_none_match, etag_of(item), weak=True):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag_of(item)})
@@ -155,19 +153,20 @@ async def get_item(request: Request, item_id: ItemId) -> Response:
 @router.patch(
     ITEM_PATH,
     response_model=ItemPublic,
-    responses={200: {"headers": ETAG_HEADER}, **problem_responses(404, 409, 412)},
+    responses={200: {"headers": ETAG_DOC}, **problem_responses(404, 409, 412)},
     dependencies=[WRITE],
     operation_id="updateItem",
 )
 async def update_item(
-    db: DatabaseDep,
-    writer: ItemWriterDep,
+    request: Request,
     item_id: ItemId,
     body: Annotated[ItemUpdate, Body()],
     if_match: IfMatch = None,
 ) -> Response:
-    async with db.transaction() as connection:
-        item = await writer.update(connection, item_id, body.changes(), if_match=if_match)
+    stores = resources_of(request).stores
+    item = await service.update_item(
+        stores.database, stores.writer, item_id, body.changes(), if_match=if_match
+    )
     return _item_response(item)
 
 
@@ -178,9 +177,7 @@ async def update_item(
     dependencies=[WRITE],
     operation_id="deleteItem",
 )
-async def delete_item(
-    db: DatabaseDep, writer: ItemWriterDep, item_id: ItemId, if_match: IfMatch = None
-) -> Response:
-    async with db.transaction() as connection:
-        await writer.delete(connection, item_id, if_match=if_match)
+async def delete_item(request: Request, item_id: ItemId, if_match: IfMatch = None) -> Response:
+    stores = resources_of(request).stores
+    await service.delete_item(stores.database, stores.writer, item_id, if_match=if_match)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -49,6 +49,7 @@ __all__ = [
     "Sku",
     "SortKey",
     "adjustment_json",
+    "adjustments_json",
     "item_json",
     "item_wire",
     "items_json",
@@ -282,5 +283,13 @@ def items_json(items: Sequence[ItemRow]) -> bytes:
 def adjustment_json(adjustment: AdjustmentRow) -> bytes:
     return orjson.dumps(
         dict(zip(ADJUSTMENT_FIELDS, _adjustment_values(adjustment), strict=True)),
+        option=_JSON_OPTIONS,
+    )
+
+
+def adjustments_json(adjustments: Sequence[AdjustmentRow]) -> bytes:
+    """A JSON array of ledger rows, in one serialisation."""
+    return orjson.dumps(
+        [dict(zip(ADJUSTMENT_FIELDS, _adjustment_values(a), strict=True)) for a in adjustments],
         option=_JSON_OPTIONS,
     )

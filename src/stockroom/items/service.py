@@ -1,18 +1,27 @@
-"""Reads of items. Writes are ``items.writer``'s; both go through the database's store
-(``items.store``), which holds a connection only while its statements run."""
+"""What the items endpoints (and the command line) do, one call each: reads through the
+database's store (``items.store``, which holds a connection only while its statements run),
+writes through ``items.writer`` in a transaction this module opens, or the request's
+:class:`~stockroom.idempotency.service.UnitOfWork` for a POST."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
+from stockroom.database import Database
 from stockroom.http import decode_cursor, encode_cursor
+from stockroom.idempotency.service import StoredAnswer, UnitOfWork
+from stockroom.items.common import not_found
 from stockroom.items.models import ItemRow
 from stockroom.items.repository import ItemFilter, Keyset, Listing
+from stockroom.items.schemas import ItemCreate
 from stockroom.items.store import ItemStore
-from stockroom.items.writer import not_found
+from stockroom.items.writer import ItemWriter
 
-__all__ = ["ItemPage", "get_item", "list_items"]
+__all__ = ["ItemPage", "create_item", "delete_item", "get_item", "list_items", "update_item"]
+
+C = TypeVar("C")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +31,7 @@ class ItemPage:
     total: int | None
 
 
-async def get_item(store: ItemStore, item_id: int) -> ItemRow:
+async def get_item(store: ItemStore[Any], item_id: int) -> ItemRow:
     item = await store.get(item_id)
     if item is None:
         raise not_found(item_id)
@@ -30,7 +39,7 @@ async def get_item(store: ItemStore, item_id: int) -> ItemRow:
 
 
 async def list_items(
-    store: ItemStore,
+    store: ItemStore[Any],
     where: ItemFilter,
     *,
     sort: str,
@@ -46,3 +55,33 @@ async def list_items(
     next_cursor = encode_cursor(keyset.cursor_payload(items[-1])) if more else None
     total = await store.count(listing) if count else None
     return ItemPage(items, next_cursor, total)
+
+
+async def create_item(
+    work: UnitOfWork[C],
+    writer: ItemWriter[C],
+    data: ItemCreate,
+    render: Callable[[ItemRow], StoredAnswer],
+) -> tuple[StoredAnswer, bool]:
+    """The new item, its starting stock's ledger row and their events in one transaction
+    (with the idempotency key's record, if any); the answer and whether it is a replay."""
+    return await work.run(lambda connection: writer.create(connection, data), render)
+
+
+async def update_item(
+    database: Database[C],
+    writer: ItemWriter[C],
+    item_id: int,
+    changes: dict[str, Any],
+    *,
+    if_match: str | None,
+) -> ItemRow:
+    async with database.transaction() as connection:
+        return await writer.update(connection, item_id, changes, if_match=if_match)
+
+
+async def delete_item(
+    database: Database[C], writer: ItemWriter[C], item_id: int, *, if_match: str | None
+) -> None:
+    async with database.transaction() as connection:
+        await writer.delete(connection, item_id, if_match=if_match)

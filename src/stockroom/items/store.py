@@ -12,12 +12,15 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from stockroom.items.models import AdjustmentRow, ItemRow
 from stockroom.items.repository import Listing
 
 __all__ = ["BatchCounts", "ItemStore", "NewItem", "ValidRow"]
+
+# The connection type of the store's database (asyncpg's, or SQLAlchemy's AsyncConnection).
+C = TypeVar("C", contravariant=True)
 
 
 class NewItem(NamedTuple):
@@ -52,7 +55,7 @@ class BatchCounts:
     repeated: list[tuple[int, str, int]] | None = None
 
 
-class ItemStore(Protocol):
+class ItemStore(Protocol[C]):
     # --- reads: each opens and returns its own connection ---------------------------------
     async def get(self, item_id: int) -> ItemRow | None: ...
 
@@ -72,39 +75,39 @@ class ItemStore(Protocol):
         """The export's CSV written by the database itself, if it can (else None)."""
 
     # --- writes: on the connection of the caller's transaction ----------------------------
-    async def lock(self, connection: Any, item_id: int) -> ItemRow | None:
+    async def lock(self, connection: C, item_id: int) -> ItemRow | None:
         """The item, locked until the transaction ends."""
 
     async def insert(
-        self, connection: Any, item: NewItem, reason: str
+        self, connection: C, item: NewItem, reason: str
     ) -> tuple[ItemRow, AdjustmentRow | None]:
         """The new item and, for a starting quantity, its ledger row (``reason``), in one
         statement where the database can; ``DuplicateError`` if the sku is taken."""
 
     async def update(
-        self, connection: Any, item_id: int, changes: dict[str, Any], now: dt.datetime
+        self, connection: C, item_id: int, changes: dict[str, Any], now: dt.datetime
     ) -> ItemRow:
         """Apply ``changes`` (columns), bump the version; ``DuplicateError`` on a taken sku."""
 
-    async def delete(self, connection: Any, item_id: int) -> None: ...
+    async def delete(self, connection: C, item_id: int) -> None: ...
 
     async def add_stock(
-        self, connection: Any, item_id: int, delta: int, reason: str | None, now: dt.datetime
+        self, connection: C, item_id: int, delta: int, reason: str | None, now: dt.datetime
     ) -> AdjustmentRow | None:
         """Add ``delta`` to the quantity if the result stays within 0..MAX_QUANTITY, bump the
         version and write the ledger row, in one statement; the ledger row, or None if
         refused or there is no such item."""
 
-    async def quantity_for_update(self, connection: Any, item_id: int) -> int | None: ...
+    async def quantity_for_update(self, connection: C, item_id: int) -> int | None: ...
 
     # --- imports: one connection for the whole file ---------------------------------------
-    async def begin_import(self, connection: Any) -> None:
+    async def begin_import(self, connection: C) -> None:
         """Create the import's temporary tables on ``connection``."""
 
-    async def end_import(self, connection: Any) -> None: ...
+    async def end_import(self, connection: C) -> None: ...
 
     async def upsert_batch(
-        self, connection: Any, rows: Sequence[ValidRow], now: dt.datetime
+        self, connection: C, rows: Sequence[ValidRow], now: dt.datetime
     ) -> BatchCounts:
         """Drop rows whose sku came earlier in the file, then upsert the rest by sku, with
         their ledger rows and events (the rules of ``items.writer``)."""

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
 from stockroom.db import utcnow
-from stockroom.errors import ConflictError, NotFoundError, PreconditionFailedError
+from stockroom.errors import ConflictError, PreconditionFailedError
 from stockroom.events.log import event_row
 from stockroom.events.store import EventStore
-from stockroom.http import etag_matches, make_etag
+from stockroom.http import etag_matches
+from stockroom.items.common import etag_of, not_found, to_cents
 from stockroom.items.event_types import ITEM_CREATED, ITEM_DELETED, ITEM_UPDATED, STOCK_ADJUSTED
 from stockroom.items.models import AdjustmentRow, ItemRow, fold_name
 from stockroom.items.schemas import MAX_QUANTITY, ItemCreate, adjustment_json, item_json
@@ -36,12 +37,10 @@ __all__ = [
     "ItemWriter",
     "QuantityLimitError",
     "StockNotZeroError",
-    "etag_of",
-    "not_found",
-    "to_cents",
 ]
 
 REASON_INITIAL = "initial"
+C = TypeVar("C")  # the connection type of the database written to
 
 
 class StockNotZeroError(ConflictError):
@@ -56,24 +55,14 @@ class QuantityLimitError(ConflictError):
     slug, title = "quantity-limit", "Quantity limit reached"
 
 
-def to_cents(amount: Any) -> int:
-    return int(amount * 100)
+class ItemWriter(Generic[C]):
+    """Writes of items and their ledger on connections of type ``C`` (the database's)."""
 
-
-def etag_of(item: ItemRow) -> str:
-    return make_etag(item.id, item.version)
-
-
-def not_found(item_id: int) -> NotFoundError:
-    return NotFoundError(f"No item with id {item_id}.")
-
-
-class ItemWriter:
-    def __init__(self, store: ItemStore, events: EventStore) -> None:
+    def __init__(self, store: ItemStore[C], events: EventStore[C]) -> None:
         self._store = store
         self._events = events
 
-    async def create(self, connection: Any, data: ItemCreate) -> ItemRow:
+    async def create(self, connection: C, data: ItemCreate) -> ItemRow:
         """A new item; a starting quantity is written to the ledger as ``initial``."""
         now = utcnow()
         item, initial = await self._store.insert(
@@ -91,7 +80,7 @@ class ItemWriter:
         return item
 
     async def update(
-        self, connection: Any, item_id: int, changes: dict[str, Any], *, if_match: str | None
+        self, connection: C, item_id: int, changes: dict[str, Any], *, if_match: str | None
     ) -> ItemRow:
         """Apply the fields in ``changes`` (the wire names: sku, name, description,
         price); nothing changes (no version, no event) if they equal the item's."""
@@ -113,7 +102,7 @@ class ItemWriter:
         )
         return item
 
-    async def delete(self, connection: Any, item_id: int, *, if_match: str | None) -> None:
+    async def delete(self, connection: C, item_id: int, *, if_match: str | None) -> None:
         item = await self._locked(connection, item_id, if_match)
         if item.quantity != 0:
             raise StockNotZeroError(
@@ -126,7 +115,7 @@ class ItemWriter:
         await self._events.append(connection, [event_row(ITEM_DELETED, payload, utcnow())])
 
     async def adjust(
-        self, connection: Any, item_id: int, delta: int, reason: str | None
+        self, connection: C, item_id: int, delta: int, reason: str | None
     ) -> AdjustmentRow:
         """Change the item's quantity by ``delta``, with its ledger row and its event.
 
@@ -156,21 +145,21 @@ class ItemWriter:
         await self._events.append(connection, _stock_events([adjustment]))
         return adjustment
 
-    async def begin_import(self, connection: Any) -> None:
+    async def begin_import(self, connection: C) -> None:
         """Prepare ``connection`` for an import's batches (its temporary tables)."""
         await self._store.begin_import(connection)
 
-    async def end_import(self, connection: Any) -> None:
+    async def end_import(self, connection: C) -> None:
         await self._store.end_import(connection)
 
     async def import_batch(
-        self, connection: Any, rows: Sequence[ValidRow], now: dt.datetime
+        self, connection: C, rows: Sequence[ValidRow], now: dt.datetime
     ) -> BatchCounts:
         """Upsert a batch of an import by sku (rows whose sku came earlier in the file are
         dropped and named in ``repeated``)."""
         return await self._store.upsert_batch(connection, rows, now)
 
-    async def _locked(self, connection: Any, item_id: int, if_match: str | None) -> ItemRow:
+    async def _locked(self, connection: C, item_id: int, if_match: str | None) -> ItemRow:
         """The item, locked for this transaction, after checking ``If-Match``."""
         item = await self._store.lock(connection, item_id)
         if item is None:

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import orjson
 from fastapi import APIRouter, Request, status
 from starlette.responses import Response
 
 from stockroom.auth.deps import READ, WRITE, ScopedRoute
-from stockroom.http import REPLAYED_HEADER, Cursor, Limit, Page
+from stockroom.http import REPLAYED_DOC, Cursor, Limit, Page, page_response
 from stockroom.idempotency.deps import IdempotencyKey, answer_response, idempotent
 from stockroom.idempotency.service import StoredAnswer
-from stockroom.items.deps import ItemStoreDep, writer_of
 from stockroom.items.models import AdjustmentRow
-from stockroom.items.schemas import AdjustmentPublic, ItemId, adjustment_json
+from stockroom.items.schemas import AdjustmentPublic, ItemId, adjustment_json, adjustments_json
 from stockroom.ledger import service
 from stockroom.ledger.schemas import AdjustmentCreate
 from stockroom.problems import problem_responses
+from stockroom.resources import resources_of
 
 __all__ = ["router"]
 
@@ -35,7 +34,7 @@ def _created(adjustment: AdjustmentRow) -> StoredAnswer:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=AdjustmentPublic,
-    responses={201: {"headers": REPLAYED_HEADER}, **problem_responses(409)},
+    responses={201: {"headers": REPLAYED_DOC}, **problem_responses(409)},
     dependencies=[WRITE],
     operation_id="createAdjustment",
 )
@@ -47,9 +46,9 @@ async def create_adjustment(
 ) -> Response:
     """Change an item's stock. Removing more than is in stock is a 409 `insufficient-stock`
     whose `available` member says how much there was; nothing changes."""
-    writer = writer_of(request)
-    answer, replayed = await idempotent(request, idempotency_key).run(
-        lambda connection: writer.adjust(connection, item_id, body.delta, body.reason), _created
+    writer = resources_of(request).stores.writer
+    answer, replayed = await service.adjust_stock(
+        idempotent(request, idempotency_key), writer, item_id, body, _created
     )
     return answer_response(answer, replayed=replayed)
 
@@ -61,13 +60,12 @@ async def create_adjustment(
     operation_id="listAdjustments",
 )
 async def list_adjustments(
-    store: ItemStoreDep,
+    request: Request,
     item_id: ItemId,
     limit: Limit = 50,
     cursor: Cursor = None,
 ) -> Response:
     """The item's ledger, newest first."""
+    store = resources_of(request).stores.items
     page = await service.list_adjustments(store, item_id, cursor=cursor, limit=limit)
-    data = b",".join(adjustment_json(a) for a in page.adjustments)
-    body = b'{"data":[%s],"next_cursor":%s}' % (data, orjson.dumps(page.next_cursor))
-    return Response(body, media_type="application/json")
+    return page_response(adjustments_json(page.adjustments), page.next_cursor)

@@ -1,18 +1,28 @@
-"""The ledger's reads. Every stock change is made by ``items.writer`` (the one writer of
-``items`` and ``adjustments``); this package is the ledger's HTTP surface."""
+"""The ledger: a stock change and an item's history of them.
+
+A stock change is one transaction, opened here (:func:`adjust_stock`, through the request's
+:class:`~stockroom.idempotency.service.UnitOfWork`): the idempotency key's lock and stored
+answer, the item's row, its ledger row and their event commit together or not at all. The
+rows themselves are written by ``items.writer``, the one writer of ``items`` and
+``adjustments`` (an import changes stock too, through the same rules)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from stockroom.http import cursor_int, decode_cursor, encode_cursor, invalid_cursor
+from stockroom.idempotency.service import StoredAnswer, UnitOfWork
+from stockroom.items.common import not_found
 from stockroom.items.models import AdjustmentRow
 from stockroom.items.store import ItemStore
-from stockroom.items.writer import not_found
+from stockroom.items.writer import ItemWriter
+from stockroom.ledger.schemas import AdjustmentCreate
 
-__all__ = ["AdjustmentPage", "list_adjustments"]
+__all__ = ["AdjustmentPage", "adjust_stock", "list_adjustments"]
+
+C = TypeVar("C")
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +31,23 @@ class AdjustmentPage:
     next_cursor: str | None
 
 
+async def adjust_stock(
+    work: UnitOfWork[C],
+    writer: ItemWriter[C],
+    item_id: int,
+    change: AdjustmentCreate,
+    render: Callable[[AdjustmentRow], StoredAnswer],
+) -> tuple[StoredAnswer, bool]:
+    """Apply ``change`` to the item's stock (409 on an oversell, nothing changed): the
+    answer, and whether it is the replay of an earlier request with the same key."""
+    return await work.run(
+        lambda connection: writer.adjust(connection, item_id, change.delta, change.reason),
+        render,
+    )
+
+
 async def list_adjustments(
-    store: ItemStore, item_id: int, *, cursor: str | None, limit: int
+    store: ItemStore[Any], item_id: int, *, cursor: str | None, limit: int
 ) -> AdjustmentPage:
     """An item's ledger, newest first."""
     before = _cursor_id(decode_cursor(cursor)) if cursor is not None else None

@@ -9,10 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stockroom.webhooks.models import Delivery, Webhook
 
-__all__ = ["PostgreSQLDeliveryStore"]
+__all__ = ["PostgresDeliveryStore"]
 
 
-class PostgreSQLDeliveryStore:
+class PostgresDeliveryStore:
     async def lock_due(
         self,
         session: AsyncSession,

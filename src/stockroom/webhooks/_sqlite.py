@@ -9,10 +9,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from stockroom.webhooks.models import Delivery
 
-__all__ = ["SQLiteDeliveryStore"]
+__all__ = ["SqliteDeliveryStore"]
 
 
-class SQLiteDeliveryStore:
+class SqliteDeliveryStore:
     async def lock_due(
         self,
         session: AsyncSession,

@@ -38,6 +38,7 @@ from stockroom import __version__
 from stockroom.db import utcnow
 from stockroom.events.wakeup import Wakeup
 from stockroom.observability import Metrics
+from stockroom.resources import Resources
 from stockroom.settings import Settings
 from stockroom.webhooks import queue
 from stockroom.webhooks.queue import DELIVERED, FAILED, PENDING, Claimed, Outcome
@@ -390,19 +391,19 @@ class Dispatcher:
 
 
 @asynccontextmanager
-async def dispatching(
-    settings: Settings,
-    sessions: async_sessionmaker[AsyncSession],
-    wakeup: Wakeup,
-    store: DeliveryStore,
-    metrics: Metrics | None = None,
-) -> AsyncIterator[Dispatcher]:
-    """Run a dispatcher (and its HTTP client) for the duration of the block."""
-    async with create_http_client(settings) as client:
-        dispatcher = Dispatcher(settings, sessions, wakeup, client, store, metrics)
-        task = asyncio.create_task(dispatcher.run(), name="webhook-dispatcher")
-        try:
-            yield dispatcher
-        finally:
-            dispatcher.stop()
-            await task
+async def dispatching(resources: Resources) -> AsyncIterator[Dispatcher]:
+    """Run a dispatcher, on the process's HTTP client, for the duration of the block."""
+    dispatcher = Dispatcher(
+        resources.settings,
+        resources.sessions,
+        resources.wakeup,
+        resources.http,
+        resources.stores.deliveries,
+        resources.metrics,
+    )
+    task = asyncio.create_task(dispatcher.run(), name="webhook-dispatcher")
+    try:
+        yield dispatcher
+    finally:
+        dispatcher.stop()
+        await task

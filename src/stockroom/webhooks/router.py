@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response, status
+from pydantic import TypeAdapter
 
 from stockroom.auth.deps import ADMIN, ScopedRoute
-from stockroom.deps import SessionDep
-from stockroom.http import LOCATION_HEADER, Cursor, Limit, Page
+from stockroom.http import LOCATION_DOC, Cursor, Limit, Page, page_response
 from stockroom.problems import problem_responses
+from stockroom.resources import resources_of
 from stockroom.webhooks import service
 from stockroom.webhooks.models import Webhook
 from stockroom.webhooks.schemas import AttemptPublic, WebhookCreate, WebhookCreated, WebhookPublic
@@ -26,6 +27,10 @@ router = APIRouter(
 WebhookId = Annotated[str, Path(max_length=64, description="The webhook's id.")]
 
 
+_WEBHOOKS = TypeAdapter(list[WebhookPublic])
+_ATTEMPTS = TypeAdapter(list[AttemptPublic])
+
+
 def _public(webhook: Webhook) -> WebhookPublic:
     return WebhookPublic(
         id=webhook.id,
@@ -39,26 +44,27 @@ def _public(webhook: Webhook) -> WebhookPublic:
     "",
     status_code=status.HTTP_201_CREATED,
     response_model=WebhookCreated,
-    responses={201: {"headers": LOCATION_HEADER}},
+    responses={201: {"headers": LOCATION_DOC}},
     operation_id="createWebhook",
 )
 async def create_webhook(
-    request: Request, session: SessionDep, body: WebhookCreate, response: Response
+    request: Request, body: WebhookCreate, response: Response
 ) -> WebhookCreated:
     """Subscribe a URL to events. The answer holds the signing secret, shown only here."""
-    allow_private = request.app.state.settings.webhook_allow_private
-    webhook = await service.create_webhook(session, body, allow_private=allow_private)
+    resources = resources_of(request)
+    allow_private = resources.settings.webhook_allow_private
+    async with resources.sessions() as session:
+        webhook = await service.create_webhook(session, body, allow_private=allow_private)
     response.headers["Location"] = f"/webhooks/{webhook.id}"
     return WebhookCreated(**_public(webhook).model_dump(), secret=webhook.secret)
 
 
 @router.get("", response_model=Page[WebhookPublic], operation_id="listWebhooks")
-async def list_webhooks(
-    session: SessionDep, limit: Limit = 50, cursor: Cursor = None
-) -> Page[WebhookPublic]:
+async def list_webhooks(request: Request, limit: Limit = 50, cursor: Cursor = None) -> Response:
     """Every webhook, oldest first (no secrets)."""
-    webhooks, next_cursor = await service.list_webhooks(session, cursor=cursor, limit=limit)
-    return Page(data=[_public(w) for w in webhooks], next_cursor=next_cursor)
+    async with resources_of(request).sessions() as session:
+        webhooks, next_cursor = await service.list_webhooks(session, cursor=cursor, limit=limit)
+    return page_response(_WEBHOOKS.dump_json([_public(w) for w in webhooks]), next_cursor)
 
 
 @router.get(
@@ -67,8 +73,9 @@ async def list_webhooks(
     responses=problem_responses(404),
     operation_id="getWebhook",
 )
-async def get_webhook(session: SessionDep, webhook_id: WebhookId) -> WebhookPublic:
-    return _public(await service.get_webhook(session, webhook_id))
+async def get_webhook(request: Request, webhook_id: WebhookId) -> WebhookPublic:
+    async with resources_of(request).sessions() as session:
+        return _public(await service.get_webhook(session, webhook_id))
 
 
 @router.delete(
@@ -77,9 +84,10 @@ async def get_webhook(session: SessionDep, webhook_id: WebhookId) -> WebhookPubl
     responses=problem_responses(404),
     operation_id="deleteWebhook",
 )
-async def delete_webhook(session: SessionDep, webhook_id: WebhookId) -> Response:
+async def delete_webhook(request: Request, webhook_id: WebhookId) -> Response:
     """Remove the webhook; its pending deliveries are dropped with it."""
-    await service.delete_webhook(session, webhook_id)
+    async with resources_of(request).sessions() as session:
+        await service.delete_webhook(session, webhook_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -90,10 +98,12 @@ async def delete_webhook(session: SessionDep, webhook_id: WebhookId) -> Response
     operation_id="listDeliveries",
 )
 async def list_deliveries(
-    session: SessionDep, webhook_id: WebhookId, limit: Limit = 50, cursor: Cursor = None
-) -> Page[AttemptPublic]:
+    request: Request, webhook_id: WebhookId, limit: Limit = 50, cursor: Cursor = None
+) -> Response:
     """The webhook's delivery attempts, newest first."""
-    attempts, next_cursor = await service.list_attempts(
-        session, webhook_id, cursor=cursor, limit=limit
-    )
-    return Page(data=[AttemptPublic.model_validate(a) for a in attempts], next_cursor=next_cursor)
+    async with resources_of(request).sessions() as session:
+        attempts, next_cursor = await service.list_attempts(
+            session, webhook_id, cursor=cursor, limit=limit
+        )
+    data = _ATTEMPTS.dump_json([AttemptPublic.model_validate(a) for a in attempts])
+    return page_response(data, next_cursor)

@@ -2,8 +2,8 @@
 
 The queue (:mod:`stockroom.webhooks.queue`) is the same SQL on both databases but for one
 step: taking each webhook's oldest due deliveries so that no other instance takes them
-too. :data:`STORES` maps ``Settings.backend`` to the class that does it on that database;
-the dispatcher's builder picks one at start-up (``background.event_services``).
+too. ``_postgresql.py`` and ``_sqlite.py`` do it; ``stockroom.stores`` picks one by
+``Settings.backend``, with every other store.
 """
 
 from __future__ import annotations
@@ -14,11 +14,7 @@ from typing import Protocol
 from sqlalchemy import ColumnElement
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from stockroom.settings import Backend
-from stockroom.webhooks._postgresql import PostgreSQLDeliveryStore
-from stockroom.webhooks._sqlite import SQLiteDeliveryStore
-
-__all__ = ["STORES", "DeliveryStore"]
+__all__ = ["DeliveryStore"]
 
 
 class DeliveryStore(Protocol):
@@ -35,9 +31,3 @@ class DeliveryStore(Protocol):
         of those the oldest due first. Called in a write transaction; until it ends, no
         other claim takes these deliveries."""
         ...
-
-
-STORES: dict[Backend, type[DeliveryStore]] = {
-    "postgresql": PostgreSQLDeliveryStore,
-    "sqlite": SQLiteDeliveryStore,
-}

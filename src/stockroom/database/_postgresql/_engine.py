@@ -1,0 +1,76 @@
+"""The process's SQLAlchemy engine on PostgreSQL: the background work and the admin endpoints.
+
+The requests' statements run on the other pool, asyncpg's (``_pool.py``). This one is
+bounded too, so that overload is a 503, not a pile-up, and it replaces a connection the
+server closed without pinging each one it hands out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+
+from stockroom.database._postgresql import _pgbouncer as pgbouncer
+from stockroom.database._postgresql._failures import is_broken
+from stockroom.settings import Settings
+
+__all__ = ["create_engine", "unusable_reason"]
+
+
+def unusable_reason(_settings: Settings) -> None:
+    """Nothing to see before connecting: the server says what is wrong."""
+    return None
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    """The process's SQLAlchemy engine on PostgreSQL: the background work and the admin
+    endpoints (the requests' statements run on :class:`PostgresDatabase`'s pool). Its pool
+    is bounded so that overload is a 503, not a pile-up."""
+    connect_args: dict[str, Any] = {
+        "timeout": settings.database_connect_timeout,
+        # The client-side backstop if the server never answers (a dead network).
+        "command_timeout": settings.database_statement_timeout + 5,
+        "server_settings": pgbouncer.server_settings(settings),
+        **pgbouncer.engine_connect_args(settings),
+    }
+    engine = create_async_engine(
+        settings.database,
+        pool_size=settings.database_background_pool_size,
+        max_overflow=0,
+        pool_timeout=settings.database_pool_timeout,
+        # No pool_pre_ping: it costs a round trip at every checkout. A connection the server
+        # closed is replaced at checkout instead (_on_checkout), and a read that meets one
+        # anyway fails once (a 503).
+        pool_recycle=1800,
+        connect_args=connect_args,
+    )
+    event.listen(engine.sync_engine, "checkout", _on_checkout)
+    event.listen(engine.sync_engine, "handle_error", _on_error)
+    pgbouncer.set_timeout_in_each_transaction(engine, settings)
+    return engine
+
+
+def _on_checkout(
+    dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    # asyncpg notices at once when the server closes a connection (restart, failover,
+    # pg_terminate_backend, an idle timeout): the pool then opens a new one instead of
+    # handing out a dead one. Free, unlike a ping.
+    if dbapi_connection.driver_connection.is_closed():
+        raise DisconnectionError("connection closed by the server while in the pool")
+
+
+def _on_error(context: ExceptionContext) -> None:
+    # SQLAlchemy knows a closed asyncpg connection, not one the server ended that asyncpg
+    # left in an internal error state: without this, such a connection went back into the
+    # pool and failed every statement until recycled. Now it is dropped, and the pool's
+    # other connections (a restart ended them too) are replaced at their next checkout.
+    error = context.original_exception
+    driver_error = error.__cause__ if error.__cause__ is not None else error
+    if is_broken(driver_error):
+        context.is_disconnect = True

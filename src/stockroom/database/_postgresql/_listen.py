@@ -1,0 +1,45 @@
+"""A process's one LISTEN connection, outside the pools: held until cancelled, and made
+anew whenever it is lost (the readers of the event log poll meanwhile)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import asyncpg
+import structlog
+
+__all__ = ["listen"]
+
+log = structlog.get_logger("stockroom.database")
+
+_RECONNECT_SECONDS = 2.0
+
+
+async def listen(
+    dsn: str, connect_timeout: float, channel: str, on_notify: Callable[[], None]
+) -> None:
+    """Call ``on_notify`` on each notification on ``channel``, and once on each (re)connect
+    (anything committed while nobody listened); until cancelled."""
+    while True:
+        connection: asyncpg.Connection | None = None
+        try:
+            connection = await asyncpg.connect(
+                dsn,
+                timeout=connect_timeout,
+                server_settings={"application_name": "stockroom-listen"},
+            )
+            lost = asyncio.Event()
+            connection.add_termination_listener(lambda _conn, flag=lost: flag.set())
+            await connection.add_listener(channel, lambda *_args: on_notify())
+            on_notify()  # anything committed while we were not listening
+            await lost.wait()
+            log.warning("event listener connection lost; reconnecting")
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("event listener cannot connect; polling until it can", error=str(exc))
+        finally:
+            if connection is not None and not connection.is_closed():
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(connection.close(timeout=2))
+        await asyncio.sleep(_RECONNECT_SECONDS)
