@@ -84,7 +84,7 @@ async def main() -> None:
     app = create_app(Settings(database_url=url, webhook_dispatcher=dispatch))
     lifespan = app.router.lifespan_context(app)
     await lifespan.__aenter__()
-    async with app.state.sessions() as session:
+    async with app.state.resources.sessions() as session:
         _record, secret = await keys.create_key(session, "inprocess", ["admin"])
     authorization = f"Bearer {secret}".encode()
     counter = [0]

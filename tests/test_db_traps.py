@@ -43,7 +43,7 @@ async def test_exhausted_pool_answers_503_then_recovers(
     async with client_for(tiny_pool_app, admin_key) as http:
         assert (await http.get(f"/items/{item['id']}")).status_code == 200  # key now cached
         # Holds the only connection of the requests' pool.
-        async with tiny_pool_app.state.stores.database.connection():
+        async with tiny_pool_app.state.resources.stores.database.connection():
             # Answered while the only connection is still held: the 0.5 s pool timeout
             # ended the wait, not a connection coming back; never a hang.
             async with not_a_hang():
@@ -64,7 +64,7 @@ async def test_connections_go_to_requests_in_the_order_they_asked(database_url: 
         database_url, database_pool_size=1, database_max_overflow=0, database_pool_timeout=30
     )
     application, lifespan = await start_app(settings)
-    database = application.state.stores.database
+    database = application.state.resources.stores.database
     served: list[str] = []
 
     async def read(name: str) -> None:
@@ -113,7 +113,7 @@ async def test_dead_pooled_connections_are_replaced(
     # Many pooled connections, all to be killed: the read's retry must not take the next
     # dead one (it did, about one run in three, before the pool was expired first).
     await asyncio.gather(*(client.get(f"/items/{item['id']}") for _ in range(60)))
-    database = make_url(str(app.state.engine.url)).database
+    database = make_url(str(app.state.resources.engine.url)).database
     admin = await asyncpg.connect(PG_ADMIN_URL)
     try:
         killed = await admin.fetchval(TERMINATE_SESSIONS, database)
@@ -127,7 +127,7 @@ async def test_dead_pooled_connections_are_replaced(
     failures = 0
     for _ in range(4):
         try:
-            async with app.state.sessions() as session:
+            async with app.state.resources.sessions() as session:
                 assert await session.scalar(text("SELECT 1")) == 1
         except DBAPIError:
             failures += 1
@@ -167,7 +167,7 @@ async def test_a_write_on_a_dead_pooled_connection_is_applied_once(
     item = await new_item(quantity=5)
     path = f"/items/{item['id']}"
     assert (await client.get(path)).status_code == 200  # the key is checked and cached
-    database = str(make_url(str(app.state.engine.url)).database)
+    database = str(make_url(str(app.state.resources.engine.url)).database)
     assert end_sessions_unseen(database) >= 1
     sku = f"DEAD-{uuid.uuid4().hex[:8]}"
     if write == "POST /items":
@@ -211,7 +211,7 @@ async def test_concurrent_requests_each_get_their_own_session(
     assert sum(versions) == len(items) + 20
     # Every connection comes back (on SQLite the pool is the engine's, which the event
     # hub also reads from when a commit wakes it: that read may still be running).
-    await wait_until(lambda: app.state.stores.database.pool_status().checked_out == 0)
+    await wait_until(lambda: app.state.resources.stores.database.pool_status().checked_out == 0)
 
 
 async def test_abandoned_requests_return_their_connections(
@@ -224,7 +224,7 @@ async def test_abandoned_requests_return_their_connections(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    await wait_until(lambda: app.state.stores.database.pool_status().checked_out == 0)
+    await wait_until(lambda: app.state.resources.stores.database.pool_status().checked_out == 0)
     assert (await client.get(f"/items/{item['id']}")).status_code == 200
 
 

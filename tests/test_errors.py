@@ -112,7 +112,7 @@ async def test_request_id_is_echoed_when_sane(client: httpx.AsyncClient) -> None
 
 @pytest.mark.parametrize("given", ["", "x" * 129, "has space", "semi;colon", "ünï", "a/b"])
 async def test_insane_request_id_is_replaced(client: httpx.AsyncClient, given: str) -> None:
-    response = await client.get("/ping", headers={"X-Request-ID": given.encode()})
+    response = await client.get("/ping", headers={b"X-Request-ID": given.encode()})
     returned = response.headers["x-request-id"]
     assert returned != given
     assert 1 <= len(returned) <= 128
@@ -166,7 +166,7 @@ async def running_app(fresh_database: str) -> AsyncIterator[FastAPI]:
 
 
 async def _drop(application: FastAPI, table: str) -> None:
-    engine = application.state.engine
+    engine = application.state.resources.engine
     cascade = " CASCADE" if engine.dialect.name == "postgresql" else ""
     async with engine.begin() as connection:
         await connection.execute(text(f"DROP TABLE {table}{cascade}"))

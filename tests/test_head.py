@@ -149,7 +149,7 @@ async def test_head_on_the_stream_and_the_export_starts_neither(
 ) -> None:
     """In-process, where a started stream would keep the request open: HEAD returns, and
     the event hub has no subscriber."""
-    hub = app.state.event_hub
+    hub = app.state.resources.event_hub
     before = hub.subscribers
     async with asyncio.timeout(10):
         stream = await client.head("/events")

@@ -83,7 +83,7 @@ async def test_pool_gauges_follow_checked_out_connections(
     assert value(idle, "stockroom_db_pool_max") == (
         settings.database_pool_size + settings.database_max_overflow
     )
-    database = app.state.stores.database  # the requests' pool
+    database = app.state.resources.stores.database  # the requests' pool
     async with database.connection(), database.connection():
         busy = await scrape(client)
     assert value(busy, "stockroom_db_pool_checked_out") >= 2

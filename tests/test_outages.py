@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
+from typing import Any
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -96,7 +97,7 @@ async def test_outage_answers_503_fast_and_recovers_without_restart(
         key = await asyncio.to_thread(cli_create_key, proxied, tmp_path, "write")
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as http:
-            body = {"sku": f"OUT-{uuid.uuid4().hex[:6]}", "name": "Outage", "price": 1}
+            body: dict[str, Any] = {"sku": f"OUT-{uuid.uuid4().hex[:6]}", "name": "Outage", "price": 1}
             created = await http.post("/items", json=body)
             assert created.status_code == 201, created.text
             path = created.headers["location"]
@@ -200,7 +201,7 @@ async def test_statement_timeout_is_a_503_and_frees_the_connection(
     application = http.app  # type: ignore[attr-defined]
     # Freed: (the event log's readers borrow the pool's one connection for a moment now and
     # then, so look again rather than at one instant).
-    database = application.state.stores.database  # the requests' pool
+    database = application.state.resources.stores.database  # the requests' pool
     await wait_until(lambda: database.pool_status().checked_out == 0)
     # The pool's only connection works again: the PATCH now succeeds.
     again = await http.patch(f"/items/{item['id']}", json={"name": "After the timeout"})
@@ -212,10 +213,10 @@ async def test_statement_timeout_is_set_on_every_connection(database_url: str) -
     settings = make_settings(database_url, database_statement_timeout=2.5)
     application, lifespan = await start_app(settings)
     try:
-        async with application.state.engine.connect() as connection:
+        async with application.state.resources.engine.connect() as connection:
             shown = await connection.scalar(text("SHOW statement_timeout"))
         # ... and on the requests' pool (asyncpg), which runs the hot statements.
-        shown_requests = await application.state.stores.database.read(
+        shown_requests = await application.state.resources.stores.database.read(
             lambda driver: driver.fetchval("SHOW statement_timeout")
         )
     finally:

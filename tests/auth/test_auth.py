@@ -3,6 +3,7 @@ route cannot forget its authentication."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import time
@@ -137,7 +138,7 @@ async def test_keys_over_http(app: FastAPI, client: httpx.AsyncClient) -> None:
 
 async def test_keys_are_stored_only_as_hashes(app: FastAPI) -> None:
     secret = await create_key(app, "hashed", ["read"])
-    async with app.state.sessions() as session:
+    async with app.state.resources.sessions() as session:
         record = await session.scalar(select(ApiKey).where(ApiKey.name == "hashed"))
     assert record is not None
     assert secret not in (record.key_hash, record.scopes, record.name)
@@ -185,8 +186,12 @@ async def second_instance(database_url: str) -> AsyncIterator[tuple[FastAPI, Clo
     settings = make_settings(database_url, auth_cache_seconds=CACHE_SECONDS)
     application, lifespan = await start_app(settings)
     clock = Clock()
-    application.state.authenticator = Authenticator(
-        application.state.sessions, enabled=True, ttl=CACHE_SECONDS, clock=clock
+    resources = application.state.resources
+    application.state.resources = dataclasses.replace(
+        resources,
+        authenticator=Authenticator(
+            resources.sessions, enabled=True, ttl=CACHE_SECONDS, clock=clock
+        ),
     )
     try:
         yield application, clock

@@ -53,7 +53,7 @@ async def test_create_list_revoke(
     revoked = stockroom(database_url, tmp_path, "apikey", "revoke", "ops")
     assert revoked.returncode == 0
     assert "revoked" in stockroom(database_url, tmp_path, "apikey", "list").stdout
-    app.state.authenticator.forget("ops")  # as the cache time would, on a running server
+    app.state.resources.authenticator.forget("ops")  # as the cache time would, on a running server
     async with client_for(app, secret) as ops:
         problem(await ops.get("/items"), 401)
 

@@ -84,7 +84,7 @@ async def test_a_rolled_back_change_leaves_no_event(
     class AbortError(Exception):
         pass
 
-    stores = app.state.stores
+    stores = app.state.resources.stores
 
     async def create_then_fail() -> None:
         async with stores.database.transaction() as connection:
@@ -106,7 +106,7 @@ async def test_readers_never_skip_an_event_that_commits_late(
     """seq order is not commit order: T1 takes seq 1, T2 takes seq 2 and commits first.
     A reader following the log must not move past seq 2 while seq 1 may still commit, and
     must then see both, each once. (``client``: the tables are emptied afterwards.)"""
-    engine = app.state.engine
+    engine = app.state.resources.engine
     seen: list[int] = []
     position = START
 
@@ -245,7 +245,7 @@ async def test_old_events_are_pruned_with_their_deliveries(
     await new_item()
     hook = await client.post("/webhooks", json={"url": "https://93.184.216.34/", "events": ["*"]})
     assert hook.status_code == 201
-    async with app.state.engine.begin() as connection:
+    async with app.state.resources.engine.begin() as connection:
         # The first event is 8 days old and has a delivery; the second is recent.
         first = await connection.scalar(text("SELECT min(seq) FROM events"))
         await connection.execute(
@@ -259,10 +259,10 @@ async def test_old_events_are_pruned_with_their_deliveries(
             ),
             {"w": hook.json()["id"], "seq": first, "now": dt.datetime.now(dt.UTC)},
         )
-    async with app.state.sessions() as session:
+    async with app.state.resources.sessions() as session:
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=7)
         assert await prune(session, cutoff) == 1
         assert await prune(session, cutoff) == 0
-    async with app.state.engine.connect() as connection:
+    async with app.state.resources.engine.connect() as connection:
         assert await connection.scalar(text("SELECT count(*) FROM events")) == 1
         assert await connection.scalar(text("SELECT count(*) FROM webhook_deliveries")) == 0

@@ -17,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
 
+from stockroom.events import service as events_service
 from stockroom.events.hub import EventHub
 from stockroom.events.log import LoggedEvent, Position
 from stockroom.events.router import _messages
@@ -240,7 +241,7 @@ async def test_bad_cursors_are_410_and_bad_types_422(
         oldest = stream.messages[0]
         position = Position.parse(oldest.id)
         assert position is not None
-        async with app.state.engine.begin() as connection:
+        async with app.state.resources.engine.begin() as connection:
             await connection.execute(text("DELETE FROM events WHERE seq = :s"), {"s": position.seq})
         problem(await http.get("/events", headers={"Last-Event-ID": oldest.id}), 410)
 
@@ -259,14 +260,14 @@ async def test_the_stream_sends_a_reconnection_delay_only_when_set(
 ) -> None:
     """Unset (the default), browsers keep their own delay: the stream's first message is the
     first event. Set, it comes first (in milliseconds, at least 1)."""
-    engine, hub = app.state.engine, app.state.event_hub
+    engine, hub = app.state.resources.engine, app.state.resources.event_hub
     assert app.state.settings.events_retry_seconds == 0
-    with_retry = _messages(engine, hub, None, None, None, 1)
+    with_retry = _messages(events_service.Stream(engine, hub, None, None, None), 1)
     first = await anext(with_retry)
     assert first.encode() == b"retry: 1\r\n\r\n"
     await with_retry.aclose()
 
-    plain = _messages(engine, hub, None, None, None)
+    plain = _messages(events_service.Stream(engine, hub, None, None, None), None)
     first_message = asyncio.ensure_future(anext(plain))
     await asyncio.sleep(0)  # subscribed before the write
     assert (
@@ -343,7 +344,7 @@ async def test_a_stream_that_subscribes_while_the_hub_looks_ahead_misses_nothing
     to feed it, not to skip (a page missed two events this way in a CI run)."""
     import stockroom.events.hub as hub_module
 
-    hub = EventHub(app.state.engine, _NoWakeup(), queue_size=100)  # type: ignore[arg-type]
+    hub = EventHub(app.state.resources.engine, _NoWakeup(), queue_size=100)  # type: ignore[arg-type]
     await hub.start()
     for n in range(3):
         response = await client.post(

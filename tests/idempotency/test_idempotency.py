@@ -151,9 +151,9 @@ async def test_cleanup_deletes_only_expired_records(
         await client.post(url, json={"delta": -1}, headers={"Idempotency-Key": f"k{n}"})
     for n in range(3):
         await _age(app, f"k{n}", dt.timedelta(hours=25))
-    async with app.state.sessions() as session:
+    async with app.state.resources.sessions() as session:
         assert await purge_expired(session, batch=2) == 2
-    async with app.state.sessions() as session:
+    async with app.state.resources.sessions() as session:
         assert await purge_expired(session) == 1
         assert await purge_expired(session) == 0
         left = await session.scalar(select(func.count()).select_from(IdempotencyRecord))
@@ -165,15 +165,16 @@ async def test_bad_idempotency_key_is_422(client: httpx.AsyncClient, new_item: I
     url = f"/items/{item['id']}/adjustments"
     for key in ("", "x" * 256, "tab\there", "ünicode"):
         response = await client.post(
-            url, json={"delta": 1}, headers={"Idempotency-Key": key.encode()}
+            url, json={"delta": 1}, headers={b"Idempotency-Key": key.encode()}
         )
         problem(response, 422)
     assert await stock(client, item["id"]) == 1
 
 
 async def _record(app: FastAPI, key: str) -> IdempotencyRecord:
-    async with app.state.sessions() as session:
-        record = await session.scalar(select(IdempotencyRecord).where(IdempotencyRecord.key == key))
+    async with app.state.resources.sessions() as session:
+        record: IdempotencyRecord | None = await session.scalar(
+            select(IdempotencyRecord).where(IdempotencyRecord.key == key))
         assert record is not None
         return record
 
@@ -181,7 +182,7 @@ async def _record(app: FastAPI, key: str) -> IdempotencyRecord:
 async def _age(app: FastAPI, key: str, by: dt.timedelta) -> None:
     """Move a record back in time, as if it had been stored ``by`` ago."""
     record = await _record(app, key)
-    async with app.state.sessions() as session:
+    async with app.state.resources.sessions() as session:
         await session.execute(
             update(IdempotencyRecord)
             .where(IdempotencyRecord.key == key)

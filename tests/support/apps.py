@@ -73,6 +73,6 @@ def client_for(application: FastAPI, key: str | None = None) -> httpx.AsyncClien
 
 async def create_key(application: FastAPI, name: str, scopes: list[str]) -> str:
     """A real API key, made the way `stockroom apikey create` makes it."""
-    async with application.state.sessions() as session:
+    async with application.state.resources.sessions() as session:
         _record, secret = await keys.create_key(session, name, scopes)
     return secret

@@ -71,7 +71,10 @@ async def empty_tables(application: FastAPI) -> None:
     tables = [t for t in Base.metadata.sorted_tables if t.name not in _KEPT_TABLES]
     # A write transaction from the start (BEGIN IMMEDIATE on SQLite): it waits for the
     # background writers of the app instead of failing when one commits first.
-    async with write_connection(application.state.engine) as connection, connection.begin():
+    async with (
+        write_connection(application.state.resources.engine) as connection,
+        connection.begin(),
+    ):
         for table in reversed(tables):
             await connection.execute(table.delete())
         if connection.dialect.name == "sqlite":

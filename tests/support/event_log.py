@@ -13,6 +13,6 @@ from stockroom.events.models import Event
 
 async def logged(application: FastAPI) -> list[dict[str, Any]]:
     """Every event body in the log, in log order."""
-    async with application.state.engine.connect() as connection:
+    async with application.state.resources.engine.connect() as connection:
         rows = await connection.execute(select(Event.body).order_by(Event.txid, Event.seq))
         return [orjson.loads(body) for (body,) in rows]

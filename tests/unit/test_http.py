@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from stockroom.errors import InvalidRequestError
 from stockroom.http import (
-    ETAG_HEADER,
+    ETAG_DOC,
     Page,
     decode_cursor,
     encode_cursor,
     etag_matches,
-    json_response,
     make_etag,
+    page_response,
 )
 from tests.unit.properties import UNTIMED
 
@@ -82,7 +82,7 @@ def test_a_cursor_that_is_not_ours_is_a_422_on_the_cursor_parameter(cursor: str)
 def test_an_etag_is_the_quoted_id_and_version_the_openapi_pattern_describes() -> None:
     etag = make_etag(42, 7)
     assert etag == '"42-7"'
-    assert re.fullmatch(ETAG_HEADER["ETag"]["schema"]["pattern"], etag)
+    assert re.fullmatch(ETAG_DOC["ETag"]["schema"]["pattern"], etag)
 
 
 @pytest.mark.parametrize(
@@ -118,11 +118,15 @@ def test_the_list_envelope_leaves_total_out_unless_counted() -> None:
     }
 
 
-def test_json_response_serialises_the_model_once_with_status_and_headers() -> None:
-    response = json_response(
-        Page[int](data=[1], next_cursor="n"), status_code=201, headers={"ETag": '"1-1"'}
-    )
-    assert response.status_code == 201
+@pytest.mark.parametrize("total", [None, 0, 7])
+@pytest.mark.parametrize("next_cursor", [None, "WyJpZCIsIDFd"])
+def test_page_response_writes_the_envelope_the_page_schema_describes(
+    next_cursor: str | None, total: int | None
+) -> None:
+    rows = [{"id": 1, "name": 'Åsa \u2028 "quoted"'}, {"id": 2, "name": ""}]
+    response = page_response(orjson.dumps(rows), next_cursor, total)
+    assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    assert response.headers["etag"] == '"1-1"'
-    assert orjson.loads(response.body) == {"data": [1], "next_cursor": "n"}
+    described = Page[dict[str, Any]](data=rows, next_cursor=next_cursor, total=total)
+    assert orjson.loads(response.body) == orjson.loads(described.model_dump_json())
+    assert ("total" in orjson.loads(response.body)) == (total is not None)

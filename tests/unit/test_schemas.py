@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from stockroom.auth.schemas import KeyCreate
+from stockroom.items.common import to_cents
 from stockroom.items.schemas import (
     MAX_PRICE,
     MAX_QUANTITY,
@@ -20,7 +21,6 @@ from stockroom.items.schemas import (
     Money,
     money_text,
 )
-from stockroom.items.writer import to_cents
 from tests.unit.properties import UNTIMED
 
 MONEY = TypeAdapter(Money)

@@ -144,7 +144,7 @@ def received_ids(receiver: Receiver, path: str = "/ok") -> set[str]:
 
 async def event_bodies(application: FastAPI) -> dict[str, str]:
     """Every event in the log: id -> body."""
-    async with application.state.engine.connect() as connection:
+    async with application.state.resources.engine.connect() as connection:
         return dict((await connection.execute(select(Event.id, Event.body))).all())
 
 
@@ -157,7 +157,7 @@ class DeliveryState:
 
 async def deliveries(application: FastAPI) -> dict[str, DeliveryState]:
     """The delivery of each event (one webhook): event id -> its state."""
-    async with application.state.engine.connect() as connection:
+    async with application.state.resources.engine.connect() as connection:
         rows = await connection.execute(
             select(Event.id, Delivery.status, Delivery.attempts, Delivery.next_attempt_at).join(
                 Delivery, Delivery.event_seq == Event.seq
@@ -175,7 +175,7 @@ async def log_events(application: FastAPI, count: int) -> None:
     """Commit ``count`` item.created events, 100 a transaction, through the log's own
     writer (the one the services call), without the items: quicker than ``count`` POSTs."""
     for start in range(0, count, 100):
-        async with application.state.sessions() as session:
+        async with application.state.resources.sessions() as session:
             await begin_write(session)
             for n in range(start, min(start + 100, count)):
                 event_log.record(session, ITEM_CREATED, f'{{"id":{n}}}', at=utcnow())
@@ -301,7 +301,7 @@ async def test_sigkill_mid_stream_keeps_the_log_exact_and_every_event_is_deliver
         await asyncio.gather(*writers)
         assert writes.other == []
 
-        async with reader.state.engine.connect() as connection:
+        async with reader.state.resources.engine.connect() as connection:
             items = set((await connection.scalars(select(Item.id))).all())
             adjustments = {
                 row.id: row for row in await connection.execute(select(Adjustment.__table__))

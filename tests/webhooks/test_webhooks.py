@@ -18,7 +18,6 @@ from stockroom.db import utcnow
 from stockroom.events.models import Event
 from stockroom.webhooks import queue
 from stockroom.webhooks.models import Delivery
-from stockroom.webhooks.store import STORES
 from tests.support.apps import client_for, create_key
 from tests.support.problems import problem
 from tests.support.waiting import wait_until
@@ -381,7 +380,7 @@ async def test_a_fan_out_says_how_many_deliveries_it_made(
 ) -> None:
     """The dispatcher claims after a fan-out only if it made deliveries, and fans out less
     often while none are made: so the count must be the deliveries, not the events."""
-    async with app.state.sessions() as session:
+    async with app.state.resources.sessions() as session:
         while (await queue.fan_out(session)).events:  # earlier tests' events, if any
             pass
     await subscribe(client, "https://93.184.216.34/all")
@@ -392,14 +391,14 @@ async def test_a_fan_out_says_how_many_deliveries_it_made(
     passed: list[queue.FanOut] = []
 
     async def fanned_out() -> bool:
-        async with app.state.sessions() as session:
+        async with app.state.resources.sessions() as session:
             while (result := await queue.fan_out(session)).events:
                 passed.append(result)
         return sum(r.events for r in passed) == 2
 
     await wait_until(fanned_out)
     assert sum(r.deliveries for r in passed) == 2  # both item.created, to "all" only
-    async with app.state.sessions() as session:
+    async with app.state.resources.sessions() as session:
         assert await queue.fan_out(session) == queue.FanOut(0, 0)  # nothing new
 
 
@@ -414,11 +413,11 @@ async def test_an_outcome_for_a_delivery_deleted_meanwhile_is_dropped(
     created = await client.post("/items", json={"sku": "G-1", "name": "G", "price": 1})
     assert created.status_code == 201
     claimed: list[queue.Claimed] = []
-    store = STORES[app.state.settings.backend]()
+    store = app.state.resources.stores.deliveries
 
     async def claim_both() -> bool:
         # The event is readable once every older transaction has ended (events.log).
-        async with app.state.sessions() as session:
+        async with app.state.resources.sessions() as session:
             while (await queue.fan_out(session)).events:
                 pass
             claimed.extend(
@@ -431,7 +430,7 @@ async def test_an_outcome_for_a_delivery_deleted_meanwhile_is_dropped(
     assert (await client.delete(f"/webhooks/{gone['id']}")).status_code == 204
 
     outcomes = [queue.Outcome(c, "delivered", 204, None, 5, None, utcnow()) for c in claimed]
-    async with app.state.sessions() as session:
+    async with app.state.resources.sessions() as session:
         await queue.save_outcomes(session, outcomes)
     recorded = await attempts(client, kept["id"])
     assert [(a["status"], a["response_status"]) for a in recorded] == [("delivered", 204)]
@@ -480,7 +479,7 @@ async def test_a_claim_takes_at_most_its_share_of_each_webhook(
             assert patched.status_code == 200
 
     async def fanned_out() -> bool:
-        async with app.state.sessions() as session:
+        async with app.state.resources.sessions() as session:
             while (await queue.fan_out(session)).events:
                 pass
             pending = await queue.backlog(session)
@@ -488,10 +487,10 @@ async def test_a_claim_takes_at_most_its_share_of_each_webhook(
 
     await wait_until(fanned_out)
     lease = dt.timedelta(minutes=1)
-    store = STORES[app.state.settings.backend]()
+    store = app.state.resources.stores.deliveries
 
     async def take() -> list[str]:
-        async with app.state.sessions() as session:
+        async with app.state.resources.sessions() as session:
             got = await queue.claim(session, store, 100, lease, per_webhook=4, skip=[skipped["id"]])
         return [c.webhook_id for c in got]
 
@@ -520,7 +519,7 @@ async def test_a_webhook_gets_the_events_after_it_was_made_of_its_types(
     await change("FO-2")
 
     async def per_webhook() -> dict[str, list[str]]:
-        async with app.state.sessions() as session:
+        async with app.state.resources.sessions() as session:
             while (await queue.fan_out(session)).events:
                 pass
             rows = await session.execute(
