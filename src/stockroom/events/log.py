@@ -169,8 +169,8 @@ def _at(name: str, position: Position) -> dict[str, int]:
 
 
 # The reading statements, built once (each is compiled once and cached by SQLAlchemy; built
-# per call, they cost the dispatcher's fan-outs most of their CPU, py-spy): the final events
-# after the position `after`, below the horizon.
+# per call, building them was most of the dispatcher's fan-outs' work: docs/async.md): the
+# final events after the position `after`, below the horizon.
 _FINAL_AFTER = and_(_log_order > _position("after"), Event.txid < _HORIZON)
 _LIMIT = bindparam("limit", type_=Integer())
 

@@ -16,7 +16,10 @@ from typing import Any
 
 import orjson
 
+from stockroom.items.schemas import ITEM_FIELDS, ItemCreate
+
 __all__ = [
+    "ASSIGNED_COLUMNS",
     "CSV_COLUMNS",
     "EXPORT_COLUMNS",
     "MAX_RECORD_BYTES",
@@ -31,11 +34,11 @@ __all__ = [
     "unprotect",
 ]
 
-# Columns an import reads; the export writes these and more.
-CSV_COLUMNS = ("sku", "name", "description", "price", "quantity")
-EXPORT_COLUMNS = (
-    "id", "sku", "name", "description", "price", "quantity", "version", "created_at", "updated_at",
-)  # fmt: skip
+# Columns an import reads: the fields an item is created with. The export writes every
+# field of an item, as the API does; an import ignores the ones the database assigns.
+CSV_COLUMNS: tuple[str, ...] = tuple(ItemCreate.model_fields)
+EXPORT_COLUMNS: tuple[str, ...] = ITEM_FIELDS
+ASSIGNED_COLUMNS = frozenset(EXPORT_COLUMNS) - frozenset(CSV_COLUMNS)
 # One record (a CSV row, possibly over several lines, or an NDJSON line) may be this long.
 MAX_RECORD_BYTES = 1_048_576
 

@@ -12,6 +12,7 @@ from stockroom.db import utcnow
 from stockroom.edge import is_head, without_body
 from stockroom.errors import UnsupportedMediaTypeError
 from stockroom.files import service
+from stockroom.files.formats import CSV_COLUMNS
 from stockroom.files.schemas import ImportReport
 from stockroom.http import REPLAYED_DOC
 from stockroom.idempotency.deps import answer_response, idempotent
@@ -43,7 +44,7 @@ _FILE_TYPES = ("application/x-ndjson", "text/csv")
 _IMPORT_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "CSV with a header row (sku,name,description,price,quantity) or NDJSON "
+        "description": f"CSV with a header row ({','.join(CSV_COLUMNS)}) or NDJSON "
         "(one object per line with the same fields). Streamed: any size up to "
         "STOCKROOM_IMPORT_MAX_BYTES.",
         "content": {media_type: _file(media_type) for media_type in _FILE_TYPES},

@@ -29,6 +29,7 @@ from stockroom.db import utcnow
 from stockroom.errors import InvalidRequestError
 from stockroom.events.log import format_time
 from stockroom.files.formats import (
+    ASSIGNED_COLUMNS,
     CsvReader,
     FileError,
     NdjsonReader,
@@ -58,8 +59,6 @@ __all__ = [
 # a few hundred statements on SQLite.
 BATCH_ROWS = 5_000
 EXPORT_ROWS_PER_CHUNK = 1_000
-# Export columns that an import accepts and ignores (the database assigns them).
-_IGNORED_COLUMNS = ("id", "version", "created_at", "updated_at")
 
 Reader = CsvReader | NdjsonReader
 IMPORT_FORMATS: dict[str, type[Reader]] = {
@@ -108,7 +107,7 @@ def _parse(reader: Reader, chunk: bytes, final: bool) -> _Parsed:
     lines: list[int] = []
     values: list[dict[str, Any]] = []
     for record in records:
-        fields = {k: v for k, v in record.fields.items() if k not in _IGNORED_COLUMNS}
+        fields = {k: v for k, v in record.fields.items() if k not in ASSIGNED_COLUMNS}
         lines.append(record.line)
         values.append(_from_csv(fields) if is_csv else fields)
     parsed = _Parsed(rows=_validate(lines, values, errors), errors=errors)

@@ -55,9 +55,9 @@ _SAVE_EVERY = 0.02  # seconds outcomes gather before they are written together
 _STEP_GAP = 0.01  # seconds at least between two steps (wake-ups in between are one)
 _FAN_OUT_GAP = 0.05  # seconds at least between two fan-outs of new events
 # ... while fan-outs make no delivery (no webhook, or none wants these events): under a
-# stream of writes, a fan-out and the claim after it, about ten statements, cost a tenth of
-# the writes' CPU at every 50 ms (in-process, py-spy); the first matching event waits at
-# most this much longer.
+# stream of writes, a fan-out and the claim after it (about ten statements) every 50 ms
+# took a noticeable share of the writes' CPU (docs/async.md); the first matching event
+# waits at most this much longer.
 _IDLE_FAN_OUT_GAP = 0.25
 _CLAIM_ROUNDS = 4  # a claim takes up to this many rounds of a webhook's in-flight bound
 _RETRY_SECONDS = 1.0
@@ -283,8 +283,8 @@ class Dispatcher:
         try:
             async with asyncio.timeout(self._attempt_limit):
                 # build_request + send(stream=True) rather than client.stream(): the same
-                # request with less CPU in httpx (0.66-0.69 ms a request against 0.75-0.77 in
-                # an httpx-only micro-benchmark), and the URL parsed once per webhook.
+                # request with less CPU in httpx (docs/async.md), and the URL parsed once per
+                # webhook.
                 request = self._client.build_request(
                     "POST", _parsed_url(delivery.url), content=body, headers=headers
                 )

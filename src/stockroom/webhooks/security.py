@@ -145,8 +145,9 @@ async def check_host(host: str, port: int, *, allow_private: bool) -> list[IPAdd
 class _Stream(httpcore.AsyncNetworkStream):
     """httpcore's stream with a cheap ``is_readable``. httpcore asks it of every idle
     connection in the pool each time any request starts or ends, and its own answer goes
-    through anyio's typed attributes (a dict of lambdas built per call): with 64 pooled
-    connections that was a third of the dispatcher's CPU. Everything else is passed on."""
+    through anyio's typed attributes (a dict of lambdas built per call): with many pooled
+    connections that was a large part of the dispatcher's CPU (docs/async.md). Everything
+    else is passed on."""
 
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
