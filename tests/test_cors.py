@@ -50,7 +50,8 @@ def exposed(response: httpx.Response) -> set[str]:
 
 
 def readable_by(response: httpx.Response, origin: str) -> bool:
-    return response.headers.get("access-control-allow-origin") == origin
+    allowed: str | None = response.headers.get("access-control-allow-origin")
+    return allowed == origin
 
 
 async def test_no_cors_headers_by_default(client: httpx.AsyncClient) -> None:

@@ -42,7 +42,7 @@ def test_the_document_is_valid_openapi(document: dict[str, Any]) -> None:
 
 def test_operation_ids_are_explicit_unique_and_readable(document: dict[str, Any]) -> None:
     ids = [operation.get("operationId") for _, _, operation in operations(document)]
-    assert len(ids) == len(set(ids)), sorted(i for i in ids if ids.count(i) > 1)
+    assert len(ids) == len(set(ids)), sorted((i for i in ids if ids.count(i) > 1), key=str)
     for (method, path, _), operation_id in zip(operations(document), ids, strict=True):
         # camelCase words, not FastAPI's generated `create_item_items_post`.
         assert operation_id is not None, f"{method} {path} has no operationId"

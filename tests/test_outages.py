@@ -15,9 +15,9 @@ import asyncio
 import contextlib
 import time
 import uuid
-from typing import Any
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -97,7 +97,11 @@ async def test_outage_answers_503_fast_and_recovers_without_restart(
         key = await asyncio.to_thread(cli_create_key, proxied, tmp_path, "write")
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as http:
-            body: dict[str, Any] = {"sku": f"OUT-{uuid.uuid4().hex[:6]}", "name": "Outage", "price": 1}
+            body: dict[str, Any] = {
+                "sku": f"OUT-{uuid.uuid4().hex[:6]}",
+                "name": "Outage",
+                "price": 1,
+            }
             created = await http.post("/items", json=body)
             assert created.status_code == 201, created.text
             path = created.headers["location"]

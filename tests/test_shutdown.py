@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -84,7 +85,11 @@ async def test_sigterm_finishes_in_flight_requests_and_503s_the_rest(
         ) as http:
             items = []
             for name in ("A", "B"):
-                body = {"sku": f"DRAIN-{name}-{uuid.uuid4().hex[:6]}", "name": name, "price": 1}
+                body: dict[str, Any] = {
+                    "sku": f"DRAIN-{name}-{uuid.uuid4().hex[:6]}",
+                    "name": name,
+                    "price": 1,
+                }
                 created = await http.post("/items", json={**body, "quantity": 10})
                 assert created.status_code == 201, created.text
                 items.append(created.json()["id"])

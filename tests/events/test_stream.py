@@ -7,19 +7,22 @@ import asyncio
 import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sse_starlette import ServerSentEvent
 
 from stockroom.events import service as events_service
-from stockroom.events.hub import EventHub
-from stockroom.events.log import LoggedEvent, Position
+from stockroom.events.hub import EventHub, Subscription
+from stockroom.events.log import LoggedEvent, Position, latest_position
 from stockroom.events.router import _messages
 from tests.support.event_log import logged
 from tests.support.problems import problem
@@ -262,12 +265,19 @@ async def test_the_stream_sends_a_reconnection_delay_only_when_set(
     first event. Set, it comes first (in milliseconds, at least 1)."""
     engine, hub = app.state.resources.engine, app.state.resources.event_hub
     assert app.state.settings.events_retry_seconds == 0
-    with_retry = _messages(events_service.Stream(engine, hub, None, None, None), 1)
+    # The stream is an async generator (typed as the AsyncIterator it serves): closed here.
+    with_retry = cast(
+        AsyncGenerator[ServerSentEvent, None],
+        _messages(events_service.Stream(engine, hub, None, None, None), 1),
+    )
     first = await anext(with_retry)
     assert first.encode() == b"retry: 1\r\n\r\n"
     await with_retry.aclose()
 
-    plain = _messages(events_service.Stream(engine, hub, None, None, None), None)
+    plain = cast(
+        AsyncGenerator[ServerSentEvent, None],
+        _messages(events_service.Stream(engine, hub, None, None, None), None),
+    )
     first_message = asyncio.ensure_future(anext(plain))
     await asyncio.sleep(0)  # subscribed before the write
     assert (
@@ -351,11 +361,10 @@ async def test_a_stream_that_subscribes_while_the_hub_looks_ahead_misses_nothing
             "/items", json={"sku": f"LOOK-{n}", "name": "n", "price": "1.00", "quantity": 0}
         )
         assert response.status_code == 201
-    arrived = []
-    real = hub_module.latest_position
+    arrived: list[Subscription] = []
 
-    async def asked(connection: object) -> Position:
-        position = await real(connection)  # type: ignore[arg-type]
+    async def asked(connection: AsyncConnection) -> Position:
+        position = await latest_position(connection)
         if not arrived:
             arrived.append(hub.subscribe())  # the stream comes in during the await
         return position

@@ -174,7 +174,8 @@ async def test_bad_idempotency_key_is_422(client: httpx.AsyncClient, new_item: I
 async def _record(app: FastAPI, key: str) -> IdempotencyRecord:
     async with app.state.resources.sessions() as session:
         record: IdempotencyRecord | None = await session.scalar(
-            select(IdempotencyRecord).where(IdempotencyRecord.key == key))
+            select(IdempotencyRecord).where(IdempotencyRecord.key == key)
+        )
         assert record is not None
         return record
 

@@ -250,7 +250,7 @@ async def test_list_filters(client: httpx.AsyncClient, new_item: ItemFactory) ->
     await new_item(sku="LAMP-1", name="Lampe à poser ÉCLAIR", price="15.00", quantity=1)
     await new_item(sku="SIGN-1", name="Straßenschild", price="99.00", quantity=0)
 
-    async def skus(**params: object) -> list[str]:
+    async def skus(**params: str | int) -> list[str]:
         response = await client.get("/items", params=params)
         assert response.status_code == 200, response.text
         return sorted(item["sku"] for item in response.json()["data"])
@@ -294,7 +294,7 @@ async def test_every_sort_key_walks_in_order(
     seen: list[dict[str, object]] = []
     cursor = None
     while True:
-        params: dict[str, object] = {"sort": key, "limit": 2}
+        params: dict[str, str | int] = {"sort": key, "limit": 2}
         if cursor:
             params["cursor"] = cursor
         body = (await client.get("/items", params=params)).json()
@@ -354,7 +354,7 @@ async def test_cursor_from_another_sort_is_422(
     ],
 )
 async def test_bad_list_parameters_are_422(
-    client: httpx.AsyncClient, params: dict[str, object]
+    client: httpx.AsyncClient, params: dict[str, str | int]
 ) -> None:
     problem(await client.get("/items", params=params), 422)
 

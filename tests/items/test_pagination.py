@@ -50,15 +50,15 @@ def item_lists(min_size: int, max_size: int) -> st.SearchStrategy[list[tuple[str
 
 
 ALL_SORTS = [prefix + key for key in SORT_KEYS for prefix in ("", "-")]
-filters = st.fixed_dictionaries(
-    {},
-    optional={
-        "q": st.text(alphabet=st.sampled_from(NAME_ALPHABET), min_size=1, max_size=2),
-        "min_price": st.sampled_from(PRICES),
-        "max_price": st.sampled_from(PRICES),
-        "in_stock": st.booleans(),
-    },
-).filter(lambda f: Decimal(f.get("min_price", "0")) <= Decimal(f.get("max_price", "1000")))
+_OPTIONAL_FILTERS: dict[str, st.SearchStrategy[Any]] = {
+    "q": st.text(alphabet=st.sampled_from(NAME_ALPHABET), min_size=1, max_size=2),
+    "min_price": st.sampled_from(PRICES),
+    "max_price": st.sampled_from(PRICES),
+    "in_stock": st.booleans(),
+}
+filters = st.fixed_dictionaries({}, optional=_OPTIONAL_FILTERS).filter(
+    lambda f: Decimal(f.get("min_price", "0")) <= Decimal(f.get("max_price", "1000"))
+)
 
 PROPERTY_SETTINGS = settings(
     max_examples=25,

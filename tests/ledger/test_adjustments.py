@@ -16,7 +16,7 @@ async def ledger(client: httpx.AsyncClient, item_id: int) -> list[dict[str, obje
     rows: list[dict[str, object]] = []
     cursor = None
     while True:
-        params: dict[str, object] = {"limit": 3}
+        params: dict[str, str | int] = {"limit": 3}
         if cursor:
             params["cursor"] = cursor
         response = await client.get(f"/items/{item_id}/adjustments", params=params)

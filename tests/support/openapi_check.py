@@ -31,7 +31,7 @@ class _Checker:
         self.components = document.get("components", {})
         # Literal paths first: /items/import is not /items/{item_id}.
         templates = sorted(document["paths"], key=lambda path: (path.count("{"), path))
-        self.paths = [
+        self.paths: list[tuple[re.Pattern[str], str]] = [
             (re.compile("^" + re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(t)) + "$"), t)
             for t in templates
         ]

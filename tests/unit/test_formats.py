@@ -85,7 +85,7 @@ def test_the_fast_path_reads_what_record_by_record_reads(text: str, cut: int) ->
 _CELL = st.text(
     alphabet=st.one_of(
         st.sampled_from(",\"'\r\n\t =+-@"),
-        st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
+        st.characters(exclude_categories=["Cs"], exclude_characters="\x00"),
     ),
     max_size=20,
 )
