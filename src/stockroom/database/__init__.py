@@ -1,10 +1,11 @@
 """The database a process writes through: one per process, made in the lifespan.
 
 Everything that differs between PostgreSQL and SQLite lives in one module per database:
-``_postgresql.py`` and ``_sqlite.py`` here (connections and transactions), and the same two
-modules in each domain that has statements of its own (``items``, ``idempotency``,
-``events``, ``webhooks``). ``stockroom.stores`` puts them together, once, in the lifespan,
-by ``Settings.backend``; no other code asks which database it is on.
+``_postgresql`` (a package of its parts) and ``_sqlite.py`` here (connections and
+transactions), and the same two modules in each domain that has statements of its own
+(``items``, ``idempotency``, ``events``, ``webhooks``). ``stockroom.stores`` puts them
+together, once, in the lifespan, by ``Settings.backend``; no other code asks which database
+it is on.
 
 A :class:`Database` hands out connections of its driver: an ``asyncpg.Connection`` on
 PostgreSQL (the hot statements run on asyncpg directly, prepared once per connection), a

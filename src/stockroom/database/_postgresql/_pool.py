@@ -123,14 +123,15 @@ class Lease:
     ) -> None:
         pool, connection = self._pool, self._connection
         assert pool.connections is not None
+        # Whatever fails here, the connection goes back to asyncpg and its turn is freed.
         try:
             if failure is not None and is_broken(failure):
                 await drop(pool.connections, connection)
         finally:
             try:
                 # Still in a transaction: its rollback failed, and the pool does not reset
-                # connections. (Already given back by asyncpg, on seeing it lost:
-                # InterfaceError, nothing to do.)
+                # connections, so this one must not go back open. (Already given back by
+                # asyncpg, on seeing it lost: InterfaceError, nothing to do.)
                 with contextlib.suppress(asyncpg.InterfaceError):
                     if connection.is_in_transaction():
                         connection.terminate()
