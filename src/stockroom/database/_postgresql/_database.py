@@ -24,6 +24,9 @@ T = TypeVar("T")
 
 
 class PostgresDatabase:
+    """The stores' connections and transactions on PostgreSQL; the requests' pool is opened
+    by ``start`` and closed by ``close`` (the lifespan)."""
+
     def __init__(self, settings: Settings, *, on_commit: Callable[[], None]) -> None:
         self._settings = settings
         self._on_commit = on_commit

@@ -70,7 +70,7 @@ class RequestPool:
             command_timeout=settings.database_statement_timeout + 5,
             statement_cache_size=pgbouncer.statement_cache_size(settings),
             server_settings=pgbouncer.server_settings(settings),
-            reset=_nothing_to_reset,
+            reset=_nothing_to_reset,  # no reset on release (see the module's docstring)
         )
 
     async def close(self) -> None:
