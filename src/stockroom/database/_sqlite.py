@@ -110,11 +110,11 @@ class SqliteDatabase:
         async with self.connection() as connection, self.write(connection):
             yield connection
 
-    async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+    async def run(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async with self.transaction() as connection:
             return await work(connection)
 
-    async def read(self, query: Callable[[Any], Awaitable[T]]) -> T:
+    async def read(self, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async with self._engine.connect() as connection:
             return await query(connection)
 

@@ -1,7 +1,7 @@
 """Items on PostgreSQL: asyncpg directly, with the SQL text of every statement made once.
 
 asyncpg prepares a statement on first use on a connection and keeps it, so a request sends
-only its parameters (not through PgBouncer, see ``database/_postgresql.py``). The list's
+only its parameters (not through PgBouncer, see ``database/_postgresql/_pgbouncer.py``). The list's
 statements depend on which filters are present: each shape is compiled from
 ``items.repository`` once, on first use, and kept.
 

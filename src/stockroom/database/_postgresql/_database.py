@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import asyncpg
 
@@ -70,7 +70,7 @@ class PostgresDatabase:
                 yield connection
         self._on_commit()
 
-    async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
+    async def run(self, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         # What `transaction()` does, as a plain call: no context manager's generator around
         # the hot path of every write.
         with TRANSIENT_AS_503:
@@ -79,7 +79,7 @@ class PostgresDatabase:
         self._on_commit()
         return result
 
-    async def read(self, query: Callable[[Any], Awaitable[T]]) -> T:
+    async def read(self, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         if self._pgbouncer:
             # In a transaction, for the statement timeout's SET LOCAL (_pgbouncer.py).
             with TRANSIENT_AS_503:
@@ -95,7 +95,7 @@ class PostgresDatabase:
             # a new one (safe: a read changes nothing).
         return await self._read_once(query)
 
-    async def _read_once(self, query: Callable[[Any], Awaitable[T]]) -> T:
+    async def _read_once(self, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         # What `connection()` does, without its context manager's generator: the hot path of
         # every read.
         with TRANSIENT_AS_503:
