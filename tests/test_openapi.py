@@ -1,7 +1,7 @@
 """The OpenAPI document says what the service does, in terms standard tools take as is.
 
 (That every answer the tests see matches the document is checked for every test, by the
-shared client: tests/openapi_check.py. That a generated client works:
+shared client: tests/support/openapi_check.py. That a generated client works:
 tests/test_generated_client.py.)
 """
 
