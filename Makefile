@@ -122,4 +122,4 @@ bench: install-test ensure-postgres ensure-pgbouncer
 	$(BIN)/python bench/bench.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .hypothesis src/*.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .hypothesis src/*.egg-info .coverage .coverage.*

@@ -411,7 +411,7 @@ class Server:
 
 class PgBouncer:
     """A real PgBouncer in transaction mode in front of the bench's PostgreSQL (as
-    tests/pgbouncer.py starts it for the tests), with PGBOUNCER_POOL server connections."""
+    tests/support/pgbouncer.py starts it for the tests), with PGBOUNCER_POOL server connections."""
 
     def __init__(self) -> None:
         if not os.access(PGBOUNCER, os.X_OK):
