@@ -14,8 +14,8 @@ from fastapi.routing import APIRoute
 
 from stockroom import __version__
 from stockroom.auth.deps import security_schemes
+from stockroom.auth.router import current_key_router, stream_tokens_router
 from stockroom.auth.router import router as auth_router
-from stockroom.auth.router import stream_tokens_router
 from stockroom.background import event_services, purge_periodically
 from stockroom.edge import CorsMiddleware, HeadMiddleware, UnreadBodyMiddleware, api_methods
 from stockroom.events.router import router as events_router
@@ -138,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stream_tokens_router,
         webhooks_router,
         events_router,
+        current_key_router,
     ):
         _add_routes(app, router)
     app.mount(DOCS_ASSETS_PATH, docs_assets(), name="docs-assets")

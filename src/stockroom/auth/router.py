@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, get_args
 
 from fastapi import APIRouter, Path, Request, status
 from pydantic import TypeAdapter
@@ -14,16 +14,18 @@ from stockroom.auth.models import ApiKey
 from stockroom.auth.schemas import (
     KEY_NAME_MAX_LENGTH,
     KEY_NAME_PATTERN,
+    CurrentKey,
     KeyCreate,
     KeyCreated,
     KeyPublic,
+    ScopeName,
     StreamTokenCreated,
 )
 from stockroom.http import Page, page_response
 from stockroom.problems import problem_responses
 from stockroom.resources import resources_of
 
-__all__ = ["router", "stream_tokens_router"]
+__all__ = ["current_key_router", "router", "stream_tokens_router"]
 
 router = APIRouter(
     route_class=ScopedRoute,
@@ -117,3 +119,21 @@ async def create_stream_token(request: Request) -> StreamTokenCreated:
         principal_of(request), anonymous=not resources.authenticator.enabled
     )
     return StreamTokenCreated(token=issued.token, expires_at=issued.expires_at)
+
+
+# Who is calling: any valid key (read scope), so that a client such as the console shows
+# what the key may do without probing the endpoints it may not call.
+current_key_router = APIRouter(
+    route_class=ScopedRoute,
+    tags=["keys"],
+    responses=problem_responses(400, 401, 403, 500, 503),
+)
+
+
+@current_key_router.get("/me", dependencies=[READ], operation_id="getCurrentKey")
+async def get_current_key(request: Request) -> CurrentKey:
+    """The API key of this request: its name and every scope it grants (implied ones
+    included). With authentication off the name is null and every scope is granted."""
+    principal = principal_of(request)
+    name = principal.name if resources_of(request).authenticator.enabled else None
+    return CurrentKey(name=name, scopes=[s for s in get_args(ScopeName) if principal.can(s)])

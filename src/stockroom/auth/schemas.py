@@ -11,6 +11,7 @@ __all__ = [
     "KEY_NAME_MAX_LENGTH",
     "KEY_NAME_PATTERN",
     "KEY_NAME_RULE",
+    "CurrentKey",
     "KeyCreate",
     "KeyCreated",
     "KeyPublic",
@@ -56,4 +57,14 @@ class StreamTokenCreated(BaseModel):
     )
     expires_at: dt.datetime = Field(
         description="After this the token opens nothing, and a stream opened with it ends."
+    )
+
+
+class CurrentKey(BaseModel):
+    name: str | None = Field(
+        description="The key's name; null when authentication is off (STOCKROOM_AUTH=off)."
+    )
+    scopes: list[ScopeName] = Field(
+        description="Every scope the key grants, implied ones included (`admin` grants "
+        "`read`, `write` and `admin`), in that order."
     )
