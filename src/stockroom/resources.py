@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
     from stockroom.auth.service import Authenticator
-    from stockroom.auth.tokens import StreamTokens
+    from stockroom.auth.tokens import SignedTokens
     from stockroom.events.hub import EventHub
     from stockroom.events.wakeup import Wakeup
     from stockroom.idempotency.service import InFlightKeys
@@ -59,7 +59,10 @@ class Resources:
     # Every event type the domains write (what GET /events?types= may ask for).
     event_types: Sequence[str]
     authenticator: Authenticator
-    stream_tokens: StreamTokens
+    stream_tokens: SignedTokens
+    # Tokens of GET /items/export; they share the stream tokens' cache of keys, so that
+    # stream_tokens.forget(name) refuses both kinds.
+    export_tokens: SignedTokens
     in_flight_keys: InFlightKeys
     # None: no rate limit (STOCKROOM_RATE_LIMIT unset).
     rate_limiter: RateLimiter | None

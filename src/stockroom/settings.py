@@ -251,12 +251,19 @@ class Settings(BaseSettings):
         description="Lifetime of a stream token from POST /events/tokens (for a browser's "
         "EventSource); a stream opened with one ends when it expires.",
     )
+    export_token_seconds: float = Field(
+        300.0,
+        ge=1,
+        le=3600,
+        description="Lifetime of an export token from POST /items/export/tokens (a download "
+        "link's credential for GET /items/export); a download it started runs to its end.",
+    )
     events_token_secret: str = Field(
         "",
-        description="Optional extra secret mixed into stream token signatures, the same on "
-        "every instance (at least 32 characters), so that a copy of the database alone "
-        "cannot mint tokens; empty: tokens are signed with a key derived from the API key's "
-        "stored hash only.",
+        description="Optional extra secret mixed into stream and export token signatures, "
+        "the same on every instance (at least 32 characters), so that a copy of the "
+        "database alone cannot mint tokens; empty: tokens are signed with a key derived from "
+        "the API key's stored hash only.",
     )
 
     @field_validator("database_url")

@@ -14,7 +14,7 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stockroom.auth.service import Authenticator
-from stockroom.auth.tokens import StreamTokens
+from stockroom.auth.tokens import EXPORT_TOKEN, SignedTokens
 from stockroom.database import Database
 from stockroom.database._postgresql import PostgresDatabase
 from stockroom.database._postgresql import create_engine as create_postgresql_engine
@@ -138,6 +138,12 @@ async def open_resources(
     stores = open_stores(settings, engine, on_commit=wakeup.wake)
     limit = settings.rate_limit_item
     limiter = RateLimiter(limit, settings.redis_url) if limit else None
+    stream_tokens = SignedTokens(
+        sessions,
+        lifetime=settings.events_token_seconds,
+        ttl=settings.auth_cache_seconds,
+        secret=settings.events_token_secret,
+    )
     try:
         await stores.database.start()
         async with create_http_client(settings) as http:
@@ -153,11 +159,9 @@ async def open_resources(
                 authenticator=Authenticator(
                     sessions, enabled=settings.auth, ttl=settings.auth_cache_seconds
                 ),
-                stream_tokens=StreamTokens(
-                    sessions,
-                    lifetime=settings.events_token_seconds,
-                    ttl=settings.auth_cache_seconds,
-                    secret=settings.events_token_secret,
+                stream_tokens=stream_tokens,
+                export_tokens=stream_tokens.of_kind(
+                    EXPORT_TOKEN, lifetime=settings.export_token_seconds
                 ),
                 in_flight_keys=InFlightKeys(),
                 rate_limiter=limiter,

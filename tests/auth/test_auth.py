@@ -31,7 +31,7 @@ def required_scope(path: str, method: str) -> str:
     write."""
     if path.startswith(("/keys", "/webhooks")):
         return "admin"
-    if path == "/events/tokens":  # a credential to read the stream with
+    if path in ("/events/tokens", "/items/export/tokens"):  # credentials to read with
         return "read"
     return "read" if method == "get" else "write"
 

@@ -13,7 +13,7 @@ import pytest
 
 from stockroom.auth.models import ApiKey
 from stockroom.auth.service import ANONYMOUS, Authenticator, Principal, grants, hash_key
-from stockroom.auth.tokens import TOKEN_PREFIX, StreamTokens
+from stockroom.auth.tokens import TOKEN_PREFIX, SignedTokens
 from stockroom.errors import UnauthorizedError
 
 SECRET = "sr_" + "k" * 43
@@ -58,9 +58,9 @@ def _key(name: str = "alice", scopes: str = "read", key_id: int = 5) -> ApiKey:
     )
 
 
-def _tokens(sessions: _Sessions, **options: Any) -> StreamTokens:
+def _tokens(sessions: _Sessions, **options: Any) -> SignedTokens:
     values: dict[str, Any] = {"lifetime": 3600.0, "ttl": 60.0, **options}
-    return StreamTokens(sessions, **values)  # type: ignore[arg-type]
+    return SignedTokens(sessions, **values)  # type: ignore[arg-type]
 
 
 def _authenticator(sessions: _Sessions, ttl: float = 60.0) -> Authenticator:

@@ -11,7 +11,14 @@ from fastapi.security import HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
 from stockroom.auth.service import Principal
-from stockroom.auth.tokens import TOKEN_PARAM, TOKEN_PREFIX
+from stockroom.auth.tokens import (
+    EXPORT_TOKEN,
+    STREAM_TOKEN,
+    TOKEN_KINDS,
+    TOKEN_PARAM,
+    SignedTokens,
+    TokenKind,
+)
 from stockroom.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
 from stockroom.ratelimit import STATE_KEY, RateLimiter
 from stockroom.resources import resources_of
@@ -23,14 +30,16 @@ __all__ = [
     "WRITE",
     "RequireScope",
     "ScopedRoute",
+    "accepts_export_token",
     "accepts_stream_token",
     "principal_of",
     "security_schemes",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-_STREAM_TOKEN_MARK = "__stockroom_accepts_stream_token__"
-# Where a request opened by a stream token keeps the token's expiry (Unix seconds).
+# The kind of token (auth.tokens.TokenKind) a route's endpoint accepts in ?token=.
+_TOKEN_MARK = "__stockroom_accepts_token__"
+# Where a request opened by a token keeps the token's expiry (Unix seconds).
 TOKEN_EXPIRES_STATE = "stream_token_expires"
 # Where the scope check leaves the caller, for principal_of.
 _PRINCIPAL_STATE = "principal"
@@ -50,27 +59,43 @@ def _bearer_key(request: Request) -> str | None:
     return None
 
 
+def _kind_of(token: str) -> TokenKind | None:
+    """The kind of token its prefix names (a guess: verifying decides)."""
+    return next((kind for kind in TOKEN_KINDS if token.startswith(kind.prefix)), None)
+
+
+def _article(kind: TokenKind) -> str:
+    return "An" if kind.name[0] in "aeiou" else "A"
+
+
 async def _authenticate(request: Request) -> Principal:
     """The caller, counted against its rate limit: by its API key, or on a route marked
-    :func:`accepts_stream_token` by a stream token in ``?token=`` (which no other route
-    accepts, nor ``Authorization``)."""
+    :func:`accepts_stream_token` (:func:`accepts_export_token`) by a token of that kind in
+    ``?token=`` (which no other route accepts, nor ``Authorization``)."""
     resources = resources_of(request)
     authenticator = resources.authenticator
     # The query string is parsed only when it may hold a token (most requests have none).
     token = request.query_params.get(TOKEN_PARAM) if request.scope["query_string"] else None
     if token is not None and authenticator.enabled:
-        if not getattr(request.scope.get("endpoint"), _STREAM_TOKEN_MARK, False):
+        accepted: TokenKind | None = getattr(request.scope.get("endpoint"), _TOKEN_MARK, None)
+        given = _kind_of(token) or accepted or STREAM_TOKEN
+        if given != accepted:
             raise UnauthorizedError(
-                "A stream token (?token=) opens only GET /events; send the API key here "
-                "as 'Authorization: Bearer <key>'."
+                f"{_article(given)} {given.name} token (?token=) opens only {given.opens}; "
+                "send the API key here as 'Authorization: Bearer <key>'."
             )
-        principal, expires = await resources.stream_tokens.verify(token)
+        tokens: SignedTokens = (
+            resources.stream_tokens if accepted == STREAM_TOKEN else resources.export_tokens
+        )
+        principal, expires = await tokens.verify(token)
         setattr(request.state, TOKEN_EXPIRES_STATE, expires)
         return await _count(request, principal)
     presented = _bearer_key(request)
-    if presented is not None and presented.startswith(TOKEN_PREFIX) and authenticator.enabled:
+    kind = _kind_of(presented) if presented is not None else None
+    if kind is not None and authenticator.enabled:
         raise UnauthorizedError(
-            "A stream token is not an API key: it opens only GET /events, as ?token=."
+            f"{_article(kind)} {kind.name} token is not an API key: it opens only "
+            f"{kind.opens}, as ?token=."
         )
     return await _count(request, await authenticator.authenticate(presented))
 
@@ -88,7 +113,13 @@ def principal_of(request: Request) -> Principal:
 
 def accepts_stream_token(endpoint: F) -> F:
     """Mark a route's endpoint as one that a stream token (``?token=``) may open."""
-    setattr(endpoint, _STREAM_TOKEN_MARK, True)
+    setattr(endpoint, _TOKEN_MARK, STREAM_TOKEN)
+    return endpoint
+
+
+def accepts_export_token(endpoint: F) -> F:
+    """Mark a route's endpoint as one that an export token (``?token=``) may open."""
+    setattr(endpoint, _TOKEN_MARK, EXPORT_TOKEN)
     return endpoint
 
 

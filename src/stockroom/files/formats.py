@@ -51,12 +51,14 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 
 
 class FileError(Exception):
-    """The file as a whole cannot be read (bad header, bad encoding): nothing after it is."""
+    """The file as a whole cannot be read (bad header, bad encoding): nothing after it is.
+    ``field``: the column at fault (an unknown, missing or repeated one), or None."""
 
-    def __init__(self, line: int, message: str) -> None:
+    def __init__(self, line: int, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.line = line
         self.message = message
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +69,13 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class RecordError:
+    """A row that is refused: its line, the column or key at fault (None when the line
+    itself cannot be read: bad JSON, a wrong number of cells, too long, not UTF-8), and
+    why."""
+
     line: int
     message: str
+    field: str | None = None
 
 
 _NEEDS_QUOTES = re.compile(r'[,"\r\n]')
@@ -254,12 +261,13 @@ class CsvReader:
         columns = [v.strip().lower() for v in values]
         unknown = [c for c in columns if c not in EXPORT_COLUMNS]
         if unknown:
-            raise FileError(line, f"unknown column {unknown[0]!r} in the header")
+            raise FileError(line, f"unknown column {unknown[0]!r} in the header", unknown[0])
         missing = [c for c in ("sku", "name", "price") if c not in columns]
         if missing:
-            raise FileError(line, f"the header lacks the column {missing[0]!r}")
-        if len(set(columns)) != len(columns):
-            raise FileError(line, "the header names a column twice")
+            raise FileError(line, f"the header lacks the column {missing[0]!r}", missing[0])
+        twice = [c for n, c in enumerate(columns) if c in columns[:n]]
+        if twice:
+            raise FileError(line, "the header names a column twice", twice[0])
         return columns
 
     def finish(self) -> None:

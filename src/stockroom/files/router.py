@@ -7,13 +7,13 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Header, Query, Request, status
 from starlette.responses import Response, StreamingResponse
 
-from stockroom.auth.deps import READ, WRITE, ScopedRoute
+from stockroom.auth.deps import READ, WRITE, ScopedRoute, accepts_export_token, principal_of
 from stockroom.db import utcnow
 from stockroom.edge import is_head, without_body
 from stockroom.errors import UnsupportedMediaTypeError
 from stockroom.files import service
 from stockroom.files.formats import CSV_COLUMNS
-from stockroom.files.schemas import ImportReport
+from stockroom.files.schemas import ExportTokenCreated, ImportReport
 from stockroom.http import REPLAYED_DOC
 from stockroom.idempotency.deps import answer_response, idempotent
 from stockroom.idempotency.service import StoredAnswer
@@ -87,8 +87,13 @@ def _report_answer(report: ImportReport) -> StoredAnswer:
 async def import_items(
     request: Request,
     mode: Annotated[
-        Literal["default", "atomic"],
-        Query(description="atomic: one transaction; any bad row and nothing is applied (422)."),
+        Literal["default", "atomic", "dry-run"],
+        Query(
+            description="atomic: one transaction; any bad row and nothing is applied (422). "
+            "dry-run: checked as atomic would check it, and nothing is applied whatever the "
+            "outcome: 200 with the report when it would apply cleanly, 422 with it otherwise "
+            "(an `Idempotency-Key` is not used: nothing is stored)."
+        ),
     ] = "default",
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
@@ -102,10 +107,16 @@ async def import_items(
         )
     stores = resources_of(request).stores
     body = service.BodyHasher(request.stream())
-    atomic = mode == "atomic"
-    if idempotency_key is None:
+    atomic, dry_run = mode == "atomic", mode == "dry-run"
+    # A dry run applies nothing, so it has nothing to store or replay under a key.
+    if idempotency_key is None or dry_run:
         report = await service.import_items(
-            stores.database, stores.writer, aiter(body), reader_class(), atomic=atomic
+            stores.database,
+            stores.writer,
+            aiter(body),
+            reader_class(),
+            atomic=atomic,
+            dry_run=dry_run,
         )
         return answer_response(_report_answer(report), replayed=False)
 
@@ -136,11 +147,19 @@ async def import_items(
     dependencies=[READ],
     operation_id="exportItems",
 )
+@accepts_export_token
 async def export_items(
     request: Request,
     where: ItemFilterDep,
     format: Annotated[Literal["csv", "ndjson"], Query()] = "csv",
     sort: SortKey = "id",
+    token: Annotated[
+        str | None,
+        Query(
+            description="An export token from `POST /items/export/tokens`, instead of the "
+            "`Authorization` header (a plain download link)."
+        ),
+    ] = None,
 ) -> Response:
     """Every item that matches the list filters, in `sort` order, as a file download."""
     stamp = utcnow().strftime("%Y%m%dT%H%M%SZ")
@@ -153,3 +172,20 @@ async def export_items(
     )
     # HEAD: the download's status and headers; the query is not run.
     return without_body(response) if is_head(request) else response
+
+
+@router.post(
+    "/export/tokens",
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[READ],
+    operation_id="createExportToken",
+)
+async def create_export_token(request: Request) -> ExportTokenCreated:
+    """A short-lived credential for `GET /items/export?token=...`, so that a browser
+    downloads an export of any size with a plain link. It opens nothing else, expires after
+    `STOCKROOM_EXPORT_TOKEN_SECONDS` and stops working when its API key is revoked."""
+    resources = resources_of(request)
+    issued = await resources.export_tokens.issue(
+        principal_of(request), anonymous=not resources.authenticator.enabled
+    )
+    return ExportTokenCreated(token=issued.token, expires_at=issued.expires_at)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, with_config
@@ -11,7 +12,7 @@ from typing_extensions import TypedDict
 
 from stockroom.items.schemas import Money, Name, OptionalDescription, Quantity, Sku
 
-__all__ = ["MAX_REPORTED_ERRORS", "ImportError_", "ImportReport", "ImportRow"]
+__all__ = ["MAX_REPORTED_ERRORS", "ExportTokenCreated", "ImportError_", "ImportReport", "ImportRow"]
 
 MAX_REPORTED_ERRORS = 100
 
@@ -33,6 +34,10 @@ class ImportRow(TypedDict):
 
 class ImportError_(BaseModel):  # noqa: N801 - "ImportError" is a builtin
     line: int = Field(description="1-based line of the file where the row starts.")
+    field: str | None = Field(
+        description="The column (CSV) or key (NDJSON) at fault; null when the line itself "
+        "cannot be read (not valid JSON, a wrong number of cells, too long, not UTF-8)."
+    )
     message: str
 
 
@@ -45,7 +50,17 @@ class ImportReport(BaseModel):
         default_factory=list, description="The first 100 problems, by line."
     )
 
-    def fail(self, line: int, message: str) -> None:
+    def fail(self, line: int, message: str, field: str | None = None) -> None:
         self.failed += 1
         if len(self.errors) < MAX_REPORTED_ERRORS:
-            self.errors.append(ImportError_(line=line, message=message))
+            self.errors.append(ImportError_(line=line, field=field, message=message))
+
+
+class ExportTokenCreated(BaseModel):
+    token: str = Field(
+        description="Pass as `GET /items/export?token=...` (a plain download link); it opens "
+        "nothing else. Not an API key."
+    )
+    expires_at: dt.datetime = Field(
+        description="After this the token opens nothing; a download it started runs to its end."
+    )

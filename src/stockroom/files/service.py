@@ -84,6 +84,7 @@ class ImportRejectedError(InvalidRequestError):
                 "loc": ["body", "line", e.line],
                 "msg": e.message,
                 "line": e.line,
+                "field": e.field,
                 "message": e.message,
             }
             for e in report.errors
@@ -125,12 +126,15 @@ def _validate(
     try:
         valid = _ROWS.validate_python(values)
     except ValidationError as exc:
-        problems: dict[int, str] = {}
+        problems: dict[int, ErrorDetails] = {}
         for error in exc.errors(include_url=False):
             index = error["loc"][0]
             assert isinstance(index, int)
-            problems.setdefault(index, _problem(error))
-        errors.extend(RecordError(lines[index], problem) for index, problem in problems.items())
+            problems.setdefault(index, error)
+        errors.extend(
+            RecordError(lines[index], _problem(error), _field(error))
+            for index, error in problems.items()
+        )
         keep = [index for index in range(len(values)) if index not in problems]
         lines = [lines[index] for index in keep]
         valid = _ROWS.validate_python([values[index] for index in keep])
@@ -161,6 +165,11 @@ def _problem(error: ErrorDetails) -> str:
     return f"{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
+def _field(error: ErrorDetails) -> str | None:
+    """The column or key at fault: the location's first part after the row's index."""
+    return str(error["loc"][1]) if len(error["loc"]) > 1 else None
+
+
 async def import_items(
     database: Database[C],
     writer: ItemWriter[C],
@@ -168,6 +177,7 @@ async def import_items(
     reader: Reader,
     *,
     atomic: bool,
+    dry_run: bool = False,
     connection: C | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ImportReport:
@@ -179,6 +189,11 @@ async def import_items(
     a sku seen earlier in the file lives in a temporary table): through PgBouncer it is one
     transaction too. Raises :class:`ImportRejectedError` when nothing may be applied: an
     unreadable header, or any bad row in atomic mode.
+
+    ``dry_run``: the file is checked as an atomic import would check it (every row
+    validated and written, skus repeated in the file found), in one transaction that is
+    always rolled back, so that the counts are exact and nothing is applied; bad rows raise
+    :class:`ImportRejectedError` with the whole report.
     """
 
     def one_import(held: C, *, one_transaction: bool) -> _Import[C]:
@@ -188,10 +203,17 @@ async def import_items(
             connection=held,
             reader=reader,
             atomic=atomic,
+            dry_run=dry_run,
             one_transaction=one_transaction,
             progress=progress,
         )
 
+    if dry_run:
+        try:
+            async with database.transaction() as held:
+                raise _RollBack(await one_import(held, one_transaction=True).run(chunks))
+        except _RollBack as done:
+            return done.report
     if connection is not None:
         return await one_import(connection, one_transaction=True).run(chunks)
     if atomic or not database.keeps_sessions:
@@ -199,6 +221,14 @@ async def import_items(
             return await one_import(held, one_transaction=True).run(chunks)
     async with database.connection() as held:
         return await one_import(held, one_transaction=False).run(chunks)
+
+
+class _RollBack(Exception):  # noqa: N818 - not an error: how a dry run ends
+    """Raised through a dry run's transaction, so that it rolls back; carries the report."""
+
+    def __init__(self, report: ImportReport) -> None:
+        super().__init__("dry run")
+        self.report = report
 
 
 @dataclass(kw_only=True)
@@ -210,6 +240,9 @@ class _Import(Generic[C]):
     connection: C
     reader: Reader
     atomic: bool
+    # Checked and written as atomic would, but every batch written (to find every sku
+    # repeated in the file) and the whole report given: the caller rolls it all back.
+    dry_run: bool
     # The whole file in one transaction (the caller's, or one opened for it); otherwise
     # each batch commits on its own.
     one_transaction: bool
@@ -221,6 +254,10 @@ class _Import(Generic[C]):
         if self.one_transaction:
             await writer.begin_import(connection)
             await self._read_and_write(chunks)
+            if self.dry_run and report.failed:
+                raise ImportRejectedError(
+                    f"{report.failed} bad row(s); nothing was imported (mode=dry-run).", report
+                )
             if self.atomic and report.failed:
                 raise ImportRejectedError(
                     f"{report.failed} bad row(s); nothing was imported (mode=atomic).",
@@ -249,17 +286,17 @@ class _Import(Generic[C]):
         try:
             while (batch := await queue.get()) is not None:
                 for error in batch.errors:
-                    report.fail(error.line, error.message)
+                    report.fail(error.line, error.message, error.field)
                 rows_read += len(batch.rows) + len(batch.errors)
                 if self.progress is not None:
                     self.progress(rows_read)
-                if self.atomic and report.failed:
+                if self.atomic and report.failed and not self.dry_run:
                     apply = False  # read on to report every bad row, but write nothing more
                 if batch.rows and apply:
                     await self._write(batch.rows)
             await producer  # raises what the reading or parsing raised
         except FileError as exc:
-            report.fail(exc.line, exc.message)
+            report.fail(exc.line, exc.message, exc.field)
             if isinstance(self.reader, CsvReader) and self.reader.columns is None:
                 raise ImportRejectedError(exc.message, report) from None
         finally:
@@ -325,7 +362,7 @@ async def _read_batches(
 
 def _count(report: ImportReport, counts: BatchCounts) -> None:
     for line, sku, first in counts.repeated or ():
-        report.fail(line, f"sku {sku!r} appears again (first on line {first})")
+        report.fail(line, f"sku {sku!r} appears again (first on line {first})", "sku")
     report.created += counts.created
     report.updated += counts.updated
     report.unchanged += counts.unchanged
