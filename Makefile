@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run migrate test test-fast pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer ensure-chromium install install-test clean bench-files bench-async bench bench-events
+.PHONY: run migrate test test-fast pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer ensure-chromium install install-test clean vendor bench-files bench-async bench bench-events
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Stockroom needs Python 3.11"'
@@ -38,10 +38,10 @@ migrate: install
 	$(BIN)/stockroom migrate
 
 run: install
-	@echo "Stockroom on http://$(HOST):$(PORT)/docs (SQLite file ./stockroom.db; Ctrl-C stops)"
+	@echo "Stockroom: open http://$(HOST):$(PORT)/ in a browser for the console (API docs at /docs; SQLite file ./stockroom.db; Ctrl-C stops)"
 	@echo "Every endpoint but /ping, /healthz, /readyz, /metrics and the docs needs an API key. Make one:"
 	@echo "    $(BIN)/stockroom apikey create --name me --scopes admin"
-	@echo "and send it as 'Authorization: Bearer <key>'."
+	@echo "and sign in to the console with it, or send it as 'Authorization: Bearer <key>'."
 	$(BIN)/stockroom serve --host $(HOST) --port $(PORT)
 
 # The fast tier first: a broken pure function fails in seconds, before any database starts.
@@ -91,6 +91,11 @@ ensure-pgbouncer:
 # The browser tests drive Debian's chromium (through playwright, which downloads nothing).
 ensure-chromium:
 	@test -x /usr/bin/chromium || { apt-get update && apt-get install -y chromium; }
+
+# The console's vendored JavaScript and CSS (src/stockroom/console/vendor/, VENDOR.md): npm pack
+# of the pinned versions in a temporary folder. The only target that needs npm.
+vendor:
+	scripts/vendor-console.sh
 
 # Regenerates the settings table of docs/operations.md from the settings model.
 docs: install

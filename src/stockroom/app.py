@@ -17,6 +17,8 @@ from stockroom.auth.deps import security_schemes
 from stockroom.auth.router import current_key_router, stream_tokens_router
 from stockroom.auth.router import router as auth_router
 from stockroom.background import event_services, purge_periodically
+from stockroom.console import CONSOLE_PATH, console_app
+from stockroom.console import router as console_router
 from stockroom.edge import CorsMiddleware, HeadMiddleware, UnreadBodyMiddleware, api_methods
 from stockroom.events.router import router as events_router
 from stockroom.files.router import router as files_router
@@ -139,9 +141,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhooks_router,
         events_router,
         current_key_router,
+        console_router,
     ):
         _add_routes(app, router)
     app.mount(DOCS_ASSETS_PATH, docs_assets(), name="docs-assets")
+    app.mount(CONSOLE_PATH, console_app(), name="console")
     # Innermost: HEAD runs as the GET, whose body it drops.
     app.add_middleware(HeadMiddleware)
     install_openapi(app, security_schemes=security_schemes())

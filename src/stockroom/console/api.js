@@ -1,0 +1,124 @@
+// The one module that talks to the API: every call of the console goes through `call`.
+// It adds the key, If-Match and a fresh Idempotency-Key where asked, and turns every
+// problem+json answer (and a network failure) into one error shape the pages show.
+// The key lives in sessionStorage only: never in a URL, never logged.
+
+const KEY_STORAGE = "stockroom.key";
+
+export class ApiError extends Error {
+  constructor(status, problem) {
+    super(problem.detail || problem.title || "The request failed.");
+    this.status = status;
+    this.type = (problem.type || "").split("/").pop();
+    this.title = problem.title || "";
+    this.detail = problem.detail || this.message;
+    this.errors = Array.isArray(problem.errors) ? problem.errors : [];
+    this.problem = problem;
+  }
+}
+
+let unauthorized = () => {};
+
+/** What to do when the API refuses the key (401): the shell signs out. */
+export function onUnauthorized(handler) {
+  unauthorized = handler;
+}
+
+export function storedKey() {
+  return sessionStorage.getItem(KEY_STORAGE);
+}
+
+export function storeKey(key) {
+  sessionStorage.setItem(KEY_STORAGE, key);
+}
+
+export function forgetKey() {
+  sessionStorage.removeItem(KEY_STORAGE);
+}
+
+function withQuery(path, query) {
+  if (!query) return path;
+  const params = new URLSearchParams();
+  for (const [name, value] of Object.entries(query)) {
+    if (value !== undefined && value !== null && value !== "") params.set(name, String(value));
+  }
+  const text = params.toString();
+  return text ? `${path}?${text}` : path;
+}
+
+async function problemOf(response) {
+  try {
+    return await response.json();
+  } catch {
+    return { title: response.statusText, detail: `The service answered ${response.status}.` };
+  }
+}
+
+/**
+ * One API call. Options: `query` (an object), `body` (sent as JSON), `ifMatch` (an ETag),
+ * `idempotent` (a fresh Idempotency-Key for this attempt). Resolves to
+ * `{status, etag, data}`; rejects with an ApiError.
+ */
+export async function call(method, path, { query, body, ifMatch, idempotent } = {}) {
+  const headers = { Accept: "application/json" };
+  const key = storedKey();
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (ifMatch) headers["If-Match"] = ifMatch;
+  if (idempotent) headers["Idempotency-Key"] = crypto.randomUUID();
+  let response;
+  try {
+    response = await fetch(withQuery(path, query), {
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
+      cache: "no-store",
+    });
+  } catch {
+    throw new ApiError(0, {
+      title: "No answer",
+      detail: "The service could not be reached. Check the connection and try again.",
+    });
+  }
+  if (!response.ok) {
+    const error = new ApiError(response.status, await problemOf(response));
+    error.etag = response.headers.get("ETag");
+    if (response.status === 401) unauthorized(error);
+    throw error;
+  }
+  const data = response.status === 204 ? null : await response.json();
+  return { status: response.status, etag: response.headers.get("ETag"), data };
+}
+
+export const api = {
+  me: () => call("GET", "/me"),
+  listItems: (query) => call("GET", "/items", { query }),
+  getItem: (id) => call("GET", `/items/${id}`),
+  createItem: (body) => call("POST", "/items", { body, idempotent: true }),
+  updateItem: (id, body, etag) => call("PATCH", `/items/${id}`, { body, ifMatch: etag }),
+  deleteItem: (id, etag) => call("DELETE", `/items/${id}`, { ifMatch: etag }),
+  listAdjustments: (id, query) => call("GET", `/items/${id}/adjustments`, { query }),
+  adjust: (id, body) => call("POST", `/items/${id}/adjustments`, { body, idempotent: true }),
+  streamToken: () => call("POST", "/events/tokens"),
+  listKeys: () => call("GET", "/keys"),
+  createKey: (body) => call("POST", "/keys", { body }),
+  revokeKey: (name) => call("DELETE", `/keys/${encodeURIComponent(name)}`),
+  listWebhooks: (query) => call("GET", "/webhooks", { query }),
+  getWebhook: (id) => call("GET", `/webhooks/${encodeURIComponent(id)}`),
+  createWebhook: (body) => call("POST", "/webhooks", { body }),
+  deleteWebhook: (id) => call("DELETE", `/webhooks/${encodeURIComponent(id)}`),
+  listDeliveries: (id, query) =>
+    call("GET", `/webhooks/${encodeURIComponent(id)}/deliveries`, { query }),
+};
+
+/** The message of a 422's errors for one field (`loc` [..., field]), or null. */
+export function fieldErrors(error) {
+  const byField = {};
+  if (!(error instanceof ApiError)) return byField;
+  for (const entry of error.errors) {
+    const loc = entry.loc || [];
+    const field = loc[0] === "body" && loc.length > 1 ? String(loc[1]) : null;
+    if (field && !(field in byField)) byField[field] = entry.msg;
+  }
+  return byField;
+}

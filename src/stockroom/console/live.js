@@ -1,0 +1,110 @@
+// The live change stream: a stream token, then EventSource on GET /events?token=...
+// The browser reconnects by itself after a drop (sending Last-Event-ID); when it gives up
+// (the token expired, or the service refused the stream) a fresh token and a new
+// EventSource resume with ?after=<the last id handled>. A token is renewed before it ends.
+
+import { api } from "./api.js";
+
+const TYPES = ["item.created", "item.updated", "item.deleted", "stock.adjusted", "stock.low"];
+const RENEW_BEFORE_MS = 60_000;
+const RETRY_MS = [500, 1000, 2000, 5000, 10000];
+
+const listeners = new Set();
+const statusListeners = new Set();
+let source = null;
+let lastId = null;
+let status = "off";
+let renewTimer = null;
+let retryTimer = null;
+let failures = 0;
+let running = false;
+
+function setStatus(next) {
+  status = next;
+  for (const listener of statusListeners) listener(next);
+}
+
+function deliver(message) {
+  lastId = message.lastEventId || lastId;
+  let event;
+  try {
+    event = JSON.parse(message.data);
+  } catch {
+    return;
+  }
+  for (const listener of listeners) listener(event);
+}
+
+function close() {
+  clearTimeout(renewTimer);
+  clearTimeout(retryTimer);
+  if (source) source.close();
+  source = null;
+}
+
+function retryLater() {
+  close();
+  if (!running) return;
+  setStatus("reconnecting");
+  const delay = RETRY_MS[Math.min(failures, RETRY_MS.length - 1)];
+  failures += 1;
+  retryTimer = setTimeout(open, delay);
+}
+
+async function open() {
+  close();
+  if (!running) return;
+  let token;
+  try {
+    token = (await api.streamToken()).data;
+  } catch (error) {
+    // A 401 signs the user out (api.js); anything else: try again later.
+    if (error.status !== 401) retryLater();
+    return;
+  }
+  if (!running) return;
+  const query = new URLSearchParams({ token: token.token });
+  if (lastId) query.set("after", lastId);
+  const stream = new EventSource(`/events?${query}`);
+  source = stream;
+  stream.onopen = () => {
+    failures = 0;
+    setStatus("live");
+  };
+  stream.onerror = () => {
+    if (stream !== source) return;
+    if (stream.readyState === EventSource.CLOSED) retryLater();
+    else setStatus("reconnecting");
+  };
+  for (const type of TYPES) stream.addEventListener(type, deliver);
+  const renewIn = Date.parse(token.expires_at) - Date.now() - RENEW_BEFORE_MS;
+  renewTimer = setTimeout(open, Math.max(renewIn, 5000));
+}
+
+/** Start following the stream (after sign-in). */
+export function startLive() {
+  if (running) return;
+  running = true;
+  setStatus("connecting");
+  open();
+}
+
+/** Stop (sign-out): the stream closes and nothing is kept. */
+export function stopLive() {
+  running = false;
+  lastId = null;
+  close();
+  setStatus("off");
+}
+
+/** Calls `listener(event)` for each change; returns the function that stops it. */
+export function onChange(listener) {
+  listeners.add(listener);
+  return () => listeners.delete(listener);
+}
+
+export function onStatus(listener) {
+  statusListeners.add(listener);
+  listener(status);
+  return () => statusListeners.delete(listener);
+}
