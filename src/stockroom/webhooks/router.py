@@ -25,6 +25,15 @@ router = APIRouter(
     responses=problem_responses(400, 401, 403, 413, 422, 500, 503),
 )
 WebhookId = Annotated[str, Path(max_length=64, description="The webhook's id.")]
+DeliveryId = Annotated[
+    int,
+    Path(
+        ge=1,
+        le=2**63 - 1,
+        description="The `id` of any row of the delivery in `GET /webhooks/{id}/deliveries` "
+        "(each row is one attempt of a delivery).",
+    ),
+]
 
 
 _WEBHOOKS = TypeAdapter(list[WebhookPublic])
@@ -107,3 +116,25 @@ async def list_deliveries(
         )
     data = _ATTEMPTS.dump_json([AttemptPublic.model_validate(a) for a in attempts])
     return page_response(data, next_cursor)
+
+
+@router.post(
+    "/{webhook_id}/deliveries/{delivery_id}/retry",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_class=Response,
+    responses={
+        202: {"description": "The delivery is due now; its next attempt joins the list."},
+        **problem_responses(404, 409),
+    },
+    operation_id="retryDelivery",
+)
+async def retry_delivery(
+    request: Request, webhook_id: WebhookId, delivery_id: DeliveryId
+) -> Response:
+    """Send a pending or failed delivery again now (one more attempt; a delivered one is
+    409). The dispatcher makes the attempt within moments; the deliveries list shows it."""
+    resources = resources_of(request)
+    async with resources.sessions() as session:
+        await service.retry_delivery(session, webhook_id, delivery_id)
+    resources.wakeup.wake()
+    return Response(status_code=status.HTTP_202_ACCEPTED)

@@ -1,6 +1,6 @@
-"""Webhook subscriptions: the admin endpoints' create, read, list and delete, and the
-attempts of a webhook's deliveries. The deliveries themselves are the queue's
-(:mod:`stockroom.webhooks.queue`)."""
+"""Webhook subscriptions: the admin endpoints' create, read, list and delete, the attempts
+of a webhook's deliveries, and a retry asked for by hand. The deliveries themselves are the
+queue's (:mod:`stockroom.webhooks.queue`)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,33 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from stockroom.db import begin_write, utcnow
-from stockroom.errors import InvalidRequestError, NotFoundError
+from stockroom.errors import ConflictError, InvalidRequestError, NotFoundError
 from stockroom.events.models import Event
 from stockroom.http import cursor_int, decode_cursor, encode_cursor, invalid_cursor
 from stockroom.webhooks.models import Delivery, DeliveryAttempt, Webhook
+from stockroom.webhooks.queue import DELIVERED, PENDING
 from stockroom.webhooks.schemas import WebhookCreate
 from stockroom.webhooks.security import AddressRefusedError, check_host, generate_secret
 
 __all__ = [
+    "AlreadyDeliveredError",
     "create_webhook",
     "delete_webhook",
     "get_webhook",
     "list_attempts",
     "list_webhooks",
+    "retry_delivery",
 ]
+
+
+class AlreadyDeliveredError(ConflictError):
+    """A retry of a delivery that its receiver already accepted."""
+
+    slug, title = "already-delivered", "Already delivered"
 
 
 async def create_webhook(
@@ -142,3 +151,36 @@ async def list_attempts(
     ]
     next_cursor = encode_cursor(["-attempt", page[-1]["id"]]) if len(rows) > limit else None
     return page, next_cursor
+
+
+async def retry_delivery(session: AsyncSession, webhook_id: str, attempt_id: int) -> None:
+    """Make the delivery of the attempt ``attempt_id`` (an ``id`` of the webhook's
+    deliveries list) due now: a new attempt, its count kept (so a failed one that fails
+    again is failed again). Pending or failed only; a delivered one is 409."""
+    await begin_write(session)
+    await get_webhook(session, webhook_id)
+    row = (
+        await session.execute(
+            select(Delivery.id, Delivery.status)
+            .join(DeliveryAttempt, DeliveryAttempt.delivery_id == Delivery.id)
+            .where(
+                DeliveryAttempt.id == attempt_id,
+                DeliveryAttempt.webhook_id == webhook_id,
+                Delivery.webhook_id == webhook_id,
+            )
+            .with_for_update(of=Delivery)
+        )
+    ).first()
+    if row is None:
+        raise NotFoundError(f"No delivery {attempt_id} of webhook {webhook_id}.")
+    delivery_id, status = row
+    if status == DELIVERED:
+        raise AlreadyDeliveredError(
+            f"Delivery {attempt_id} was delivered already; it is not sent again."
+        )
+    await session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id)
+        .values(status=PENDING, next_attempt_at=utcnow())
+    )
+    await session.commit()
