@@ -200,7 +200,7 @@ def test_rules_are_in_the_schema(document: dict[str, Any]) -> None:
     assert not url.is_valid("ftp://example.com/")
     assert not url.is_valid("example.com")
     assert webhook["events"]["items"]["enum"] == [
-        "item.created", "item.updated", "item.deleted", "stock.adjusted", "*",
+        "item.created", "item.updated", "item.deleted", "stock.adjusted", "stock.low", "*",
     ]  # fmt: skip
     types = next(
         p for p in document["paths"]["/events"]["get"]["parameters"] if p["name"] == "types"
@@ -208,6 +208,7 @@ def test_rules_are_in_the_schema(document: dict[str, Any]) -> None:
     pattern = _validator(document, types["schema"])
     assert pattern.is_valid("item.created")
     assert pattern.is_valid("item.created, stock.adjusted")
+    assert pattern.is_valid("stock.low")
     assert not pattern.is_valid("item.exploded")
     assert not pattern.is_valid("")
     assert schemas["KeyCreate"]["properties"]["scopes"]["items"]["enum"] == [

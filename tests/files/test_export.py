@@ -38,7 +38,7 @@ async def test_csv_export(client: httpx.AsyncClient, new_item: ItemFactory) -> N
     disposition = response.headers["content-disposition"]
     assert re.fullmatch(r'attachment; filename="items-\d{8}T\d{6}Z\.csv"', disposition)
     assert response.text.startswith(
-        "id,sku,name,description,price,quantity,version,created_at,updated_at\n"
+        "id,sku,name,description,price,quantity,version,created_at,updated_at,reorder_point\n"
     )
     rows = parse_csv(response.text)
     assert [r["sku"] for r in rows] == ["B", "A"]  # default sort: id

@@ -10,7 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field, with_config
 # pydantic reads TypedDicts from typing_extensions only, on Python < 3.12.
 from typing_extensions import TypedDict
 
-from stockroom.items.schemas import Money, Name, OptionalDescription, Quantity, Sku
+from stockroom.items.schemas import (
+    Money,
+    Name,
+    OptionalDescription,
+    Quantity,
+    ReorderPoint,
+    Sku,
+)
 
 __all__ = ["MAX_REPORTED_ERRORS", "ExportTokenCreated", "ImportError_", "ImportReport", "ImportRow"]
 
@@ -23,13 +30,15 @@ MAX_REPORTED_ERRORS = 100
 @with_config(ConfigDict(extra="forbid"))
 class ImportRow(TypedDict):
     """One item of a file: the rules of POST /items. A missing quantity leaves an existing
-    item's stock as it is (and is 0 for a new one)."""
+    item's stock as it is (and is 0 for a new one); so does a missing reorder point (null
+    for a new one), while a null one clears it."""
 
     sku: Sku
     name: Name
     description: NotRequired[OptionalDescription]
     price: Money
     quantity: NotRequired[Quantity | None]
+    reorder_point: NotRequired[ReorderPoint | None]
 
 
 class ImportError_(BaseModel):  # noqa: N801 - "ImportError" is a builtin

@@ -141,22 +141,31 @@ def _validate(
     return [
         ValidRow(
             line, row["sku"], row["name"], fold_name(row["name"]), row.get("description"),
-            to_cents(row["price"]), row.get("quantity"),
+            to_cents(row["price"]), row.get("quantity"), row.get("reorder_point"),
+            "reorder_point" in row,
         )
         for line, row in zip(lines, valid, strict=True)
     ]  # fmt: skip
 
 
 def _from_csv(fields: dict[str, Any]) -> dict[str, Any]:
-    """CSV has only text: an empty description is null, an empty quantity is absent."""
+    """CSV has only text: an empty description is null, an empty quantity is absent, an
+    empty reorder point is null (the column is there: it clears the item's)."""
     if fields.get("description") == "":
         fields["description"] = None
     quantity = fields.pop("quantity", "")
     if quantity != "":
-        fields["quantity"] = (
-            int(quantity) if quantity.isdigit() and quantity.isascii() else quantity
-        )
+        fields["quantity"] = _csv_int(quantity)
+    if "reorder_point" in fields:
+        point = fields["reorder_point"]
+        fields["reorder_point"] = None if point == "" else _csv_int(point)
     return fields
+
+
+def _csv_int(cell: str) -> int | str:
+    """A cell of ASCII digits as the integer it is; anything else as it is (validation
+    refuses it, as it refuses a JSON string there)."""
+    return int(cell) if cell.isdigit() and cell.isascii() else cell
 
 
 def _problem(error: ErrorDetails) -> str:

@@ -25,15 +25,16 @@ from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from stockroom.database._postgresql import PostgresDatabase
 from stockroom.errors import DuplicateError
 from stockroom.events._postgresql import UTC_TEXT, PostgresEventStore
-from stockroom.items.event_types import ITEM_CREATED, ITEM_UPDATED, STOCK_ADJUSTED
+from stockroom.items.event_types import ITEM_CREATED, ITEM_UPDATED, STOCK_ADJUSTED, STOCK_LOW
 from stockroom.items.models import (
     ADJUSTMENT_COLUMNS,
     ITEM_COLUMNS,
     AdjustmentRow,
     Item,
     ItemRow,
+    Summary,
 )
-from stockroom.items.repository import Listing, Shape
+from stockroom.items.repository import SUMMARY_SQL, SUMMARY_VALUE_SPLIT, Listing, Shape
 from stockroom.items.schemas import ADJUSTMENT_FIELDS, ITEM_FIELDS, MAX_QUANTITY
 from stockroom.items.store import BatchCounts, NewItem, ValidRow
 
@@ -50,12 +51,12 @@ _LOCK = f"SELECT {_COLUMNS} FROM items WHERE id = $1 FOR UPDATE"
 _INSERT = f"""
 WITH item AS (
     INSERT INTO items (sku, name, name_key, description, price_cents, quantity, version,
-                       created_at, updated_at)
-    VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7)
+                       created_at, updated_at, reorder_point)
+    VALUES ($1, $2, $3, $4, $5, $6, 1, $7, $7, $8)
     RETURNING {_COLUMNS}
 ), initial AS (
     INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
-    SELECT id, quantity, $8, quantity, created_at FROM item WHERE quantity > 0
+    SELECT id, quantity, $9, quantity, created_at FROM item WHERE quantity > 0
     RETURNING {_ADJ_COLUMNS}
 )
 SELECT {", ".join("item." + c for c in ITEM_COLUMNS)},
@@ -65,15 +66,21 @@ _ITEM_WIDTH = len(ITEM_COLUMNS)
 _DELETE = "DELETE FROM items WHERE id = $1"
 # One conditional UPDATE does the check and the change together: concurrent adjustments can
 # neither lose an update nor oversell (see items.writer). bigint: no integer overflow.
+# The item after the change comes back too: whether it became low (the stock.low event).
 _ADD_STOCK = f"""
 WITH changed AS (
     UPDATE items SET quantity = quantity + $2, version = version + 1, updated_at = $4
     WHERE id = $1 AND quantity::bigint + $2 BETWEEN 0 AND {MAX_QUANTITY}
-    RETURNING id, quantity
+    RETURNING {_COLUMNS}
+), ledger AS (
+    INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
+    SELECT id, $2, $3, quantity, $4 FROM changed
+    RETURNING {_ADJ_COLUMNS}
 )
-INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
-SELECT id, $2, $3, quantity, $4 FROM changed
-RETURNING {_ADJ_COLUMNS}"""
+SELECT {", ".join("ledger." + c for c in ADJUSTMENT_COLUMNS)},
+       {", ".join("changed." + c for c in ITEM_COLUMNS)}
+FROM ledger CROSS JOIN changed"""
+_ADJ_WIDTH = len(ADJUSTMENT_COLUMNS)
 _QUANTITY_FOR_UPDATE = "SELECT quantity FROM items WHERE id = $1 FOR UPDATE"
 _EXISTS = "SELECT 1 FROM items WHERE id = $1"
 _ADJUSTMENTS = (
@@ -114,6 +121,15 @@ class PostgresItemStore:
 
         async def query(connection: asyncpg.Connection) -> int:
             return int(await connection.fetchval(sql, *args))
+
+        return await self._db.read(query)
+
+    async def summary(self) -> Summary:
+        async def query(connection: asyncpg.Connection) -> Summary:
+            items, units, value_high, value_low, out, low = await connection.fetchrow(SUMMARY_SQL)
+            # sum() of bigint is numeric: Decimals, whole.
+            value_cents = int(value_high) * SUMMARY_VALUE_SPLIT + int(value_low)
+            return Summary(items, int(units), value_cents, out, low)
 
         return await self._db.read(query)
 
@@ -220,9 +236,12 @@ class PostgresItemStore:
         delta: int,
         reason: str | None,
         now: dt.datetime,
-    ) -> AdjustmentRow | None:
+    ) -> tuple[AdjustmentRow, ItemRow] | None:
         record = await connection.fetchrow(_ADD_STOCK, item_id, delta, reason, now)
-        return None if record is None else AdjustmentRow(*record)
+        if record is None:
+            return None
+        values = tuple(record)
+        return AdjustmentRow(*values[:_ADJ_WIDTH]), ItemRow(*values[_ADJ_WIDTH:])
 
     async def quantity_for_update(self, connection: asyncpg.Connection, item_id: int) -> int | None:
         quantity: int | None = await connection.fetchval(_QUANTITY_FOR_UPDATE, item_id)
@@ -330,6 +349,7 @@ _EXPORT_CELLS = [
     Item.version,
     literal_column(_ITEM_SQL["created_at"].format(r="items")).label("created_at"),
     literal_column(_ITEM_SQL["updated_at"].format(r="items")).label("updated_at"),
+    Item.reorder_point,
 ]
 
 
@@ -339,7 +359,7 @@ _CREATE_BATCH_TABLE = """
 CREATE TEMPORARY TABLE stockroom_import_rows (
     line integer NOT NULL, sku varchar(64) NOT NULL, name varchar(200) NOT NULL,
     name_key text COLLATE "C" NOT NULL, description text, price_cents bigint NOT NULL,
-    quantity integer
+    quantity integer, reorder_point integer, has_reorder_point boolean NOT NULL
 )"""
 
 # Every statement below reaches items and the sku table through their indexes, row by row
@@ -354,10 +374,22 @@ _STOCK_EVENTS = _event_sql(
 _CREATED_EVENTS = _event_sql(
     ITEM_CREATED, "SELECT c.* FROM created c ORDER BY c.id", _item_json("e"), "e.updated_at"
 )
-_RENAMED_OR_REPRICED = (
+_FIELDS_CHANGED = (
     "SELECT ch.* FROM changed ch JOIN current c ON c.id = ch.id "
-    "WHERE (ch.name, ch.description, ch.price_cents) IS DISTINCT FROM "
-    "(c.old_name, c.old_description, c.old_price_cents) ORDER BY ch.id"
+    "WHERE (ch.name, ch.description, ch.price_cents, ch.reorder_point) IS DISTINCT FROM "
+    "(c.old_name, c.old_description, c.old_price_cents, c.old_reorder_point) ORDER BY ch.id"
+)
+# Items the row took from above their reorder point (or none) to at or below it
+# (items.common.crossed_low). Their events come after the batch's others: the statement's
+# data-modifying parts run in an order of the server's choosing, so this one reads the
+# others' RETURNING first (the counts are a dependency, never false), and they are done
+# before it inserts a row.
+_BECAME_LOW = (
+    "SELECT ch.* FROM changed ch JOIN current c ON c.id = ch.id "
+    "WHERE ch.quantity <= ch.reorder_point "
+    "AND NOT coalesce(c.old_quantity <= c.old_reorder_point, false) "
+    "AND (SELECT count(*) FROM updated_events) + (SELECT count(*) FROM stock_events) >= 0 "
+    "ORDER BY ch.id"
 )
 
 _DUPLICATES = """
@@ -377,9 +409,9 @@ RETURNING r.line, r.sku, coalesce(
 _INSERT_BATCH = f"""
 WITH created AS (
     INSERT INTO items (sku, name, name_key, description, price_cents, quantity, version,
-                       created_at, updated_at)
+                       created_at, updated_at, reorder_point)
     SELECT r.sku, r.name, r.name_key, r.description, r.price_cents, coalesce(r.quantity, 0), 1,
-           $1, $1
+           $1, $1, r.reorder_point
     FROM stockroom_import_rows r
     ORDER BY r.line
     ON CONFLICT (sku) DO NOTHING
@@ -401,20 +433,24 @@ _UPDATE_BATCH = f"""
 WITH current AS (
     SELECT i.id, i.quantity AS old_quantity, i.name AS old_name,
            i.description AS old_description, i.price_cents AS old_price_cents,
-           r.name, r.name_key, r.description, r.price_cents, r.quantity
+           i.reorder_point AS old_reorder_point,
+           r.name, r.name_key, r.description, r.price_cents, r.quantity,
+           CASE WHEN r.has_reorder_point THEN r.reorder_point ELSE i.reorder_point END
+               AS reorder_point
     FROM (SELECT * FROM stockroom_import_rows ORDER BY sku) r
     CROSS JOIN LATERAL (
-        SELECT id, quantity, name, description, price_cents FROM items
+        SELECT id, quantity, name, description, price_cents, reorder_point FROM items
         WHERE items.sku = r.sku FOR UPDATE
     ) i
 ), changed AS (
     UPDATE items i SET
         name = c.name, name_key = c.name_key, description = c.description,
         price_cents = c.price_cents, quantity = coalesce(c.quantity, i.quantity),
-        version = i.version + 1, updated_at = $1
+        reorder_point = c.reorder_point, version = i.version + 1, updated_at = $1
     FROM current c
-    WHERE i.id = c.id AND (i.name, i.description, i.price_cents, i.quantity)
-        IS DISTINCT FROM (c.name, c.description, c.price_cents, coalesce(c.quantity, i.quantity))
+    WHERE i.id = c.id AND (i.name, i.description, i.price_cents, i.quantity, i.reorder_point)
+        IS DISTINCT FROM (c.name, c.description, c.price_cents, coalesce(c.quantity, i.quantity),
+                          c.reorder_point)
     RETURNING i.*
 ), ledger AS (
     INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
@@ -424,8 +460,10 @@ WITH current AS (
     ORDER BY ch.id
     RETURNING *
 ), updated_events AS (
-    {_event_sql(ITEM_UPDATED, _RENAMED_OR_REPRICED, _item_json("e"), "e.updated_at")}
+    {_event_sql(ITEM_UPDATED, _FIELDS_CHANGED, _item_json("e"), "e.updated_at")} RETURNING 1
 ), stock_events AS (
-    {_STOCK_EVENTS}
+    {_STOCK_EVENTS} RETURNING 1
+), low_events AS (
+    {_event_sql(STOCK_LOW, _BECAME_LOW, _item_json("e"), "e.updated_at")}
 )
 SELECT (SELECT count(*) FROM current), (SELECT count(*) FROM changed)"""

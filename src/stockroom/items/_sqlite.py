@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -35,9 +36,15 @@ from stockroom.db import is_unique_violation
 from stockroom.errors import DuplicateError
 from stockroom.events._sqlite import SqliteEventStore
 from stockroom.events.log import event_row
-from stockroom.items.event_types import ITEM_CREATED, ITEM_UPDATED, STOCK_ADJUSTED
-from stockroom.items.models import Adjustment, AdjustmentRow, Item, ItemRow
-from stockroom.items.repository import ITEM_TABLE_COLUMNS, Listing
+from stockroom.items.common import crossed_low
+from stockroom.items.event_types import ITEM_CREATED, ITEM_UPDATED, STOCK_ADJUSTED, STOCK_LOW
+from stockroom.items.models import Adjustment, AdjustmentRow, Item, ItemRow, Summary
+from stockroom.items.repository import (
+    ITEM_TABLE_COLUMNS,
+    SUMMARY_SQL,
+    SUMMARY_VALUE_SPLIT,
+    Listing,
+)
 from stockroom.items.schemas import MAX_QUANTITY, adjustment_json, item_json
 from stockroom.items.store import BatchCounts, NewItem, ValidRow
 
@@ -55,8 +62,9 @@ _ADD_STOCK = (
     update(_ITEMS)
     .where(Item.id == bindparam("item_id"), _NEW_QUANTITY >= 0, _NEW_QUANTITY <= MAX_QUANTITY)
     .values(quantity=_NEW_QUANTITY, version=Item.version + 1, updated_at=bindparam("now"))
-    .returning(Item.quantity)
+    .returning(*ITEM_TABLE_COLUMNS)
 )
+_SUMMARY = text(SUMMARY_SQL)
 _QUANTITY = select(Item.quantity).where(Item.id == bindparam("item_id"))
 _INSERT = insert(_ITEMS).returning(*ITEM_TABLE_COLUMNS)
 _DELETE = delete(_ITEMS).where(Item.id == bindparam("item_id"))
@@ -96,6 +104,15 @@ class SqliteItemStore:
         async def query(connection: AsyncConnection) -> int:
             result = await connection.execute(listing.count(), listing.where.params())
             return int(result.scalar_one())
+
+        return await self._db.read(query)
+
+    async def summary(self) -> Summary:
+        async def query(connection: AsyncConnection) -> Summary:
+            items, units, value_high, value_low, out, low = (
+                await connection.execute(_SUMMARY)
+            ).one()
+            return Summary(items, units, value_high * SUMMARY_VALUE_SPLIT + value_low, out, low)
 
         return await self._db.read(query)
 
@@ -168,17 +185,18 @@ class SqliteItemStore:
         delta: int,
         reason: str | None,
         now: dt.datetime,
-    ) -> AdjustmentRow | None:
+    ) -> tuple[AdjustmentRow, ItemRow] | None:
         result = await connection.execute(
             _ADD_STOCK, {"item_id": item_id, "delta": delta, "now": now}
         )
-        quantity: int | None = result.scalar_one_or_none()
-        if quantity is None:
+        row = result.one_or_none()
+        if row is None:
             return None
+        item = ItemRow(*row)
         (adjustment,) = await self._insert_adjustments(
-            connection, [(item_id, delta, reason, quantity, now)]
+            connection, [(item_id, delta, reason, item.quantity, now)]
         )
-        return adjustment
+        return adjustment, item
 
     async def quantity_for_update(self, connection: AsyncConnection, item_id: int) -> int | None:
         quantity: int | None = (
@@ -224,8 +242,9 @@ class SqliteItemStore:
         counts: BatchCounts,
     ) -> None:
         """The rules of items.writer, for a batch: a change bumps the version, a quantity
-        change writes a ledger row; events item.created, item.updated (name, description
-        or price changed) and stock.adjusted."""
+        change writes a ledger row; events item.created, item.updated (name, description,
+        price or reorder point changed), stock.adjusted and, after them, stock.low (an
+        existing item the row took to at or below its reorder point)."""
         skus = [row.sku for row in rows]
         existing = {
             item.sku: item
@@ -237,6 +256,7 @@ class SqliteItemStore:
             )
         }
         events: list[dict[str, Any]] = []
+        low: list[dict[str, Any]] = []  # written after the others
         ledger: list[tuple[int, int, str | None, int, dt.datetime]] = []
         new = [row for row in rows if row.sku not in existing]
         if new:
@@ -246,7 +266,7 @@ class SqliteItemStore:
                     "sku": row.sku, "name": row.name, "name_key": row.name_key,
                     "description": row.description, "price_cents": row.price_cents,
                     "quantity": row.quantity or 0, "version": 1, "created_at": now,
-                    "updated_at": now,
+                    "updated_at": now, "reorder_point": row.reorder_point,
                 }
                 for row in new
             ]  # fmt: skip
@@ -287,16 +307,19 @@ class SqliteItemStore:
             )
             for item in (ItemRow(*r) for r in updated):
                 old = before[item.id]
-                if (item.name, item.description, item.price_cents) != (
-                    old.name, old.description, old.price_cents,
+                payload = item_json(item).decode()
+                if (item.name, item.description, item.price_cents, item.reorder_point) != (
+                    old.name, old.description, old.price_cents, old.reorder_point,
                 ):  # fmt: skip
-                    events.append(event_row(ITEM_UPDATED, item_json(item).decode(), now))
+                    events.append(event_row(ITEM_UPDATED, payload, now))
                 if item.quantity != old.quantity:
                     delta = item.quantity - old.quantity
                     ledger.append((item.id, delta, REASON_IMPORT, item.quantity, now))
+                if crossed_low(old, item):
+                    low.append(event_row(STOCK_LOW, payload, now))
         for adjustment in await self._insert_adjustments(connection, ledger):
             events.append(event_row(STOCK_ADJUSTED, adjustment_json(adjustment).decode(), now))
-        await self._events.append(connection, events)
+        await self._events.append(connection, events + low)
 
 
 def _changes(current: ItemRow, row: ValidRow) -> dict[str, Any]:
@@ -310,6 +333,8 @@ def _changes(current: ItemRow, row: ValidRow) -> dict[str, Any]:
         change["price_cents"] = row.price_cents
     if row.quantity is not None and row.quantity != current.quantity:
         change["quantity"] = row.quantity
+    if row.has_reorder_point and row.reorder_point != current.reorder_point:
+        change["reorder_point"] = row.reorder_point
     return change
 
 

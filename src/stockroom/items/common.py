@@ -1,5 +1,5 @@
-"""What the reads and the writes of items share: the entity tag, the not-found error and
-money in cents."""
+"""What the reads and the writes of items share: the entity tag, the not-found error,
+money in cents and what "low" means."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from stockroom.errors import NotFoundError
 from stockroom.http import make_etag
 from stockroom.items.models import ItemRow
 
-__all__ = ["etag_of", "not_found", "to_cents"]
+__all__ = ["crossed_low", "etag_of", "is_low", "not_found", "to_cents"]
 
 
 def to_cents(amount: Decimal) -> int:
@@ -23,3 +23,15 @@ def etag_of(item: ItemRow) -> str:
 
 def not_found(item_id: int) -> NotFoundError:
     return NotFoundError(f"No item with id {item_id}.")
+
+
+def is_low(quantity: int, reorder_point: int | None) -> bool:
+    """At or below the reorder point (never without one); as ``models.LOW_STOCK_SQL``."""
+    return reorder_point is not None and quantity <= reorder_point
+
+
+def crossed_low(before: ItemRow, after: ItemRow) -> bool:
+    """Whether a change took the item from not low to low: the ``stock.low`` event."""
+    return is_low(after.quantity, after.reorder_point) and not is_low(
+        before.quantity, before.reorder_point
+    )

@@ -29,6 +29,13 @@ async def item_filter(
     min_price: PriceBound = None,
     max_price: PriceBound = None,
     in_stock: bool | None = None,
+    low_stock: Annotated[
+        bool | None,
+        Query(
+            description="true: items at or below their reorder point; false: the others "
+            "(no reorder point, or above it)."
+        ),
+    ] = None,
 ) -> ItemFilter:
     """The list filters, shared by the list and the export."""
     if min_price is not None and max_price is not None and min_price > max_price:
@@ -40,6 +47,7 @@ async def item_filter(
         min_price_cents=None if min_price is None else to_cents(min_price),
         max_price_cents=None if max_price is None else to_cents(max_price),
         in_stock=in_stock,
+        low_stock=low_stock,
     )
 
 

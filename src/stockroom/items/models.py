@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import NamedTuple
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -16,12 +16,19 @@ from stockroom.db import Base, UTCDateTime
 __all__ = [
     "ADJUSTMENT_COLUMNS",
     "ITEM_COLUMNS",
+    "LOW_STOCK_SQL",
     "Adjustment",
     "AdjustmentRow",
     "Item",
     "ItemRow",
+    "Summary",
     "fold_name",
 ]
+
+# An item is low when its quantity is at or below its reorder point (never without one:
+# the comparison with NULL is not true). The list's `low_stock` filter and the summary use
+# this very text, so the partial index below serves them.
+LOW_STOCK_SQL = "quantity <= reorder_point"
 
 # Case-folded names sort and match by code point on both databases ("C" collation on
 # PostgreSQL; SQLite compares bytes), so that order does not depend on a server's locale.
@@ -39,10 +46,18 @@ class Item(Base):
         CheckConstraint("quantity >= 0", name="quantity_not_negative"),
         CheckConstraint("price_cents >= 0", name="price_not_negative"),
         CheckConstraint("version >= 1", name="version_positive"),
+        CheckConstraint("reorder_point >= 0", name="reorder_point_not_negative"),
         Index(None, "name_key", "id"),
         Index(None, "price_cents", "id"),
         Index(None, "created_at", "id"),
         Index(None, "updated_at", "id"),
+        # Few items are low: a partial index of their ids answers `low_stock=true`.
+        Index(
+            "ix_items_low_stock",
+            "id",
+            postgresql_where=text(LOW_STOCK_SQL),
+            sqlite_where=text(LOW_STOCK_SQL),
+        ),
         # SQLite reuses the largest freed rowid without AUTOINCREMENT: a new row would get a
         # deleted one's id (and URL and ETag).
         {"sqlite_autoincrement": True},
@@ -60,6 +75,8 @@ class Item(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # Null: none. Last, where the migration that added it put it (ItemRow follows the table).
+    reorder_point: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Adjustment(Base):
@@ -96,6 +113,7 @@ class ItemRow(NamedTuple):
     version: int
     created_at: dt.datetime
     updated_at: dt.datetime
+    reorder_point: int | None
 
 
 class AdjustmentRow(NamedTuple):
@@ -107,6 +125,16 @@ class AdjustmentRow(NamedTuple):
     reason: str | None
     quantity_after: int
     created_at: dt.datetime
+
+
+class Summary(NamedTuple):
+    """The catalogue's counts as read (GET /items/summary)."""
+
+    items: int
+    units: int
+    value_cents: int
+    out_of_stock: int
+    low_stock: int
 
 
 ITEM_COLUMNS = ItemRow._fields

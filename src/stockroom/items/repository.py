@@ -28,9 +28,17 @@ from sqlalchemy import (
 from sqlalchemy.orm import InstrumentedAttribute
 
 from stockroom.http import cursor_int, invalid_cursor
-from stockroom.items.models import Item, fold_name
+from stockroom.items.models import LOW_STOCK_SQL, Item, fold_name
 
-__all__ = ["ITEM_TABLE_COLUMNS", "ItemFilter", "Keyset", "Listing", "Shape"]
+__all__ = [
+    "ITEM_TABLE_COLUMNS",
+    "SUMMARY_SQL",
+    "SUMMARY_VALUE_SPLIT",
+    "ItemFilter",
+    "Keyset",
+    "Listing",
+    "Shape",
+]
 
 ITEM_TABLE_COLUMNS = tuple(Item.__table__.columns)
 # items.id is an INTEGER column: 32 bits on PostgreSQL, whose driver refuses a larger value.
@@ -54,6 +62,7 @@ class ItemFilter:
     min_price_cents: int | None = None
     max_price_cents: int | None = None
     in_stock: bool | None = None
+    low_stock: bool | None = None
 
     def params(self) -> dict[str, Any]:
         """The bind parameters of the filters that are present."""
@@ -84,16 +93,39 @@ class ItemFilter:
             # In the statement's text, not a parameter: in_stock is part of the shape.
             zero: ColumnElement[int] = literal_column("0")
             clauses.append(Item.quantity > zero if self.in_stock else Item.quantity == zero)
+        if self.low_stock is not None:
+            # The partial index's own predicate, so that PostgreSQL uses it for true.
+            clauses.append(_LOW if self.low_stock else _NOT_LOW)
         return clauses
 
     @property
-    def shape(self) -> tuple[bool, bool, bool, bool | None]:
+    def shape(self) -> tuple[bool, bool, bool, bool | None, bool | None]:
         return (
             bool(self.q),
             self.min_price_cents is not None,
             self.max_price_cents is not None,
             self.in_stock,
+            self.low_stock,
         )
+
+
+# Low: at or below the reorder point; not low: no reorder point, or above it.
+_LOW: ColumnElement[bool] = literal_column(LOW_STOCK_SQL)
+_NOT_LOW: ColumnElement[bool] = or_(
+    Item.reorder_point.is_(None), Item.quantity > Item.reorder_point
+)
+
+# The summary, one pass over the table, the same SQL on both databases. The stock value is
+# summed in two parts (price's millions of cents, and the rest), each product within 64
+# bits, so that no database overflows or rounds it; the caller adds them up.
+SUMMARY_SQL = f"""
+SELECT count(*), coalesce(sum(quantity), 0),
+       coalesce(sum(price_cents / 1000000 * quantity), 0),
+       coalesce(sum(price_cents % 1000000 * quantity), 0),
+       count(*) FILTER (WHERE quantity = 0),
+       count(*) FILTER (WHERE {LOW_STOCK_SQL})
+FROM items"""
+SUMMARY_VALUE_SPLIT = 1_000_000
 
 
 def _escape_like(text: str) -> str:

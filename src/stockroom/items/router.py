@@ -28,10 +28,12 @@ from stockroom.items.schemas import (
     ItemCreate,
     ItemId,
     ItemPublic,
+    ItemSummary,
     ItemUpdate,
     SortKey,
     item_json,
     items_json,
+    summary_json,
 )
 from stockroom.problems import problem_responses
 from stockroom.resources import resources_of
@@ -48,10 +50,10 @@ router = APIRouter(
 
 class _ItemIdConvertor(StringConvertor):
     """An item id segment: anything (a non-integer is a 422 from validation) except the
-    names of the collection's own resources, so that PATCH /items/export is a 405 (as
-    routing says), not "export is not an integer"."""
+    names of the collection's own resources, so that PATCH /items/export or
+    /items/summary is a 405 (as routing says), not "export is not an integer"."""
 
-    regex = r"(?!(?:import|export)(?:/|$))[^/]+"
+    regex = r"(?!(?:import|export|summary)(?:/|$))[^/]+"
 
 
 register_url_convertor("item_id", _ItemIdConvertor())
@@ -123,6 +125,15 @@ async def list_items(
         count=count,
     )
     return page_response(items_json(page.items), page.next_cursor, page.total)
+
+
+@router.get(
+    "/summary", response_model=ItemSummary, dependencies=[READ], operation_id="getItemSummary"
+)
+async def get_item_summary(request: Request) -> Response:
+    """The catalogue's counts and stock value, for an overview."""
+    summary = await service.summarize(resources_of(request).stores.items)
+    return Response(summary_json(summary), media_type=_JSON)
 
 
 @router.get(

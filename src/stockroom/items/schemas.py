@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
-from stockroom.items.models import AdjustmentRow, ItemRow
+from stockroom.items.models import AdjustmentRow, ItemRow, Summary
 
 __all__ = [
     "ADJUSTMENT_FIELDS",
@@ -42,10 +42,12 @@ __all__ = [
     "ItemCreate",
     "ItemId",
     "ItemPublic",
+    "ItemSummary",
     "ItemUpdate",
     "Money",
     "Name",
     "Quantity",
+    "ReorderPoint",
     "Sku",
     "SortKey",
     "adjustment_json",
@@ -54,6 +56,7 @@ __all__ = [
     "item_wire",
     "items_json",
     "money_text",
+    "summary_json",
 ]
 
 MAX_PRICE = Decimal("9999999999.99")
@@ -162,6 +165,16 @@ OptionalDescription = Annotated[Description | None, BeforeValidator(_empty_is_no
 ItemId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The item's id.")]
 
 Quantity = Annotated[int, Strict(), Field(ge=0, le=MAX_QUANTITY)]
+# The quantity at or below which an item is low (a JSON integer, as quantity is).
+ReorderPoint = Annotated[
+    int,
+    Strict(),
+    Field(
+        ge=0,
+        le=MAX_QUANTITY,
+        description="The item is low when its quantity is at or below this; null: never.",
+    ),
+]
 
 
 class ItemCreate(BaseModel):
@@ -172,6 +185,7 @@ class ItemCreate(BaseModel):
     description: OptionalDescription = None
     price: Money
     quantity: Quantity = 0
+    reorder_point: ReorderPoint | None = None
 
 
 def _not_nullable(schema: dict[str, Any]) -> None:
@@ -196,6 +210,8 @@ class ItemUpdate(BaseModel):
     name: Name | None = Field(None, json_schema_extra=_not_nullable)
     description: OptionalDescription = None
     price: Money | None = Field(None, json_schema_extra=_not_nullable)
+    # null clears it (as description).
+    reorder_point: ReorderPoint | None = None
 
     # Not part of the schema: present only to answer a clear 422 that points to the ledger.
     quantity: SkipJsonSchema[Any] = Field(None, exclude=True)
@@ -233,6 +249,22 @@ class ItemPublic(BaseModel):
     version: int
     created_at: dt.datetime
     updated_at: dt.datetime
+    # Last: the export's CSV columns follow these fields, and the columns before it keep
+    # their places.
+    reorder_point: int | None
+
+
+class ItemSummary(BaseModel):
+    """The catalogue at a glance (GET /items/summary)."""
+
+    items: int = Field(description="How many items there are.")
+    units: int = Field(description="Units in stock: the sum of every item's quantity.")
+    value: Annotated[
+        str,
+        WithJsonSchema({"type": "string", "pattern": r"^\d+\.\d{2}$", "examples": ["1249.50"]}),
+    ] = Field(description="Stock value, the sum of price times quantity (no upper bound).")
+    out_of_stock: int = Field(description="Items whose quantity is 0.")
+    low_stock: int = Field(description="Items at or below their reorder point.")
 
 
 class AdjustmentPublic(BaseModel):
@@ -278,6 +310,18 @@ def item_json(item: ItemRow) -> bytes:
 def items_json(items: Sequence[ItemRow]) -> bytes:
     """A JSON array of items, in one serialisation."""
     return orjson.dumps([item_wire(item) for item in items], option=_JSON_OPTIONS)
+
+
+def summary_json(summary: Summary) -> bytes:
+    return orjson.dumps(
+        {
+            "items": summary.items,
+            "units": summary.units,
+            "value": money_text(summary.value_cents),
+            "out_of_stock": summary.out_of_stock,
+            "low_stock": summary.low_stock,
+        }
+    )
 
 
 def adjustment_json(adjustment: AdjustmentRow) -> bytes:

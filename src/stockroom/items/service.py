@@ -13,13 +13,21 @@ from stockroom.database import Database
 from stockroom.http import decode_cursor, encode_cursor
 from stockroom.idempotency.service import StoredAnswer, UnitOfWork
 from stockroom.items.common import not_found
-from stockroom.items.models import ItemRow
+from stockroom.items.models import ItemRow, Summary
 from stockroom.items.repository import ItemFilter, Keyset, Listing
 from stockroom.items.schemas import ItemCreate
 from stockroom.items.store import ItemStore
 from stockroom.items.writer import ItemWriter
 
-__all__ = ["ItemPage", "create_item", "delete_item", "get_item", "list_items", "update_item"]
+__all__ = [
+    "ItemPage",
+    "create_item",
+    "delete_item",
+    "get_item",
+    "list_items",
+    "summarize",
+    "update_item",
+]
 
 C = TypeVar("C")
 
@@ -55,6 +63,11 @@ async def list_items(
     next_cursor = encode_cursor(keyset.cursor_payload(items[-1])) if more else None
     total = await store.count(listing) if count else None
     return ItemPage(items, next_cursor, total)
+
+
+async def summarize(store: ItemStore[Any]) -> Summary:
+    """The catalogue's counts and stock value, in one statement."""
+    return await store.summary()
 
 
 async def create_item(

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from stockroom.items.models import AdjustmentRow, ItemRow
+from stockroom.items.models import AdjustmentRow, ItemRow, Summary
 from stockroom.items.repository import Listing
 
 __all__ = ["BatchCounts", "ItemStore", "NewItem", "ValidRow"]
@@ -31,6 +31,7 @@ class NewItem(NamedTuple):
     price_cents: int
     quantity: int
     created_at: dt.datetime
+    reorder_point: int | None
 
 
 class ValidRow(NamedTuple):
@@ -44,6 +45,10 @@ class ValidRow(NamedTuple):
     description: str | None
     price_cents: int
     quantity: int | None
+    reorder_point: int | None = None
+    # Whether the row names a reorder point (None above may be "clear it" or "not given":
+    # a row without one leaves an existing item's as it is).
+    has_reorder_point: bool = False
 
 
 @dataclass
@@ -62,6 +67,9 @@ class ItemStore(Protocol[C]):
     async def page(self, listing: Listing) -> Sequence[ItemRow]: ...
 
     async def count(self, listing: Listing) -> int: ...
+
+    async def summary(self) -> Summary:
+        """The catalogue's counts, in one statement."""
 
     async def adjustments(
         self, item_id: int, before_id: int | None, limit: int
@@ -93,10 +101,10 @@ class ItemStore(Protocol[C]):
 
     async def add_stock(
         self, connection: C, item_id: int, delta: int, reason: str | None, now: dt.datetime
-    ) -> AdjustmentRow | None:
+    ) -> tuple[AdjustmentRow, ItemRow] | None:
         """Add ``delta`` to the quantity if the result stays within 0..MAX_QUANTITY, bump the
-        version and write the ledger row, in one statement; the ledger row, or None if
-        refused or there is no such item."""
+        version and write the ledger row, in one statement; the ledger row and the item
+        after the change, or None if refused or there is no such item."""
 
     async def quantity_for_update(self, connection: C, item_id: int) -> int | None: ...
 

@@ -5,8 +5,9 @@ Its rules: a change bumps the item's version and ``updated_at``; a quantity chan
 ledger row in the same transaction, so that for every item at every commit the sum of its
 adjustments' deltas equals its quantity (and quantity >= 0); every change writes its event
 (``item.created``, ``item.updated`` when something really changed, ``item.deleted``,
-``stock.adjusted`` per ledger row). An import's batches follow the same rules in bulk, in
-the store (set-based SQL on PostgreSQL).
+``stock.adjusted`` per ledger row), and after them ``stock.low`` when a change (not the
+creation) takes the item from above its reorder point (or none) to at or below it. An
+import's batches follow the same rules in bulk, in the store (set-based SQL on PostgreSQL).
 
 Every method takes the connection of a write transaction that the caller owns
 (``Database.transaction``, or an idempotency ``UnitOfWork``) and does not commit.
@@ -25,8 +26,14 @@ from stockroom.errors import ConflictError, PreconditionFailedError
 from stockroom.events.log import event_row
 from stockroom.events.store import EventStore
 from stockroom.http import etag_matches
-from stockroom.items.common import etag_of, not_found, to_cents
-from stockroom.items.event_types import ITEM_CREATED, ITEM_DELETED, ITEM_UPDATED, STOCK_ADJUSTED
+from stockroom.items.common import crossed_low, etag_of, not_found, to_cents
+from stockroom.items.event_types import (
+    ITEM_CREATED,
+    ITEM_DELETED,
+    ITEM_UPDATED,
+    STOCK_ADJUSTED,
+    STOCK_LOW,
+)
 from stockroom.items.models import AdjustmentRow, ItemRow, fold_name
 from stockroom.items.schemas import MAX_QUANTITY, ItemCreate, adjustment_json, item_json
 from stockroom.items.store import BatchCounts, ItemStore, NewItem, ValidRow
@@ -69,7 +76,7 @@ class ItemWriter(Generic[C]):
             connection,
             NewItem(
                 data.sku, data.name, fold_name(data.name), data.description,
-                to_cents(data.price), data.quantity, now,
+                to_cents(data.price), data.quantity, now, data.reorder_point,
             ),
             REASON_INITIAL,
         )  # fmt: skip
@@ -83,7 +90,8 @@ class ItemWriter(Generic[C]):
         self, connection: C, item_id: int, changes: dict[str, Any], *, if_match: str | None
     ) -> ItemRow:
         """Apply the fields in ``changes`` (the wire names: sku, name, description,
-        price); nothing changes (no version, no event) if they equal the item's."""
+        price, reorder_point); nothing changes (no version, no event) if they equal the
+        item's."""
         current = await self._locked(connection, item_id, if_match)
         columns = dict(changes)
         if "price" in columns:
@@ -97,9 +105,11 @@ class ItemWriter(Generic[C]):
             return current
         now = utcnow()
         item = await self._store.update(connection, item_id, columns, now)
-        await self._events.append(
-            connection, [event_row(ITEM_UPDATED, item_json(item).decode(), now)]
-        )
+        payload = item_json(item).decode()
+        events = [event_row(ITEM_UPDATED, payload, now)]
+        if crossed_low(current, item):  # its reorder point was set or raised
+            events.append(event_row(STOCK_LOW, payload, now))
+        await self._events.append(connection, events)
         return item
 
     async def delete(self, connection: C, item_id: int, *, if_match: str | None) -> None:
@@ -125,7 +135,7 @@ class ItemWriter(Generic[C]):
         """
         now = utcnow()
         while (
-            adjustment := await self._store.add_stock(connection, item_id, delta, reason, now)
+            changed := await self._store.add_stock(connection, item_id, delta, reason, now)
         ) is None:
             # Refused: find out why, under the row lock, so the answer names a real state.
             current = await self._store.quantity_for_update(connection, item_id)
@@ -142,7 +152,11 @@ class ItemWriter(Generic[C]):
                     f"Quantity would exceed {MAX_QUANTITY}.", available=current, delta=delta
                 )
             # Stock changed between the UPDATE and the lock (PostgreSQL, READ COMMITTED): retry.
-        await self._events.append(connection, _stock_events([adjustment]))
+        adjustment, item = changed
+        events = _stock_events([adjustment])
+        if crossed_low(item._replace(quantity=item.quantity - delta), item):
+            events.append(event_row(STOCK_LOW, item_json(item).decode(), now))
+        await self._events.append(connection, events)
         return adjustment
 
     async def begin_import(self, connection: C) -> None:

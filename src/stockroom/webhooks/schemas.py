@@ -18,7 +18,9 @@ __all__ = [
     "WebhookUrl",
 ]
 
-EventName = Literal["item.created", "item.updated", "item.deleted", "stock.adjusted", "*"]
+EventName = Literal[
+    "item.created", "item.updated", "item.deleted", "stock.adjusted", "stock.low", "*"
+]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
 
