@@ -213,6 +213,24 @@ export function WebhookPage({ id }) {
     }
   };
   const rows = attempts?.data || [];
+  const [retryError, setRetryError] = useState(null);
+  // The newest attempt of each event (the list is newest first) carries the retry button.
+  const latest = new Set();
+  const seen = new Set();
+  for (const row of rows) {
+    if (!seen.has(row.event_id)) latest.add(row.id);
+    seen.add(row.event_id);
+  }
+  const retry = (row) => async () => {
+    setRetryError(null);
+    try {
+      await api.retryDelivery(id, row.id);
+      announce(`Retrying the delivery of ${row.type}.`);
+      reload();
+    } catch (failure) {
+      setRetryError(failure.detail);
+    }
+  };
   return html`<section>
     <p class="crumbs"><a href="#/webhooks">Webhooks</a></p>
     <div class="page-head">
@@ -231,12 +249,14 @@ export function WebhookPage({ id }) {
         </dl>`
       : null}
     <h2>Deliveries</h2>
+    <${Alert}>${retryError}<//>
     <div class="table-wrap">
       <table>
         <caption class="visually-hidden">Delivery attempts, newest first</caption>
         <thead>
           <tr><th scope="col">When</th><th scope="col">Event</th><th scope="col" class="number">Attempt</th>
-            <th scope="col">Status</th><th scope="col">Answer or error</th><th scope="col">Next attempt</th></tr>
+            <th scope="col">Status</th><th scope="col">Answer or error</th><th scope="col">Next attempt</th>
+            <th scope="col"><span class="visually-hidden">Actions</span></th></tr>
         </thead>
         <tbody>
           ${rows.map(
@@ -247,9 +267,13 @@ export function WebhookPage({ id }) {
               <td><span class=${`status status-${row.status}`}>${row.status}</span></td>
               <td>${row.response_status ? `HTTP ${row.response_status}` : ""}${row.error ? ` ${row.error}` : ""}</td>
               <td>${row.next_attempt_at ? html`<time datetime=${row.next_attempt_at}>${formatTime(row.next_attempt_at)}</time>` : ""}</td>
+              <td>${row.status !== "delivered" && latest.has(row.id)
+                ? html`<button type="button" onClick=${retry(row)}
+                    aria-label=${`Retry ${row.type}, attempt ${row.attempt}`}>Retry now</button>`
+                : null}</td>
             </tr>`,
           )}
-          ${attempts && !rows.length ? html`<tr><td colspan="6">No delivery attempted yet.</td></tr>` : null}
+          ${attempts && !rows.length ? html`<tr><td colspan="7">No delivery attempted yet.</td></tr>` : null}
         </tbody>
       </table>
     </div>

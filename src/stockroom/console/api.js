@@ -86,7 +86,9 @@ export async function call(method, path, { query, body, ifMatch, idempotent } = 
     if (response.status === 401) unauthorized(error);
     throw error;
   }
-  const data = response.status === 204 ? null : await response.json();
+  // 204, and 202 answers without a body (a delivery's retry), carry no JSON.
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
   return { status: response.status, etag: response.headers.get("ETag"), data };
 }
 
@@ -100,6 +102,7 @@ export const api = {
   listAdjustments: (id, query) => call("GET", `/items/${id}/adjustments`, { query }),
   adjust: (id, body) => call("POST", `/items/${id}/adjustments`, { body, idempotent: true }),
   streamToken: () => call("POST", "/events/tokens"),
+  exportToken: () => call("POST", "/items/export/tokens"),
   listKeys: () => call("GET", "/keys"),
   createKey: (body) => call("POST", "/keys", { body }),
   revokeKey: (name) => call("DELETE", `/keys/${encodeURIComponent(name)}`),
@@ -109,7 +112,24 @@ export const api = {
   deleteWebhook: (id) => call("DELETE", `/webhooks/${encodeURIComponent(id)}`),
   listDeliveries: (id, query) =>
     call("GET", `/webhooks/${encodeURIComponent(id)}/deliveries`, { query }),
+  retryDelivery: (id, deliveryId) =>
+    call("POST", `/webhooks/${encodeURIComponent(id)}/deliveries/${deliveryId}/retry`),
 };
+
+/**
+ * Downloads an export of the list's filters as a file of any size: a short-lived export
+ * token, then a plain link the browser saves (the key never goes in the URL).
+ */
+export async function downloadExport(format, filters) {
+  const { data } = await api.exportToken();
+  const query = new URLSearchParams({ ...filters, format, token: data.token });
+  const link = document.createElement("a");
+  link.href = `/items/export?${query}`;
+  link.download = "";
+  document.body.append(link);
+  link.click();
+  link.remove();
+}
 
 /** The message of a 422's errors for one field (`loc` [..., field]), or null. */
 export function fieldErrors(error) {

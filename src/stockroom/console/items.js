@@ -2,7 +2,7 @@
 // kept up to date by the live stream; and the dialog that creates an item.
 
 import { html, useEffect, useRef, useState } from "./vendor/preact-htm.js";
-import { api, fieldErrors } from "./api.js";
+import { api, downloadExport, fieldErrors } from "./api.js";
 import { formatInteger, formatMoney, formatTime } from "./format.js";
 import { onChange } from "./live.js";
 import { Alert, Dialog, Field, announce, hrefOf, navigate } from "./ui.js";
@@ -197,14 +197,28 @@ export function ItemsPage({ params, me }) {
     navigate("/items", before ? { ...filters, cursor: before } : filters);
   };
   const total = page && typeof page.total === "number" ? page.total : null;
+  const [exportError, setExportError] = useState(null);
+  const download = (format) => async () => {
+    setExportError(null);
+    try {
+      await downloadExport(format, filters);
+    } catch (failure) {
+      setExportError(failure.detail);
+    }
+  };
 
   return html`<section class="items">
     <div class="page-head">
       <h1 tabindex="-1">Items</h1>
-      ${canWrite
-        ? html`<button type="button" onClick=${() => setCreating(true)}>New item</button>`
-        : null}
+      <div class="actions">
+        ${canWrite
+          ? html`<button type="button" onClick=${() => setCreating(true)}>New item</button>`
+          : null}
+        <button type="button" class="quiet" onClick=${download("csv")}>Download CSV</button>
+        <button type="button" class="quiet" onClick=${download("ndjson")}>Download NDJSON</button>
+      </div>
     </div>
+    <${Alert}>${exportError}<//>
     <${Filters} filters=${filters} errors=${queryErrors(error)} />
     <${Alert}>${error && !Object.keys(queryErrors(error)).length ? error.detail : null}<//>
     <p class="summary" aria-live="polite">
