@@ -284,7 +284,8 @@ SELECT (SELECT coalesce(max(id), 0) FROM items), (SELECT coalesce(max(id), 0) FR
        (SELECT coalesce(max(seq), 0) FROM events), (SELECT coalesce(sum(version), 0) FROM items)
 """
 ITEM_KEYS = (
-    "ARRAY['created_at','description','id','name','price','quantity','sku','updated_at','version']"
+    "ARRAY['created_at','description','id','name','price','quantity','reorder_point','sku',"
+    "'updated_at','version']"
 )
 ADJUSTMENT_KEYS = "ARRAY['created_at','delta','id','item_id','quantity_after','reason']"
 # The rows a run wrote, and whether they are the rows Stockroom writes: event bodies
