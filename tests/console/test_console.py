@@ -472,6 +472,7 @@ async def test_a_read_key_sees_no_write_control(
     assert await page.get_by_role("button", name="New item").count() == 0
     assert await page.get_by_role("link", name="API keys").count() == 0
     assert await page.get_by_role("link", name="Webhooks").count() == 0
+    assert await page.get_by_role("link", name="Import").count() == 0
     await page.get_by_role("link", name="Read only").click()
     await expect(page.get_by_role("heading", name="Read only", level=1)).to_be_visible()
     await expect(page.get_by_role("cell", name="initial")).to_be_visible()
@@ -559,3 +560,65 @@ async def test_an_admin_creates_and_revokes_a_key_and_follows_a_webhooks_deliver
         .click()
     )
     await expect(page.get_by_text("No webhook yet.")).to_be_visible()
+
+
+async def test_import_a_dry_run_names_errors_by_line_and_field_then_the_file_applies(
+    app: FastAPI,
+    server: Server,
+    tab: tuple[Page, BrowserErrors],
+    api_of: Callable[[str], httpx.AsyncClient],
+    tmp_path: Path,
+) -> None:
+    page, errors = tab
+    errors.expect_status(422)
+    _, key = await new_key(app, ["write"])
+    http = api_of(key)
+    content = (
+        "sku,name,price,quantity\n"
+        "IMP-1,Imported one,5.00,2\n"
+        "IMP-2,Bad price,cheap,1\n"
+        'IMP-3,"Bad, quantity",1.00,-5\n'
+        "IMP-4,Imported four,7.50,\n"
+    )
+    source = tmp_path / "supplier.csv"
+    source.write_text(content)
+    # What the API says of this file: the console must show the same errors.
+    checked = await http.post(
+        "/items/import",
+        params={"mode": "dry-run"},
+        content=content,
+        headers={"Content-Type": "text/csv"},
+    )
+    assert checked.status_code == 422
+    expected = [(e["line"], e["field"], e["message"]) for e in checked.json()["errors"]]
+    assert [(line, field) for line, field, _ in expected] == [(3, "price"), (4, "quantity")]
+
+    await sign_in(page, server, key)
+    await page.get_by_role("link", name="Import").click()
+    await expect(page.get_by_role("heading", name="Import items", level=1)).to_be_visible()
+    await page.get_by_label("File").set_input_files(source)
+    preview = page.get_by_role("table", name="The first rows of supplier.csv")
+    await expect(preview.get_by_role("cell", name="Bad, quantity")).to_be_visible()
+    await expect(preview.get_by_role("row")).to_have_count(5)
+
+    await page.get_by_role("button", name="Check the file (dry run)").click()
+    await expect(page.get_by_role("heading", name=re.compile("^Dry run: 2 rows"))).to_be_visible()
+    shown = page.get_by_role("table", name="Errors").get_by_role("row")
+    await expect(shown).to_have_count(3)
+    for index, (line, field, message) in enumerate(expected, start=1):
+        await expect(shown.nth(index).get_by_role("cell")).to_have_text([str(line), field, message])
+    assert (await http.get("/items", params={"count": "true"})).json()["total"] == 0
+
+    async with page.expect_download() as started:
+        await page.get_by_role("button", name="Download the rows with errors").click()
+    download = await started.value
+    assert download.suggested_filename == "supplier-errors.csv"
+    saved = await download.path()
+    assert await asyncio.to_thread(saved.read_text) == (
+        'sku,name,price,quantity\nIMP-2,Bad price,cheap,1\nIMP-3,"Bad, quantity",1.00,-5\n'
+    )
+
+    await page.get_by_role("button", name="Import", exact=True).click()
+    await expect(page.get_by_role("heading", name="Imported")).to_be_visible()
+    listed = (await http.get("/items", params={"sort": "name"})).json()["data"]
+    assert [(item["sku"], item["quantity"]) for item in listed] == [("IMP-4", 0), ("IMP-1", 2)]

@@ -142,3 +142,50 @@ export function fieldErrors(error) {
   }
   return byField;
 }
+
+/**
+ * POST /items/import with the file as its body, streamed by the browser, with upload progress
+ * (`onProgress(fraction)`; fetch has none, hence XMLHttpRequest). `mode`: "dry-run",
+ * "atomic" or none. Resolves to `{status, data}` (the report); rejects with an ApiError whose
+ * `problem` holds the report of a refused (422) import.
+ */
+export function uploadImport(file, { mode, onProgress } = {}) {
+  const ndjson = /\.(ndjson|jsonl)$/i.test(file.name);
+  return new Promise((resolve, reject) => {
+    const request = new XMLHttpRequest();
+    request.open("POST", mode ? `/items/import?mode=${encodeURIComponent(mode)}` : "/items/import");
+    const key = storedKey();
+    if (key) request.setRequestHeader("Authorization", `Bearer ${key}`);
+    request.setRequestHeader("Accept", "application/json");
+    request.setRequestHeader("Content-Type", ndjson ? "application/x-ndjson" : "text/csv");
+    request.upload.onprogress = (event) => {
+      if (event.lengthComputable && onProgress) onProgress(event.loaded / event.total);
+    };
+    request.onload = () => {
+      let body = null;
+      try {
+        body = JSON.parse(request.responseText);
+      } catch {
+        body = null;
+      }
+      if (request.status >= 200 && request.status < 300) {
+        resolve({ status: request.status, data: body });
+        return;
+      }
+      const error = new ApiError(
+        request.status,
+        body || { title: request.statusText, detail: `The service answered ${request.status}.` },
+      );
+      if (request.status === 401) unauthorized(error);
+      reject(error);
+    };
+    request.onerror = () =>
+      reject(
+        new ApiError(0, {
+          title: "No answer",
+          detail: "The service could not be reached. Check the connection and try again.",
+        }),
+      );
+    request.send(file);
+  });
+}
