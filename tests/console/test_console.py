@@ -23,8 +23,9 @@ import gzip
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import pytest
@@ -65,6 +66,9 @@ SERVER_ENV = {
     "STOCKROOM_WEBHOOK_ALLOW_PRIVATE": "true",
     "STOCKROOM_WEBHOOK_BACKOFF_SECONDS": "3600",
 }
+# axe-core as the axe-playwright-python package ships it (a test requirement): served from this
+# machine, no network.
+AXE_SCRIPT = (resources.files("axe_playwright_python") / "axe.min.js").read_text()
 _NETWORK_LINE = re.compile(r"^Failed to load resource: the server responded with a status of (\d+)")
 
 
@@ -622,3 +626,69 @@ async def test_import_a_dry_run_names_errors_by_line_and_field_then_the_file_app
     await expect(page.get_by_role("heading", name="Imported")).to_be_visible()
     listed = (await http.get("/items", params={"sort": "name"})).json()["data"]
     assert [(item["sku"], item["quantity"]) for item in listed] == [("IMP-4", 0), ("IMP-1", 2)]
+
+
+async def serious_violations(page: Page) -> list[str]:
+    """axe-core's serious and critical violations of what the page shows now."""
+    await page.evaluate(AXE_SCRIPT)
+    found: dict[str, Any] = await page.evaluate("axe.run(document, {resultTypes: ['violations']})")
+    return [
+        f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']]}"
+        for v in found["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+@pytest.mark.parametrize("theme", ["light", "dark"])
+async def test_no_serious_accessibility_violation_on_any_page(
+    app: FastAPI,
+    server: Server,
+    tab: tuple[Page, BrowserErrors],
+    api_of: Callable[[str], httpx.AsyncClient],
+    theme: Literal["light", "dark"],
+) -> None:
+    """axe-core on every page and dialog, in the light and the dark theme."""
+    page, _errors = tab
+    await page.emulate_media(color_scheme=theme)
+    _, admin = await new_key(app, ["admin"])
+    http = api_of(admin)
+    await post_item(http, sku="AXE-1", name="Checked", quantity=3, description="A thing")
+    hook = await http.post("/webhooks", json={"url": "http://127.0.0.1:9/axe", "events": ["*"]})
+    assert hook.status_code == 201
+    found: dict[str, list[str]] = {}
+
+    async def scan(name: str) -> None:
+        found[name] = await serious_violations(page)
+
+    await page.goto(f"{server.url}/console/")
+    await expect(page.get_by_label("API key")).to_be_visible()
+    await scan("sign-in")
+    await sign_in(page, server, admin)
+    await expect(page.get_by_role("link", name="Checked")).to_be_visible()
+    await scan("items")
+    await page.get_by_role("button", name="New item").click()
+    await expect(page.get_by_role("dialog", name="New item")).to_be_visible()
+    await scan("new item")
+    await page.keyboard.press("Escape")
+    await page.get_by_role("link", name="Checked").click()
+    await expect(page.get_by_role("cell", name="initial")).to_be_visible()
+    await expect(page.get_by_role("figure")).to_be_visible()
+    await scan("item")
+    await page.get_by_role("button", name="Edit item").click()
+    await expect(page.get_by_role("dialog", name="Edit item")).to_be_visible()
+    await scan("edit item")
+    await page.keyboard.press("Escape")
+    await page.get_by_role("link", name="Import").click()
+    await expect(page.get_by_role("heading", name="Import items")).to_be_visible()
+    await scan("import")
+    await page.get_by_role("link", name="API keys").click()
+    await expect(page.get_by_role("cell", name=re.compile("^console-"))).not_to_have_count(0)
+    await scan("keys")
+    await page.get_by_role("link", name="Webhooks").click()
+    await expect(page.get_by_role("link", name="http://127.0.0.1:9/axe")).to_be_visible()
+    await scan("webhooks")
+    await page.get_by_role("link", name="http://127.0.0.1:9/axe").click()
+    await expect(page.get_by_role("heading", name="Webhook", level=1)).to_be_visible()
+    await scan("webhook")
+    assert len(found) == 9, found.keys()
+    assert {name: v for name, v in found.items() if v} == {}
