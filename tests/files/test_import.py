@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from tests.support.apps import client_for, make_settings, start_app
+from tests.support.event_log import logged
 from tests.support.items import ItemFactory
 from tests.support.problems import problem
 
@@ -297,3 +298,31 @@ async def test_a_stray_quote_in_an_unquoted_field_loses_no_lines(client: httpx.A
     found = await items(client)
     assert found["Q-1"]["name"] == '5" nails'
     assert found["Q-3"]["name"] == "Quoted, with comma"
+
+
+@pytest.mark.parametrize("mode", ["default", "atomic"])
+async def test_an_imported_items_created_event_comes_before_its_stock_event(
+    app: FastAPI, client: httpx.AsyncClient, mode: str
+) -> None:
+    """As POST /items writes them: a consumer of the log (a webhook, the stream) hears of an
+    item before it hears of its stock."""
+    body = b"sku,name,price,quantity\nORD-1,One,1.00,3\nORD-2,Two,2.00,0\nORD-3,Three,3.00,7\n"
+    answer = await client.post(
+        f"/items/import?mode={mode}", content=body, headers={"content-type": "text/csv"}
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["created"] == 3
+    ids = {item["sku"]: item["id"] for item in (await client.get("/items")).json()["data"]}
+    skus = {item_id: sku for sku, item_id in ids.items()}
+    # Each item's events, in log order: the item's own carry its id as "id", a ledger row's
+    # as "item_id".
+    per_item: dict[str, list[str]] = {}
+    for event in await logged(app):
+        data = event["data"]
+        item_id = data["item_id"] if event["type"] == "stock.adjusted" else data["id"]
+        per_item.setdefault(skus[item_id], []).append(event["type"])
+    assert per_item == {
+        "ORD-1": ["item.created", "stock.adjusted"],
+        "ORD-2": ["item.created"],
+        "ORD-3": ["item.created", "stock.adjusted"],
+    }

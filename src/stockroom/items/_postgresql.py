@@ -374,6 +374,15 @@ _STOCK_EVENTS = _event_sql(
 _CREATED_EVENTS = _event_sql(
     ITEM_CREATED, "SELECT c.* FROM created c ORDER BY c.id", _item_json("e"), "e.updated_at"
 )
+# A new item's starting stock: its event after the item's own, as POST /items writes them
+# (the statement's data-modifying parts run in an order of the server's choosing: reading
+# created_events' RETURNING first makes it finish before this one inserts a row).
+_INITIAL_STOCK_EVENTS = _event_sql(
+    STOCK_ADJUSTED,
+    "SELECT l.* FROM ledger l WHERE (SELECT count(*) FROM created_events) >= 0 ORDER BY l.id",
+    _adjustment_json("e"),
+    "e.created_at",
+)
 _FIELDS_CHANGED = (
     "SELECT ch.* FROM changed ch JOIN current c ON c.id = ch.id "
     "WHERE (ch.name, ch.description, ch.price_cents, ch.reorder_point) IS DISTINCT FROM "
@@ -421,9 +430,9 @@ WITH created AS (
     SELECT id, quantity, $2, quantity, $1 FROM created WHERE quantity > 0 ORDER BY id
     RETURNING *
 ), created_events AS (
-    {_CREATED_EVENTS}
+    {_CREATED_EVENTS} RETURNING 1
 ), stock_events AS (
-    {_STOCK_EVENTS}
+    {_INITIAL_STOCK_EVENTS}
 ), done AS (
     DELETE FROM stockroom_import_rows r USING created c WHERE r.sku = c.sku
 )
