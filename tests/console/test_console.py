@@ -692,3 +692,42 @@ async def test_no_serious_accessibility_violation_on_any_page(
     await scan("webhook")
     assert len(found) == 9, found.keys()
     assert {name: v for name, v in found.items() if v} == {}
+
+
+async def test_the_overview_counts_follow_changes_and_low_stock_is_a_filter(
+    app: FastAPI,
+    server: Server,
+    tab: tuple[Page, BrowserErrors],
+    api_of: Callable[[str], httpx.AsyncClient],
+) -> None:
+    page, _errors = tab
+    _, key = await new_key(app, ["write"])
+    http = api_of(key)
+    plenty = await post_item(http, sku="OV-1", name="Plenty", quantity=10, reorder_point=2)
+    await post_item(http, sku="OV-2", name="Scarce", price="2.50", quantity=1, reorder_point=3)
+    await post_item(http, sku="OV-3", name="Gone")
+    await sign_in(page, server, key)
+    await page.get_by_role("link", name="Overview").click()
+    await expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
+    # items 3, units 11, value 102.50, out of stock 1 (Gone), low 1 (Scarce)
+    await expect(definition(page, "3")).to_be_visible()
+    await expect(definition(page, "11")).to_be_visible()
+    await expect(definition(page, "102.50")).to_be_visible()
+    await expect(definition(page, "1")).to_have_count(2)
+    await expect(page.get_by_text("Service: ready")).to_be_visible()
+
+    # Another client takes Plenty down to its reorder point: the counts and the latest
+    # changes follow, with no reload.
+    taken = await http.post(f"/items/{plenty['id']}/adjustments", json={"delta": -9})
+    assert taken.status_code == 201
+    changes = page.get_by_role("list").filter(has_text="reorder point")
+    await expect(changes.get_by_role("listitem")).to_contain_text(
+        ["Plenty is at or below its reorder point", "stock -9, now 1"]
+    )
+    await expect(definition(page, "2")).to_have_count(2)  # units 2, low 2
+
+    await page.get_by_role("link", name="At or below reorder point").click()
+    await expect(page.get_by_label("At or below reorder point")).to_be_checked()
+    await expect(page.get_by_role("table").get_by_role("link")).to_have_text(["Plenty", "Scarce"])
+    await page.get_by_role("link", name="Scarce").click()
+    await expect(page.get_by_text("Low stock")).to_be_visible()

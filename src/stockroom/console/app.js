@@ -9,6 +9,7 @@ import { ItemsPage } from "./items.js";
 import { ItemPage } from "./item.js";
 import { KeysPage, WebhookPage, WebhooksPage } from "./admin.js";
 import { ImportPage } from "./import.js";
+import { OverviewPage } from "./overview.js";
 
 const REFUSED =
   "Your API key was not accepted: it is unknown or has been revoked. Sign in with a valid key.";
@@ -104,6 +105,7 @@ function Page({ route, me }) {
   if (parts[0] === "items" && parts.length === 1) return html`<${ItemsPage} params=${params} me=${me} />`;
   if (parts[0] === "items" && parts.length === 2 && /^\d+$/.test(parts[1]))
     return html`<${ItemPage} key=${parts[1]} id=${Number(parts[1])} params=${params} me=${me} />`;
+  if (path === "/overview") return html`<${OverviewPage} />`;
   if (path === "/import" && me.scopes.includes("write")) return html`<${ImportPage} />`;
   if (me.scopes.includes("admin")) {
     if (path === "/keys") return html`<${KeysPage} me=${me} />`;
@@ -139,6 +141,7 @@ function Shell({ me, onSignOut }) {
       <span class="brand">Stockroom</span>
       <nav aria-label="Sections">
         <ul>
+          ${link("#/overview", "overview", "Overview")}
           ${link("#/items", "items", "Items")}
           ${me.scopes.includes("write") ? link("#/import", "import", "Import") : null}
           ${me.scopes.includes("admin") ? link("#/keys", "keys", "API keys") : null}

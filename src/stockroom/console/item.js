@@ -7,6 +7,7 @@ import { StockChart } from "./chart.js";
 import { formatDelta, formatInteger, formatMoney, formatTime } from "./format.js";
 import { onChange } from "./live.js";
 import { Alert, Dialog, Field, announce, navigate } from "./ui.js";
+import { wholeNumber } from "./items.js";
 
 const LEDGER_PAGE = 50;
 
@@ -88,6 +89,13 @@ export function ItemPage({ id, me }) {
         <dt>SKU</dt><dd><code>${item.sku}</code></dd>
         <dt>Price</dt><dd>${formatMoney(item.price)}</dd>
         <dt>Quantity</dt><dd class="quantity">${formatInteger(item.quantity)}</dd>
+        <dt>Reorder point</dt>
+        <dd>
+          ${item.reorder_point == null ? html`<span class="muted">None</span>` : formatInteger(item.reorder_point)}
+          ${item.reorder_point != null && item.quantity <= item.reorder_point
+            ? html` <strong class="low">Low stock</strong>`
+            : null}
+        </dd>
         <dt>Description</dt><dd>${item.description || html`<span class="muted">None</span>`}</dd>
         <dt>Version</dt><dd>${formatInteger(item.version)}</dd>
         <dt>Created</dt><dd><time datetime=${item.created_at}>${formatTime(item.created_at)}</time></dd>
@@ -219,6 +227,7 @@ function EditItem({ open, item, onClose, onSaved }) {
       name: from.name,
       price: from.price,
       description: from.description || "",
+      reorder_point: from.reorder_point == null ? "" : String(from.reorder_point),
     });
     setError(null);
   };
@@ -235,7 +244,11 @@ function EditItem({ open, item, onClose, onSaved }) {
     if (busy) return;
     setBusy(true);
     try {
-      const body = { ...values, description: values.description || null };
+      const body = {
+        ...values,
+        description: values.description || null,
+        reorder_point: values.reorder_point.trim() === "" ? null : wholeNumber(values.reorder_point),
+      };
       const { data } = await api.updateItem(item.id, body, base);
       onSaved(data);
       announce(`Saved ${data.name}.`);
@@ -262,6 +275,9 @@ function EditItem({ open, item, onClose, onSaved }) {
           <${Field} id="edit-name" label="Name" value=${values.name} onInput=${set("name")} error=${errors.name} />
           <${Field} id="edit-price" label="Price" inputmode="decimal" value=${values.price}
             onInput=${set("price")} error=${errors.price} />
+          <${Field} id="edit-reorder-point" label="Reorder point" inputmode="numeric"
+            value=${values.reorder_point} onInput=${set("reorder_point")} error=${errors.reorder_point}
+            hint="Empty: none." />
           <${Field} id="edit-description" label="Description" multiline value=${values.description}
             onInput=${set("description")} error=${errors.description} />
           <div class="actions">

@@ -8,7 +8,7 @@ import { onChange } from "./live.js";
 import { Alert, Dialog, Field, announce, hrefOf, navigate } from "./ui.js";
 
 const PAGE_SIZE = 50;
-const FILTERS = ["q", "in_stock", "min_price", "max_price", "sort"];
+const FILTERS = ["q", "in_stock", "low_stock", "min_price", "max_price", "sort"];
 const SORTS = [
   ["id", "Oldest first"],
   ["-id", "Newest first"],
@@ -82,6 +82,17 @@ function Filters({ filters, errors }) {
         <option value="true">In stock</option>
         <option value="false">Out of stock</option>
       </select>
+    </div>
+    <div class="field">
+      <span class="label-like" aria-hidden="true"> </span>
+      <label class="check">
+        <input
+          type="checkbox"
+          checked=${draft.low_stock === "true"}
+          onChange=${(event) => apply({ ...draft, low_stock: event.currentTarget.checked ? "true" : "" })}
+        />
+        At or below reorder point
+      </label>
     </div>
     <${Field}
       id="item-min-price"
@@ -262,7 +273,13 @@ export function ItemsPage({ params, me }) {
   </section>`;
 }
 
-const EMPTY = { sku: "", name: "", price: "", quantity: "", description: "" };
+const EMPTY = { sku: "", name: "", price: "", quantity: "", reorder_point: "", description: "" };
+
+/** A whole number typed in a field, as the API takes it (anything else as typed: a 422 says). */
+export const wholeNumber = (text) => {
+  const number = Number(text);
+  return text.trim() !== "" && Number.isInteger(number) ? number : text;
+};
 
 function CreateItem({ open, onClose }) {
   const [values, setValues] = useState(EMPTY);
@@ -281,10 +298,8 @@ function CreateItem({ open, onClose }) {
     if (busy) return;
     const body = { sku: values.sku, name: values.name, price: values.price };
     if (values.description) body.description = values.description;
-    if (values.quantity !== "") {
-      const quantity = Number(values.quantity);
-      body.quantity = Number.isInteger(quantity) ? quantity : values.quantity;
-    }
+    if (values.quantity !== "") body.quantity = wholeNumber(values.quantity);
+    if (values.reorder_point !== "") body.reorder_point = wholeNumber(values.reorder_point);
     setBusy(true);
     try {
       const { data } = await api.createItem(body);
@@ -308,6 +323,9 @@ function CreateItem({ open, onClose }) {
         onInput=${set("price")} error=${errors.price} hint="For example 12.50" />
       <${Field} id="new-quantity" label="Starting quantity" inputmode="numeric" value=${values.quantity}
         onInput=${set("quantity")} error=${errors.quantity} hint="Optional; 0 when empty." />
+      <${Field} id="new-reorder-point" label="Reorder point" inputmode="numeric" value=${values.reorder_point}
+        onInput=${set("reorder_point")} error=${errors.reorder_point}
+        hint="Optional: the item counts as low at or below this quantity." />
       <${Field} id="new-description" label="Description" multiline value=${values.description}
         onInput=${set("description")} error=${errors.description} />
       <div class="actions">
