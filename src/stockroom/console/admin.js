@@ -7,7 +7,8 @@ import { formatInteger, formatTime } from "./format.js";
 import { Alert, CopyButton, Dialog, Field, announce, hrefOf, navigate } from "./ui.js";
 
 const SCOPES = ["read", "write", "admin"];
-const EVENT_TYPES = ["item.created", "item.updated", "item.deleted", "stock.adjusted"];
+const EVENT_TYPES = ["item.created", "item.updated", "item.deleted", "stock.adjusted", "stock.low"];
+const REFRESH_MS = 3000;
 
 function useLoad(load, deps) {
   const [state, setState] = useState({ data: null, error: null });
@@ -202,6 +203,12 @@ export function WebhookPage({ id }) {
   );
   const [deleting, setDeleting] = useState(false);
   const [deleteError, setDeleteError] = useState(null);
+  // Deliveries are not events of the stream: the list is read again every few seconds while
+  // the page is open and shown.
+  useEffect(() => {
+    const timer = setInterval(() => document.visibilityState === "visible" && reload(), REFRESH_MS);
+    return () => clearInterval(timer);
+  }, [id]);
   const remove = async () => {
     try {
       await api.deleteWebhook(id);
@@ -249,6 +256,7 @@ export function WebhookPage({ id }) {
         </dl>`
       : null}
     <h2>Deliveries</h2>
+    <p class="hint">Newest first; read again every few seconds.</p>
     <${Alert}>${retryError}<//>
     <div class="table-wrap">
       <table>
