@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run migrate test test-fast pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer ensure-chromium install install-test clean vendor bench-files bench-async bench bench-events
+.PHONY: run migrate test test-fast pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer ensure-chromium install install-test clean vendor bench-files bench-async bench bench-events bench-console
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Stockroom needs Python 3.11"'
@@ -116,6 +116,12 @@ bench-async: install-test ensure-postgres
 # at a steady 500 writes/s for 20 s, from `stockroom serve` to a local receiver (~2 min).
 bench-events: install-test ensure-postgres
 	$(BIN)/python bench/events.py
+
+# The console in Chromium on 100,000 items: the list's and a 10,000-row ledger's chart's load
+# times, an API change until an open page shows it, a first visit's bytes (minutes; a quiet
+# machine; bench/console.py --smoke, 1,000 items and 3 loads, only checks that it runs).
+bench-console: install-test ensure-postgres ensure-chromium
+	$(BIN)/python bench/console.py
 
 # Stockroom against a bare Starlette + asyncpg reference, FastAPI's ceiling and the SQLModel
 # tutorial pattern on 10,000 items: GET by id, list, adjustments, POST /items, ping, c=1024,
