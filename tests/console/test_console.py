@@ -731,3 +731,36 @@ async def test_the_overview_counts_follow_changes_and_low_stock_is_a_filter(
     await expect(page.get_by_role("table").get_by_role("link")).to_have_text(["Plenty", "Scarce"])
     await page.get_by_role("link", name="Scarce").click()
     await expect(page.get_by_text("Low stock")).to_be_visible()
+
+
+async def test_the_stream_is_renewed_before_its_token_expires_and_misses_nothing(
+    app: FastAPI,
+    database_url: str,
+    tmp_path: Path,
+    tab: tuple[Page, BrowserErrors],
+) -> None:
+    """Tokens of 4 s: the console replaces its stream with a fresh token before the service
+    ends it (resuming after the last event it had), so changes keep arriving, each once."""
+    page, _errors = tab
+    env = {**SERVER_ENV, "STOCKROOM_EVENTS_TOKEN_SECONDS": "4"}
+    short = await asyncio.to_thread(start_server, database_url, tmp_path, env_extra=env)
+    tokens: list[str] = []
+    page.on("request", lambda r: tokens.append(r.url) if r.url.endswith("/events/tokens") else None)
+    try:
+        _, key = await new_key(app, ["write"])
+        await sign_in(page, short, key)
+        await page.get_by_role("link", name="Overview").click()
+        await expect(page.get_by_role("heading", name="Overview", level=1)).to_be_visible()
+        async with httpx.AsyncClient(
+            base_url=short.url, headers={"Authorization": f"Bearer {key}"}, timeout=10
+        ) as http:
+            for n in range(8):
+                await post_item(http, sku=f"LIVE-{n}", name=f"Live {n}")
+                await asyncio.sleep(1)
+        changes = page.get_by_role("list").filter(has_text="New item").get_by_role("listitem")
+        await expect(changes).to_contain_text([f"New item Live {n}" for n in reversed(range(8))])
+        assert len(tokens) >= 3, tokens  # renewed every 3 s or so
+        await expect(page.get_by_role("status").filter(has_text="Live")).to_be_visible()
+    finally:
+        await page.goto("about:blank")  # the stream ends before its server does
+        await asyncio.to_thread(short.stop)

@@ -6,8 +6,13 @@
 import { api } from "./api.js";
 
 const TYPES = ["item.created", "item.updated", "item.deleted", "stock.adjusted", "stock.low"];
-const RENEW_BEFORE_MS = 60_000;
+// A token is renewed ahead of its expiry (a minute ahead, or a quarter of its life if shorter):
+// the stream it opened is replaced before the service ends it.
+const RENEW_AHEAD_MS = 60_000;
 const RETRY_MS = [500, 1000, 2000, 5000, 10000];
+// After this many failed attempts in a row with a cursor, start again without it: the
+// cursor may have expired (410), and the page had better go on live than not at all.
+const GIVE_UP_CURSOR_AFTER = 4;
 
 const listeners = new Set();
 const statusListeners = new Set();
@@ -48,6 +53,7 @@ function retryLater() {
   setStatus("reconnecting");
   const delay = RETRY_MS[Math.min(failures, RETRY_MS.length - 1)];
   failures += 1;
+  if (failures >= GIVE_UP_CURSOR_AFTER && lastId) lastId = null;
   retryTimer = setTimeout(open, delay);
 }
 
@@ -77,8 +83,8 @@ async function open() {
     else setStatus("reconnecting");
   };
   for (const type of TYPES) stream.addEventListener(type, deliver);
-  const renewIn = Date.parse(token.expires_at) - Date.now() - RENEW_BEFORE_MS;
-  renewTimer = setTimeout(open, Math.max(renewIn, 5000));
+  const life = Date.parse(token.expires_at) - Date.now();
+  renewTimer = setTimeout(open, Math.max(life - Math.min(RENEW_AHEAD_MS, life / 4), 1000));
 }
 
 /** Start following the stream (after sign-in). */
