@@ -764,3 +764,33 @@ async def test_the_stream_is_renewed_before_its_token_expires_and_misses_nothing
     finally:
         await page.goto("about:blank")  # the stream ends before its server does
         await asyncio.to_thread(short.stop)
+
+
+# What sticks out of the page (for the failure's message).
+_WIDER_THAN_THE_PAGE = """[...document.body.querySelectorAll("*")]
+  .filter((e) => e.getBoundingClientRect().right > document.documentElement.clientWidth + 0.5)
+  .map((e) => `${e.tagName}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)"""
+
+
+async def test_usable_from_360_pixels_wide(
+    app: FastAPI,
+    server: Server,
+    tab: tuple[Page, BrowserErrors],
+    api_of: Callable[[str], httpx.AsyncClient],
+) -> None:
+    """On a phone's width nothing makes the page scroll sideways (wide tables scroll inside
+    their own box), and the adjust form is still there."""
+    page, _errors = tab
+    await page.set_viewport_size({"width": 360, "height": 740})
+    _, key = await new_key(app, ["admin"])
+    await post_item(
+        api_of(key), sku="NARROW-1", name="A rather long item name, to wrap", quantity=1
+    )
+    await sign_in(page, server, key)
+    overflow = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    await expect(page.get_by_role("link", name="A rather long item name, to wrap")).to_be_visible()
+    assert await page.evaluate(overflow) <= 0, await page.evaluate(_WIDER_THAN_THE_PAGE)
+    await page.get_by_role("link", name="A rather long item name, to wrap").click()
+    await expect(page.get_by_role("button", name="Adjust stock")).to_be_visible()
+    await expect(page.get_by_role("figure")).to_be_visible()
+    assert await page.evaluate(overflow) <= 0, await page.evaluate(_WIDER_THAN_THE_PAGE)
