@@ -794,3 +794,49 @@ async def test_usable_from_360_pixels_wide(
     await expect(page.get_by_role("button", name="Adjust stock")).to_be_visible()
     await expect(page.get_by_role("figure")).to_be_visible()
     assert await page.evaluate(overflow) <= 0, await page.evaluate(_WIDER_THAN_THE_PAGE)
+
+
+async def tab_to(page: Page, target: Locator, *, most: int = 60) -> None:
+    """Press Tab until ``target`` has the focus, as a keyboard user moves; fail if it never
+    does."""
+    for _ in range(most):
+        if await target.evaluate("element => element === document.activeElement"):
+            return
+        await page.keyboard.press("Tab")
+    raise AssertionError(f"Tab never reached {target}")
+
+
+async def test_the_keyboard_alone_signs_in_finds_an_item_and_adjusts_its_stock(
+    app: FastAPI,
+    server: Server,
+    tab: tuple[Page, BrowserErrors],
+    api_of: Callable[[str], httpx.AsyncClient],
+) -> None:
+    page, _errors = tab
+    _, key = await new_key(app, ["write"])
+    item = await post_item(api_of(key), sku="KEY-1", name="Keyboard tray")
+    await page.goto(f"{server.url}/console/")
+    await tab_to(page, page.get_by_label("API key"))
+    await page.keyboard.type(key)
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("heading", name="Items", level=1)).to_be_visible()
+    await page.keyboard.press("/")
+    await page.keyboard.type("tray")
+    await page.keyboard.press("Enter")
+    await expect(item_rows(page)).to_have_count(2)
+    await tab_to(page, page.get_by_role("link", name="Keyboard tray"))
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("heading", name="Keyboard tray", level=1)).to_be_focused()
+    await tab_to(page, page.get_by_label("Change in quantity"))
+    await page.keyboard.type("3")
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("status").filter(has_text="Done: +3")).to_be_visible()
+    adjustments = (await api_of(key).get(f"/items/{item['id']}/adjustments")).json()["data"]
+    assert [row["delta"] for row in adjustments] == [3]
+    # A dialog opens and closes from the keyboard, and gives the focus back.
+    await tab_to(page, page.get_by_role("button", name="Edit item"))
+    await page.keyboard.press("Enter")
+    await expect(page.get_by_role("dialog", name="Edit item").get_by_label("SKU")).to_be_focused()
+    await page.keyboard.press("Escape")
+    await expect(page.get_by_role("dialog", name="Edit item")).to_be_hidden()
+    await expect(page.get_by_role("button", name="Edit item")).to_be_focused()

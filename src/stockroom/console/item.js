@@ -21,6 +21,15 @@ export function ItemPage({ id, me }) {
   const [editing, setEditing] = useState(false);
   const [deleting, setDeleting] = useState(false);
   const [ledgerVersion, setLedgerVersion] = useState(0);
+  // The shell focused the loading page's heading; once the item shows, its own heading
+  // takes the focus back (the loading one is gone), unless the user moved on meanwhile.
+  const heading = useRef(null);
+  const loaded = Boolean(item);
+  useEffect(() => {
+    if (loaded && (document.activeElement === document.body || !document.activeElement)) {
+      heading.current?.focus();
+    }
+  }, [loaded]);
 
   const load = async () => {
     try {
@@ -76,7 +85,7 @@ export function ItemPage({ id, me }) {
   return html`<section class="item">
     <p class="crumbs"><a href="#/items">Items</a></p>
     <div class="page-head">
-      <h1 tabindex="-1">${item.name}</h1>
+      <h1 tabindex="-1" ref=${heading}>${item.name}</h1>
       ${canWrite
         ? html`<div class="actions">
             <button type="button" onClick=${() => setEditing(true)}>Edit item</button>
@@ -233,6 +242,7 @@ function EditItem({ open, item, onClose, onSaved }) {
   };
   useEffect(() => {
     if (open) start(item);
+    else setValues(null);
   }, [open]);
   const loadNewVersion = async () => {
     const { data } = await api.getItem(item.id);
@@ -262,7 +272,8 @@ function EditItem({ open, item, onClose, onSaved }) {
   const errors = fieldErrors(error);
   const stale = error?.status === 412;
   const set = (name) => (event) => setValues({ ...values, [name]: event.currentTarget.value });
-  return html`<${Dialog} id="edit-item" title="Edit item" open=${open} onClose=${onClose}>
+  // Shown once its form is filled in, so that the dialog opens with the focus in the form.
+  return html`<${Dialog} id="edit-item" title="Edit item" open=${open && values !== null} onClose=${onClose}>
     ${values
       ? html`<form method="dialog" novalidate onSubmit=${submit}>
           ${stale
