@@ -840,3 +840,35 @@ async def test_the_keyboard_alone_signs_in_finds_an_item_and_adjusts_its_stock(
     await page.keyboard.press("Escape")
     await expect(page.get_by_role("dialog", name="Edit item")).to_be_hidden()
     await expect(page.get_by_role("button", name="Edit item")).to_be_focused()
+
+
+async def test_the_chart_draws_the_whole_history_of_more_than_one_page_and_follows_changes(
+    app: FastAPI,
+    server: Server,
+    tab: tuple[Page, BrowserErrors],
+    api_of: Callable[[str], httpx.AsyncClient],
+) -> None:
+    page, _ = tab
+    _, key = await new_key(app, ["write"])
+    http = api_of(key)
+    item = await post_item(http, sku="BOLT-1", name="Hex bolt")
+    gate = asyncio.Semaphore(16)
+
+    async def adjust(delta: int) -> None:
+        async with gate:
+            answer = await http.post(f"/items/{item['id']}/adjustments", json={"delta": delta})
+            assert answer.status_code == 201, answer.text
+
+    # 600 changes (an item made with no quantity has no row of its own): two pages of 500.
+    await asyncio.gather(*(adjust(1 + n % 3) for n in range(600)))
+    await sign_in(page, server, key)
+    await page.get_by_role("link", name="Hex bolt").click()
+    await expect(page.get_by_role("heading", name="Hex bolt", level=1)).to_be_visible()
+    chart = page.get_by_role("figure")
+    await expect(chart).to_contain_text("Quantity over time: all 600 changes.")
+    # The table beside it still lists one page.
+    await expect(page.get_by_role("table").get_by_role("row")).to_have_count(51)
+
+    # A change made elsewhere adds its point.
+    await adjust(4)
+    await expect(chart).to_contain_text("Quantity over time: all 601 changes.")

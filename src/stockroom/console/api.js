@@ -56,10 +56,11 @@ async function problemOf(response) {
 
 /**
  * One API call. Options: `query` (an object), `body` (sent as JSON), `ifMatch` (an ETag),
- * `idempotent` (a fresh Idempotency-Key for this attempt). Resolves to
+ * `idempotent` (a fresh Idempotency-Key for this attempt), `signal` (an AbortSignal: a
+ * call aborted rejects with an ApiError of status 0, which its caller ignores). Resolves to
  * `{status, etag, data}`; rejects with an ApiError.
  */
-export async function call(method, path, { query, body, ifMatch, idempotent } = {}) {
+export async function call(method, path, { query, body, ifMatch, idempotent, signal } = {}) {
   const headers = { Accept: "application/json" };
   const key = storedKey();
   if (key) headers.Authorization = `Bearer ${key}`;
@@ -73,6 +74,7 @@ export async function call(method, path, { query, body, ifMatch, idempotent } = 
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
       cache: "no-store",
+      signal,
     });
   } catch {
     throw new ApiError(0, {
@@ -101,7 +103,8 @@ export const api = {
   createItem: (body) => call("POST", "/items", { body, idempotent: true }),
   updateItem: (id, body, etag) => call("PATCH", `/items/${id}`, { body, ifMatch: etag }),
   deleteItem: (id, etag) => call("DELETE", `/items/${id}`, { ifMatch: etag }),
-  listAdjustments: (id, query) => call("GET", `/items/${id}/adjustments`, { query }),
+  listAdjustments: (id, query, signal) =>
+    call("GET", `/items/${id}/adjustments`, { query, signal }),
   adjust: (id, body) => call("POST", `/items/${id}/adjustments`, { body, idempotent: true }),
   streamToken: () => call("POST", "/events/tokens"),
   exportToken: () => call("POST", "/items/export/tokens"),

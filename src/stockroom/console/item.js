@@ -1,5 +1,6 @@
-// One item: its fields, edit (If-Match), delete, its ledger (a table and a step chart of the
-// same rows) and the stock adjustment form, kept up to date by the live stream.
+// One item: its fields, edit (If-Match), delete, its ledger (a table of one page at a time and
+// a step chart of the whole history, which loads its own data: chart.js) and the stock
+// adjustment form, kept up to date by the live stream.
 
 import { html, useEffect, useRef, useState } from "./vendor/preact-htm.js";
 import { api, fieldErrors } from "./api.js";
@@ -189,7 +190,7 @@ function Ledger({ id, version }) {
     <h2 id="ledger-title">Stock history</h2>
     <${Alert}>${error?.detail}<//>
     <div class="ledger-grid">
-      <${StockChart} rows=${page?.data} />
+      <${StockChart} id=${id} />
       <div class="table-wrap">
         <table>
           <caption class="visually-hidden">Stock changes, newest first</caption>
