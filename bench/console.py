@@ -10,10 +10,11 @@ the last of them: the ledger invariant holds). One tab signs in with an admin ke
 - items: a fresh load of /console/#/items (about:blank first, so each is a new document),
   from navigation start (the document's performance.now() origin) to the first row of the
   table shown; LOADS loads, p50 and p95 (target p95 <= 1 s).
-- chart: the same for /console/#/items/1 (its LEDGER-row history) until the uPlot canvas is
-  in the chart's box and the ledger table shows its first rows (target <= 300 ms, read
-  against p95; CHART_LOADS loads; the console draws the chart of the page of history it
-  lists, the newest 50 rows).
+- chart: the same for /console/#/items/1 (its LEDGER-row history), two figures per load:
+  first draw, until the uPlot canvas is in the chart's box and the ledger table shows its
+  first rows (the chart's first page, the newest 500 changes; target <= 300 ms, read against
+  p95); whole history, until the chart's caption says it shows all of them ("Quantity over
+  time: all 10,000 changes.", after 20 pages of 500; reported, no target). CHART_LOADS loads.
 - live: the items list open (the live stream connected), an adjustment of item 2 made through
   the API (httpx), timed from just before the POST until the row shows the new quantity;
   CHANGES changes, p50 and p95 (target p95 <= 1 s).
@@ -130,6 +131,13 @@ CHART_SHOWN = """() => {
   const row = document.querySelector("section.ledger tbody tr td time");
   return canvas && row ? performance.now() : false;
 }"""
+# The chart's caption once every page of the history is drawn (console/chart.js).
+HISTORY_SHOWN = """() => {
+  const caption = document.querySelector("section.ledger figure.chart figcaption");
+  return caption && caption.textContent.startsWith("Quantity over time: all ")
+    ? performance.now()
+    : false;
+}"""
 QUANTITY_SHOWN = """([sku, quantity]) => {
   for (const code of document.querySelectorAll("section.items tbody tr td code")) {
     if (code.textContent === sku) {
@@ -205,17 +213,32 @@ async def sign_in(page: Page, base: str, key: str) -> None:
     await page.get_by_role("status").filter(has_text="Live").wait_for(timeout=TIMEOUT_MS)
 
 
-async def timed_load(page: Page, url: str, shown: str) -> float:
-    """A new document at ``url``; milliseconds from its navigation start to ``shown``."""
+async def timed_load(page: Page, url: str, *shown: str) -> list[float]:
+    """A new document at ``url``; milliseconds from its navigation start to each of
+    ``shown``, in turn."""
     await page.goto("about:blank")
     await page.goto(url, wait_until="commit")
-    handle = await page.wait_for_function(shown, polling="raf", timeout=TIMEOUT_MS)
-    return float(await handle.json_value())
+    took = []
+    for condition in shown:
+        handle = await page.wait_for_function(condition, polling="raf", timeout=TIMEOUT_MS)
+        took.append(float(await handle.json_value()))
+    return took
 
 
 async def loads(page: Page, url: str, shown: str, count: int) -> list[float]:
     await timed_load(page, url, shown)  # a warm-up, not counted
-    return [await timed_load(page, url, shown) for _ in range(count)]
+    return [(await timed_load(page, url, shown))[0] for _ in range(count)]
+
+
+async def chart_loads(page: Page, url: str, count: int) -> tuple[list[float], list[float]]:
+    """``count`` loads of an item's page: (first draw, whole history drawn) of each."""
+    await timed_load(page, url, CHART_SHOWN, HISTORY_SHOWN)  # a warm-up, not counted
+    first, whole = [], []
+    for _ in range(count):
+        drawn, complete = await timed_load(page, url, CHART_SHOWN, HISTORY_SHOWN)
+        first.append(drawn)
+        whole.append(complete)
+    return first, whole
 
 
 async def live_changes(page: Page, base: str, key: str, count: int) -> list[float]:
@@ -305,8 +328,8 @@ async def browse(base: str, key: str, args: argparse.Namespace) -> dict[str, Any
                     page, f"{base}/console/#/items", ITEMS_SHOWN, args.loads
                 )
                 print(f"chart: {args.chart_loads} loads ...", flush=True)
-                results["chart_ms"] = await loads(
-                    page, f"{base}/console/#/items/1", CHART_SHOWN, args.chart_loads
+                results["chart_ms"], results["history_ms"] = await chart_loads(
+                    page, f"{base}/console/#/items/1", args.chart_loads
                 )
                 print(f"live: {args.changes} changes ...", flush=True)
                 results["live_ms"] = await live_changes(page, base, key, args.changes)
@@ -395,6 +418,7 @@ def main() -> None:
     yes = {True: "met", False: "**not met**"}
     items_p50, items_p95 = percentile(r["items_ms"], 50), percentile(r["items_ms"], 95)
     chart_p50, chart_p95 = percentile(r["chart_ms"], 50), percentile(r["chart_ms"], 95)
+    whole_p50, whole_p95 = percentile(r["history_ms"], 50), percentile(r["history_ms"], 95)
     live_p50, live_p95 = percentile(r["live_ms"], 50), percentile(r["live_ms"], 95)
     table = [
         "| measure | p50 | p95 | target | |",
@@ -402,9 +426,12 @@ def main() -> None:
         f"| items list: navigation -> first rows ({len(r['items_ms'])} loads) "
         f"| {items_p50:,.0f} ms | {items_p95:,.0f} ms | p95 <= 1,000 ms "
         f"| {yes[items_p95 <= TARGETS['items_p95_ms']]} |",
-        f"| item with a {args.ledger:,}-row ledger: navigation -> chart drawn and first rows "
-        f"({len(r['chart_ms'])} loads) | {chart_p50:,.0f} ms | {chart_p95:,.0f} ms "
-        f"| <= 300 ms (p95) | {yes[chart_p95 <= TARGETS['chart_ms']]} |",
+        f"| item with a {args.ledger:,}-row ledger: navigation -> chart's first draw (newest "
+        f"500 changes) and first rows ({len(r['chart_ms'])} loads) | {chart_p50:,.0f} ms "
+        f"| {chart_p95:,.0f} ms | <= 300 ms (p95) | {yes[chart_p95 <= TARGETS['chart_ms']]} |",
+        f"| the same: navigation -> the whole {args.ledger:,}-row history drawn (caption "
+        f'"all ... changes") ({len(r["history_ms"])} loads) | {whole_p50:,.0f} ms '
+        f"| {whole_p95:,.0f} ms | (reported) | |",
         f"| adjustment via the API -> shown in the open items list ({len(r['live_ms'])} changes) "
         f"| {live_p50:,.0f} ms | {live_p95:,.0f} ms | p95 <= 1,000 ms "
         f"| {yes[live_p95 <= TARGETS['live_p95_ms']]} |",
