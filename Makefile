@@ -56,9 +56,11 @@ test-fast: install-test
 # that need PostgreSQL's connections to themselves, alone (tests/conftest.py says why).
 # Branch coverage of src/stockroom over both runs, the `stockroom` processes the tests start
 # included ([tool.coverage.*] in pyproject.toml): the report and its floor at the end. The
-# floor is the total measured when it was set (95.23% on 2026-12-07: statements 96.6%,
-# branches 90.3%), rounded down: raise it when coverage rises, never lower it to let a change in.
-COVERAGE_FLOOR := 95
+# floor sits just under the totals measured when it was set (95.23% and 95.06% in two runs of
+# the same code on 2026-12-07: statements 96.6%, branches 90.3%): 0.5 below, about three times
+# that run-to-run spread (branches that depend on timing), so that chance fails no run. Raise
+# it when coverage rises; never lower it to let a change in.
+COVERAGE_FLOOR := 94.5
 pytest: install-test ensure-chromium
 	@command -v curl >/dev/null || { apt-get update && apt-get install -y curl; }
 	$(BIN)/pytest --ignore=tests/unit -n 2 --dist loadfile -m "not exclusive" \
