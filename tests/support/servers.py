@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.support.databases import PGBOUNCER_URLS
 
@@ -56,6 +57,7 @@ def cli_create_key(database_url: str, cwd: Path, scopes: str) -> str:
 class Server:
     def __init__(self, process: subprocess.Popen[str], port: int, log: Path) -> None:
         self.process = process
+        self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
 
@@ -103,9 +105,8 @@ def start_servers(
         "STOCKROOM_DATABASE_POOL_SIZE": str(SERVER_POOL_SIZE),
         **(env_extra or {}),
     }
-    servers = []
-    for _ in range(count):
-        chosen = port or free_port()
+
+    def launch(chosen: int) -> Server:
         log = tmp_path / f"server-{chosen}.log"
         with log.open("w") as sink:  # the child keeps its own copy of the descriptor
             process = subprocess.Popen(
@@ -116,18 +117,35 @@ def start_servers(
                 stderr=sink,
                 text=True,
             )
-        servers.append(Server(process, chosen, log))
+        return Server(process, chosen, log)
+
+    servers = [launch(port or free_port()) for _ in range(count)]
     deadline = time.monotonic() + 30
     waiting = list(servers)
+    relaunches = 0
     try:
         while waiting and time.monotonic() < deadline:
             for server in list(waiting):
-                assert server.process.poll() is None, server.log.read_text()
+                if server.process.poll() is not None:
+                    # Another test process took the free port first (two run at once): the
+                    # server said so in one line and stopped; it gets another port.
+                    told = server.log.read_text()
+                    assert "address already in use" in told, told
+                    assert port is None, told  # a port the test chose is not changed
+                    assert relaunches < 3, told
+                    relaunches += 1
+                    again = launch(free_port())
+                    servers[servers.index(server)] = again
+                    waiting[waiting.index(server)] = again
+                    continue
                 try:
-                    if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
-                        waiting.remove(server)
+                    answered = httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200
                 except httpx.TransportError:
-                    pass
+                    answered = False
+                # The answer must come from this server, not from another test process's
+                # that holds the port (ours then stops: see above).
+                if answered and _listens(server.process.pid, server.port):
+                    waiting.remove(server)
             if waiting:
                 time.sleep(0.1)
         if waiting:
@@ -138,3 +156,18 @@ def start_servers(
             server.process.wait()
         raise
     return servers
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether the process ``pid`` (or one of its children: uvicorn's workers) listens on
+    ``port``."""
+    try:
+        parent = psutil.Process(pid)
+        processes = [parent, *parent.children(recursive=True)]
+        return any(
+            connection.status == psutil.CONN_LISTEN and connection.laddr.port == port
+            for process in processes
+            for connection in process.net_connections(kind="tcp")
+        )
+    except psutil.NoSuchProcess:
+        return False
