@@ -41,20 +41,10 @@ from playwright.async_api import (
 
 from stockroom import console
 from tests.support.apps import client_for, create_key
+from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.servers import Server, start_server
 from tests.support.waiting import wait_until
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CONSOLE_FOLDER = Path(console.__file__).parent
 # What a first visit may load at most, compressed (issue #22).
 FIRST_VISIT_BUDGET = 120_000

@@ -24,21 +24,11 @@ from fastapi import FastAPI
 from playwright.async_api import Page, async_playwright
 
 from tests.support.apps import create_key
+from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.event_log import logged
 from tests.support.servers import Server, free_port, start_server
 from tests.support.waiting import wait_until
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 PAGE = Path(__file__).with_name("stream_page.html")
 
 

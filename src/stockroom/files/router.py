@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Query, Request, status
@@ -108,17 +109,21 @@ async def import_items(
     stores = resources_of(request).stores
     body = service.BodyHasher(request.stream())
     atomic, dry_run = mode == "atomic", mode == "dry-run"
-    # A dry run applies nothing, so it has nothing to store or replay under a key.
-    if idempotency_key is None or dry_run:
-        report = await service.import_items(
+
+    def run(connection: Any = None) -> Awaitable[ImportReport]:
+        return service.import_items(
             stores.database,
             stores.writer,
             aiter(body),
             reader_class(),
             atomic=atomic,
             dry_run=dry_run,
+            connection=connection,
         )
-        return answer_response(_report_answer(report), replayed=False)
+
+    # A dry run applies nothing, so it has nothing to store or replay under a key.
+    if idempotency_key is None or dry_run:
+        return answer_response(_report_answer(await run()), replayed=False)
 
     async def body_hash() -> str:
         async for _ in body:  # a replay: the body decides whether this is the same request
@@ -126,17 +131,7 @@ async def import_items(
         return body.hexdigest()
 
     work = idempotent(request, idempotency_key, body_hash=body_hash)
-    answer, replayed = await work.run(
-        lambda connection: service.import_items(
-            stores.database,
-            stores.writer,
-            aiter(body),
-            reader_class(),
-            atomic=atomic,
-            connection=connection,
-        ),
-        _report_answer,
-    )
+    answer, replayed = await work.run(run, _report_answer)
     return answer_response(answer, replayed=replayed)
 
 
