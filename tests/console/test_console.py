@@ -832,7 +832,7 @@ async def test_the_keyboard_alone_signs_in_finds_an_item_and_adjusts_its_stock(
     await expect(page.get_by_role("button", name="Edit item")).to_be_focused()
 
 
-async def test_the_chart_draws_the_whole_history_of_more_than_one_page_and_follows_changes(
+async def test_the_chart_draws_a_history_longer_than_a_ledger_page_and_follows_changes(
     app: FastAPI,
     server: Server,
     tab: tuple[Page, BrowserErrors],
@@ -849,7 +849,8 @@ async def test_the_chart_draws_the_whole_history_of_more_than_one_page_and_follo
             answer = await http.post(f"/items/{item['id']}/adjustments", json={"delta": delta})
             assert answer.status_code == 201, answer.text
 
-    # 600 changes (an item made with no quantity has no row of its own): two pages of 500.
+    # 600 changes (an item made with no quantity has no row of its own): more than the
+    # ledger list's largest page (500), in the chart's one request.
     await asyncio.gather(*(adjust(1 + n % 3) for n in range(600)))
     await sign_in(page, server, key)
     await page.get_by_role("link", name="Hex bolt").click()

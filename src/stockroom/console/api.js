@@ -105,6 +105,7 @@ export const api = {
   deleteItem: (id, etag) => call("DELETE", `/items/${id}`, { ifMatch: etag }),
   listAdjustments: (id, query, signal) =>
     call("GET", `/items/${id}/adjustments`, { query, signal }),
+  history: (id, query, signal) => call("GET", `/items/${id}/history`, { query, signal }),
   adjust: (id, body) => call("POST", `/items/${id}/adjustments`, { body, idempotent: true }),
   streamToken: () => call("POST", "/events/tokens"),
   exportToken: () => call("POST", "/items/export/tokens"),

@@ -1,17 +1,17 @@
-// A step chart of an item's quantity over time, drawn by uPlot from the item's whole ledger
+// A step chart of an item's quantity over time, drawn by uPlot from the item's ledger
 // (`quantity_after` of each change). The chart loads its own data, apart from the table beside
-// it (the accessible view, one page at a time): the newest 500 changes first (the API's
-// largest page), drawn as soon as they are in, then older pages by `next_cursor`, each one
-// extending the chart (one `setData`), up to MAX_POINTS. A `stock.adjusted` event of the item
-// adds its point live. Leaving the page aborts the loading. uPlot is loaded the first time a
-// chart is drawn, not with the console; the chart's box has its size from the start.
+// it (the accessible view, one page at a time): `GET /items/{id}/history`, the newest
+// MAX_POINTS changes as two columns in one answer, drawn as soon as it is in. A
+// `stock.adjusted` event of the item newer than the answer's `last_id` adds its point live
+// (one that arrives while the answer is on its way waits for it). Leaving the page aborts the
+// loading. uPlot is loaded the first time a chart is drawn, not with the console; the chart's
+// box has its size from the start.
 
 import { html, useEffect, useRef, useState } from "./vendor/preact-htm.js";
 import { api } from "./api.js";
 import { formatInteger } from "./format.js";
 import { onChange } from "./live.js";
 
-const PAGE = 500; // the API's largest page
 const MAX_POINTS = 20_000;
 const HEIGHT = 220;
 
@@ -56,12 +56,13 @@ function options(uPlot, width) {
   };
 }
 
-/** The points so far, ascending in time: seconds, quantity after, and the rows' ids. */
+/** The points so far, ascending in time: seconds and quantity after. */
 class History {
   constructor() {
     this.times = [];
     this.quantities = [];
-    this.ids = new Set();
+    this.lastId = null; // the newest ledger row drawn; null before the answer
+    this.waiting = []; // live changes that came before the answer
     this.capped = false;
   }
 
@@ -69,31 +70,29 @@ class History {
     return this.times.length;
   }
 
-  /** Rows of an older page (newest first), before the points so far. */
-  prepend(rows) {
-    const times = [];
-    const quantities = [];
-    for (let i = rows.length - 1; i >= 0; i -= 1) {
-      const row = rows[i];
-      if (this.ids.has(row.id)) continue;
-      this.ids.add(row.id);
-      times.push(Date.parse(row.created_at) / 1000);
-      quantities.push(row.quantity_after);
-    }
-    this.times = times.concat(this.times);
-    this.quantities = quantities.concat(this.quantities);
-    const over = this.times.length - MAX_POINTS;
-    if (over > 0) {
-      this.times = this.times.slice(over);
-      this.quantities = this.quantities.slice(over);
-      this.capped = true;
-    }
+  get loaded() {
+    return this.lastId !== null;
   }
 
-  /** A change that just happened, after the points so far. */
+  /** The answer of `GET /items/{id}/history`, then the changes that came while it loaded. */
+  load(answer) {
+    this.times = answer.times;
+    this.quantities = answer.quantities;
+    this.capped = answer.next_cursor !== null;
+    this.lastId = answer.last_id ?? 0;
+    const waiting = this.waiting;
+    this.waiting = [];
+    for (const row of waiting) this.append(row);
+  }
+
+  /** A change that just happened, after the points so far; false if already drawn. */
   append(row) {
-    if (this.ids.has(row.id)) return false;
-    this.ids.add(row.id);
+    if (!this.loaded) {
+      this.waiting.push(row);
+      return false;
+    }
+    if (row.id <= this.lastId) return false;
+    this.lastId = row.id;
     this.times.push(Date.parse(row.created_at) / 1000);
     this.quantities.push(row.quantity_after);
     if (this.times.length > MAX_POINTS) {
@@ -114,7 +113,6 @@ function caption(state, size) {
   if (state === "start") return "Quantity over time: loading…";
   if (size === 0) return "Quantity over time: no change yet.";
   const count = formatInteger(size);
-  if (state === "loading") return `Quantity over time: the newest ${count} changes, loading older changes...`;
   if (state === "capped") return `Quantity over time: the newest ${count} changes.`;
   return `Quantity over time: all ${count} ${size === 1 ? "change" : "changes"}.`;
 }
@@ -128,7 +126,6 @@ export function StockChart({ id }) {
     const abort = new AbortController();
     const history = new History();
     let uPlot = null;
-    let complete = false;
     const draw = () => {
       if (abort.signal.aborted || !uPlot || !box.current) return;
       if (!history.size) {
@@ -142,26 +139,19 @@ export function StockChart({ id }) {
       }
     };
     const show = () => {
-      const state = history.capped ? "capped" : complete ? "all" : "loading";
-      setView({ state, size: history.size });
+      setView({ state: history.capped ? "capped" : "all", size: history.size });
     };
-    const page = (cursor) => api.listAdjustments(id, { limit: PAGE, cursor }, abort.signal);
     const run = async () => {
-      // The library and the first page come in together: the first draw takes one request.
-      const [library, first] = await Promise.all([loadPlot(), page(null)]);
+      // The library and the data come in together: the chart takes one request.
+      const [library, answer] = await Promise.all([
+        loadPlot(),
+        api.history(id, { limit: MAX_POINTS }, abort.signal),
+      ]);
+      if (abort.signal.aborted) return;
       uPlot = library;
-      let answer = first.data;
-      for (;;) {
-        if (abort.signal.aborted) return;
-        history.prepend(answer.data);
-        const more = Boolean(answer.next_cursor) && !history.capped;
-        if (answer.next_cursor && history.size >= MAX_POINTS) history.capped = true;
-        complete = !more && !history.capped;
-        draw();
-        show();
-        if (!more || history.capped) return;
-        answer = (await page(answer.next_cursor)).data;
-      }
+      history.load(answer.data);
+      draw();
+      show();
     };
     run().catch(() => {
       if (!abort.signal.aborted) setView({ state: "failed", size: 0 });
@@ -170,7 +160,7 @@ export function StockChart({ id }) {
       if (type !== "stock.adjusted" || data.item_id !== id) return;
       if (history.append(data)) {
         draw();
-        if (uPlot) show();
+        show();
       }
     });
     return () => {

@@ -22,6 +22,7 @@ export function ItemPage({ id, me }) {
   const [editing, setEditing] = useState(false);
   const [deleting, setDeleting] = useState(false);
   const [ledgerVersion, setLedgerVersion] = useState(0);
+  const [resyncs, setResyncs] = useState(0); // the stream had a gap: the chart reloads
   // The shell focused the loading page's heading; once the item shows, its own heading
   // takes the focus back (the loading one is gone), unless the user moved on meanwhile.
   const heading = useRef(null);
@@ -64,6 +65,11 @@ export function ItemPage({ id, me }) {
         } else if (type === "item.deleted" && data.id === id) {
           setGone(true);
           announce("This item was deleted.");
+        } else if (type === "resync") {
+          // Changes may have been missed while the stream was away: read it all again.
+          load();
+          setLedgerVersion((n) => n + 1);
+          setResyncs((n) => n + 1);
         }
       }),
     [id],
@@ -113,7 +119,7 @@ export function ItemPage({ id, me }) {
       </dl>
       ${canWrite ? html`<${AdjustStock} item=${item} onAdjusted=${() => { load(); setLedgerVersion((n) => n + 1); }} />` : null}
     </div>
-    <${Ledger} id=${id} version=${ledgerVersion} />
+    <${Ledger} id=${id} version=${ledgerVersion} resyncs=${resyncs} />
     ${canWrite
       ? html`<${EditItem} open=${editing} item=${item} onClose=${() => setEditing(false)} onSaved=${setItem} />
           <${DeleteItem} open=${deleting} item=${item} onClose=${() => setDeleting(false)} />`
@@ -170,7 +176,7 @@ function AdjustStock({ item, onAdjusted }) {
   </form>`;
 }
 
-function Ledger({ id, version }) {
+function Ledger({ id, version, resyncs }) {
   const [cursors, setCursors] = useState([""]); // the cursor of each page shown so far
   const [page, setPage] = useState(null);
   const [error, setError] = useState(null);
@@ -190,7 +196,7 @@ function Ledger({ id, version }) {
     <h2 id="ledger-title">Stock history</h2>
     <${Alert}>${error?.detail}<//>
     <div class="ledger-grid">
-      <${StockChart} id=${id} />
+      <${StockChart} id=${id} key=${resyncs} />
       <div class="table-wrap">
         <table>
           <caption class="visually-hidden">Stock changes, newest first</caption>

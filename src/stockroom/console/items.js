@@ -188,6 +188,8 @@ export function ItemsPage({ params, me }) {
       } else if (type === "item.deleted") {
         announce(`Item ${data.sku} was deleted.`);
         reread();
+      } else if (type === "resync") {
+        reread();
       }
     });
     return () => {

@@ -2,6 +2,8 @@
 // The browser reconnects by itself after a drop (sending Last-Event-ID); when it gives up
 // (the token expired, or the service refused the stream) a fresh token and a new
 // EventSource resume with ?after=<the last id handled>. A token is renewed before it ends.
+// When the cursor has to be dropped (see GIVE_UP_CURSOR_AFTER), changes may have been missed:
+// once the new stream is open, listeners get `{type: "resync"}` and read their data again.
 
 import { api } from "./api.js";
 
@@ -23,6 +25,7 @@ let renewTimer = null;
 let retryTimer = null;
 let failures = 0;
 let running = false;
+let gap = false; // the cursor was dropped: changes may be missing until a resync
 
 function setStatus(next) {
   status = next;
@@ -53,7 +56,10 @@ function retryLater() {
   setStatus("reconnecting");
   const delay = RETRY_MS[Math.min(failures, RETRY_MS.length - 1)];
   failures += 1;
-  if (failures >= GIVE_UP_CURSOR_AFTER && lastId) lastId = null;
+  if (failures >= GIVE_UP_CURSOR_AFTER && lastId) {
+    lastId = null;
+    gap = true;
+  }
   retryTimer = setTimeout(open, delay);
 }
 
@@ -76,6 +82,10 @@ async function open() {
   stream.onopen = () => {
     failures = 0;
     setStatus("live");
+    if (gap) {
+      gap = false;
+      for (const listener of listeners) listener({ type: "resync" });
+    }
   };
   stream.onerror = () => {
     if (stream !== source) return;
@@ -99,11 +109,13 @@ export function startLive() {
 export function stopLive() {
   running = false;
   lastId = null;
+  gap = false;
   close();
   setStatus("off");
 }
 
-/** Calls `listener(event)` for each change; returns the function that stops it. */
+/** Calls `listener(event)` for each change, and `listener({type: "resync"})` after a gap
+ * in the stream (read everything shown again); returns the function that stops it. */
 export function onChange(listener) {
   listeners.add(listener);
   return () => listeners.delete(listener);

@@ -45,7 +45,9 @@ export function OverviewPage() {
       .then(() => setReady(true))
       .catch(() => setReady(false));
     const stop = onChange((event) => {
-      setChanges((old) => [{ ...event, seen: Date.now() }, ...old].slice(0, LATEST));
+      if (event.type !== "resync") {
+        setChanges((old) => [{ ...event, seen: Date.now() }, ...old].slice(0, LATEST));
+      }
       clearTimeout(timer);
       timer = setTimeout(load, 300);
     });

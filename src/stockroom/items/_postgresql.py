@@ -87,7 +87,11 @@ _ADJUSTMENTS = (
     f"SELECT {_ADJ_COLUMNS} FROM adjustments WHERE item_id = $1 AND id < $2::bigint "
     "ORDER BY id DESC LIMIT $3"
 )
-_NO_ID_ABOVE = 2**31
+_HISTORY = (
+    "SELECT id, extract(epoch FROM created_at)::float8, quantity_after FROM adjustments "
+    "WHERE item_id = $1 AND id < $2::bigint ORDER BY id DESC LIMIT $3"
+)
+_NO_ID_ABOVE = 2**63 - 1  # the largest bigint: every id is below it but the very last one
 
 
 class PostgresItemStore:
@@ -143,6 +147,19 @@ class PostgresItemStore:
             if not records and await connection.fetchval(_EXISTS, item_id) is None:
                 return None
             return [AdjustmentRow(*record) for record in records]
+
+        return await self._db.read(query)
+
+    async def history(
+        self, item_id: int, before_id: int | None, limit: int
+    ) -> Sequence[tuple[int, float, int]] | None:
+        async def query(connection: asyncpg.Connection) -> list[tuple[int, float, int]] | None:
+            records = await connection.fetch(
+                _HISTORY, item_id, _NO_ID_ABOVE if before_id is None else before_id, limit
+            )
+            if not records and await connection.fetchval(_EXISTS, item_id) is None:
+                return None
+            return [(record[0], record[1], record[2]) for record in records]
 
         return await self._db.read(query)
 

@@ -132,6 +132,14 @@ class SqliteItemStore:
 
         return await self._db.read(query)
 
+    async def history(
+        self, item_id: int, before_id: int | None, limit: int
+    ) -> Sequence[tuple[int, float, int]] | None:
+        rows = await self.adjustments(item_id, before_id, limit)
+        if rows is None:
+            return None
+        return [(row.id, row.created_at.timestamp(), row.quantity_after) for row in rows]
+
     async def export_rows(self, listing: Listing, chunk: int) -> AsyncIterator[Sequence[ItemRow]]:
         async with self._db.connection() as connection:
             result = await connection.stream(

@@ -76,6 +76,12 @@ class ItemStore(Protocol[C]):
     ) -> Sequence[AdjustmentRow] | None:
         """An item's ledger rows, newest first, below ``before_id``; None: no such item."""
 
+    async def history(
+        self, item_id: int, before_id: int | None, limit: int
+    ) -> Sequence[tuple[int, float, int]] | None:
+        """The same rows as :meth:`adjustments`, only ``(id, Unix time, quantity_after)``
+        each (a chart's points, without the rest of the rows); None: no such item."""
+
     def export_rows(self, listing: Listing, chunk: int) -> AsyncIterator[Sequence[ItemRow]]:
         """Every row of the listing, ``chunk`` at a time, from one server-side cursor."""
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, status
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Query, Request, status
 from starlette.responses import Response
 
 from stockroom.auth.deps import READ, WRITE, ScopedRoute
@@ -12,7 +15,7 @@ from stockroom.idempotency.service import StoredAnswer
 from stockroom.items.models import AdjustmentRow
 from stockroom.items.schemas import AdjustmentPublic, ItemId, adjustment_json, adjustments_json
 from stockroom.ledger import service
-from stockroom.ledger.schemas import AdjustmentCreate
+from stockroom.ledger.schemas import HISTORY_LIMIT, AdjustmentCreate, QuantityHistoryPublic
 from stockroom.problems import problem_responses
 from stockroom.resources import resources_of
 
@@ -20,7 +23,7 @@ __all__ = ["router"]
 
 router = APIRouter(
     route_class=ScopedRoute,
-    prefix="/items/{item_id}/adjustments",
+    prefix="/items/{item_id}",
     tags=["stock"],
     responses=problem_responses(400, 401, 403, 404, 413, 422, 500, 503),
 )
@@ -31,7 +34,7 @@ def _created(adjustment: AdjustmentRow) -> StoredAnswer:
 
 
 @router.post(
-    "",
+    "/adjustments",
     status_code=status.HTTP_201_CREATED,
     response_model=AdjustmentPublic,
     responses={201: {"headers": REPLAYED_DOC}, **problem_responses(409)},
@@ -54,7 +57,7 @@ async def create_adjustment(
 
 
 @router.get(
-    "",
+    "/adjustments",
     response_model=Page[AdjustmentPublic],
     dependencies=[READ],
     operation_id="listAdjustments",
@@ -69,3 +72,31 @@ async def list_adjustments(
     store = resources_of(request).stores.items
     page = await service.list_adjustments(store, item_id, cursor=cursor, limit=limit)
     return page_response(adjustments_json(page.adjustments), page.next_cursor)
+
+
+@router.get(
+    "/history",
+    response_model=QuantityHistoryPublic,
+    dependencies=[READ],
+    operation_id="getQuantityHistory",
+)
+async def quantity_history(
+    request: Request,
+    item_id: ItemId,
+    limit: Annotated[
+        int, Query(ge=1, le=HISTORY_LIMIT, description="How many of the newest changes.")
+    ] = 10_000,
+    cursor: Cursor = None,
+) -> Response:
+    """The item's quantity over time, from its ledger (`quantity_after` of each change),
+    as two columns ready for a chart: the newest `limit` changes, oldest first, in one
+    answer (the ledger list pages 500 rows at most). Older changes by `next_cursor`."""
+    store = resources_of(request).stores.items
+    history = await service.quantity_history(store, item_id, cursor=cursor, limit=limit)
+    body = {
+        "times": history.times,
+        "quantities": history.quantities,
+        "last_id": history.last_id,
+        "next_cursor": history.next_cursor,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")

@@ -20,7 +20,13 @@ from stockroom.items.store import ItemStore
 from stockroom.items.writer import ItemWriter
 from stockroom.ledger.schemas import AdjustmentCreate
 
-__all__ = ["AdjustmentPage", "adjust_stock", "list_adjustments"]
+__all__ = [
+    "AdjustmentPage",
+    "QuantityHistory",
+    "adjust_stock",
+    "list_adjustments",
+    "quantity_history",
+]
 
 C = TypeVar("C")
 
@@ -28,6 +34,17 @@ C = TypeVar("C")
 @dataclass(frozen=True, slots=True)
 class AdjustmentPage:
     adjustments: Sequence[AdjustmentRow]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuantityHistory:
+    """An item's quantity over time, oldest first: Unix times and the quantity after each
+    change; ``last_id`` the newest ledger row in it (a client adds later changes past it)."""
+
+    times: list[float]
+    quantities: list[int]
+    last_id: int | None
     next_cursor: str | None
 
 
@@ -57,6 +74,24 @@ async def list_adjustments(
     page = rows[:limit]
     next_cursor = encode_cursor(["-id", page[-1].id]) if len(rows) > limit else None
     return AdjustmentPage(page, next_cursor)
+
+
+async def quantity_history(
+    store: ItemStore[Any], item_id: int, *, cursor: str | None, limit: int
+) -> QuantityHistory:
+    """The newest ``limit`` points of an item's quantity (older ones by ``next_cursor``)."""
+    before = _cursor_id(decode_cursor(cursor)) if cursor is not None else None
+    rows = await store.history(item_id, before, limit + 1)
+    if rows is None:
+        raise not_found(item_id)
+    points = rows[:limit]
+    next_cursor = encode_cursor(["-id", points[-1][0]]) if len(rows) > limit else None
+    return QuantityHistory(
+        times=[point[1] for point in reversed(points)],
+        quantities=[point[2] for point in reversed(points)],
+        last_id=points[0][0] if points else None,
+        next_cursor=next_cursor,
+    )
 
 
 def _cursor_id(payload: list[Any]) -> int:
