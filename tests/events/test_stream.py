@@ -224,6 +224,39 @@ async def test_types_filter(served: tuple[Server, str]) -> None:
     assert len(messages) == 5
 
 
+async def test_a_stock_low_event_streams_live_and_on_replay_after_its_adjustment(
+    served: tuple[Server, str],
+) -> None:
+    server, key = served
+    headers = {"Authorization": f"Bearer {key}"}
+    sku = f"LOW-{uuid.uuid4().hex[:8]}"
+    types = "?types=stock.adjusted,stock.low"
+    async with listening(server.url, key, types) as live:
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as http:
+            body = {"sku": sku, "name": "Low", "price": 1, "quantity": 8, "reorder_point": 5}
+            item = (await http.post("/items", json=body)).json()
+            for delta in (-2, -2, -1):  # 6, 4 (at or below 5: low), 3 (still low: no event)
+                answer = await http.post(f"/items/{item['id']}/adjustments", json={"delta": delta})
+                assert answer.status_code == 201, answer.text
+
+        def mine(message: Message) -> bool:
+            data = message.data["data"]
+            return bool(data.get("item_id", data.get("id")) == item["id"])
+
+        await wait_until(lambda: len([m for m in live.messages if mine(m)]) >= 5)
+    seen = [m for m in live.messages if mine(m)]
+    assert [m.event for m in seen] == ["stock.adjusted"] * 3 + ["stock.low"] + ["stock.adjusted"]
+    # The item's starting quantity is its first ledger row: the first stock.adjusted.
+    low = seen[3].data["data"]
+    assert (low["id"], low["quantity"], low["reorder_point"]) == (item["id"], 4, 5)
+
+    # Replayed from the log, after the event before it: the same event, the same id.
+    async with listening(server.url, key, f"{types}&after={seen[2].id}") as replay:
+        await wait_until(lambda: any(mine(m) and m.event == "stock.low" for m in replay.messages))
+        replayed = next(m for m in replay.messages if mine(m))
+    assert (replayed.event, replayed.id, replayed.data) == ("stock.low", seen[3].id, seen[3].data)
+
+
 async def test_bad_cursors_are_410_and_bad_types_422(
     app: FastAPI, served: tuple[Server, str]
 ) -> None:

@@ -215,6 +215,31 @@ async def test_only_the_subscribed_types_are_sent(
         assert types == ["stock.adjusted", "stock.adjusted"]
 
 
+async def test_a_stock_low_subscriber_gets_the_item_once_when_it_reaches_its_reorder_point(
+    dispatching_app: FastAPI, receiver: Receiver
+) -> None:
+    async with await admin(dispatching_app) as http:
+        await subscribe(http, f"{receiver.url}/low", ["stock.low"], secret=SECRET)
+        body = {"sku": "L-1", "name": "L", "price": 1, "quantity": 8, "reorder_point": 5}
+        item = (await http.post("/items", json=body)).json()
+        for delta in (-2, -2, -1, 10, -6):  # 6, 4 (low), 3, 13 (above again), 7: one crossing
+            answer = await http.post(f"/items/{item['id']}/adjustments", json={"delta": delta})
+            assert answer.status_code == 201, answer.text
+        await wait_until(lambda: len(receiver.on("/low")) >= 1)
+        # Everything written before it is dispatched once this later crossing arrives.
+        answer = await http.post(f"/items/{item['id']}/adjustments", json={"delta": -3})
+        await wait_until(lambda: len(receiver.on("/low")) >= 2)
+        payloads = [
+            standardwebhooks.Webhook(SECRET).verify(r.body, r.headers) for r in receiver.on("/low")
+        ]
+        assert [p["type"] for p in payloads] == ["stock.low", "stock.low"]
+        assert [(p["data"]["id"], p["data"]["quantity"]) for p in payloads] == [
+            (item["id"], 4),
+            (item["id"], 4),
+        ]
+        assert payloads[0]["data"]["reorder_point"] == 5
+
+
 async def test_a_flaky_receiver_gets_it_on_the_third_attempt(
     dispatching_app: FastAPI, receiver: Receiver
 ) -> None:
