@@ -618,6 +618,53 @@ async def test_import_a_dry_run_names_errors_by_line_and_field_then_the_file_app
     assert [(item["sku"], item["quantity"]) for item in listed] == [("IMP-4", 0), ("IMP-1", 2)]
 
 
+# Rows with errors are kept from the chosen file read piece by piece (File.stream()): a record
+# cut anywhere between two pieces (inside quotes, between \r and \n, inside a "" pair) must
+# come out as the whole text reads it.
+SPLIT_EVERYWHERE = r"""async () => {
+  const { CsvReader, NdjsonReader } = await import("./import.js");
+  const csv = '\uFEFFsku,name\r\nA-1,"Say ""hi""\nthere"\r\nA-2,plain\nA-3,"a,b"';
+  const ndjson = '{"sku":"N-1"}\n{"sku":"N-2"}\n\n{"sku":"N-3"}';
+  const read = (Reader, pieces) => {
+    const reader = new Reader();
+    const records = pieces.flatMap((piece) => reader.push(piece));
+    return JSON.stringify([...records, ...reader.end()]);
+  };
+  const failures = [];
+  for (const [Reader, text] of [[CsvReader, csv], [NdjsonReader, ndjson]]) {
+    const whole = read(Reader, [text]);
+    for (let cut = 0; cut <= text.length; cut++) {
+      const pieces = [text.slice(0, cut), text.slice(cut)];
+      if (read(Reader, pieces) !== whole) failures.push(`${Reader.name} cut at ${cut}`);
+    }
+    if (read(Reader, [...text]) !== whole) failures.push(`${Reader.name} one character at a time`);
+  }
+  return { failures, csv: JSON.parse(read(CsvReader, [csv])), ndjson: JSON.parse(read(NdjsonReader, [ndjson])) };
+}"""
+
+
+async def test_the_rows_with_errors_are_read_from_a_file_in_pieces_as_from_the_whole(
+    server: Server, tab: tuple[Page, BrowserErrors]
+) -> None:
+    page, _ = tab
+    await page.goto(f"{server.url}/console/")
+    result = await page.evaluate(SPLIT_EVERYWHERE)
+    assert result["failures"] == []
+    assert [(r["line"], r["cells"]) for r in result["csv"]] == [
+        (1, ["sku", "name"]),
+        (2, ["A-1", 'Say "hi"\nthere']),
+        (4, ["A-2", "plain"]),
+        (5, ["A-3", "a,b"]),
+    ]
+    assert result["csv"][1]["text"] == 'A-1,"Say ""hi""\nthere"\r\n'
+    assert [(r["line"], r["raw"]) for r in result["ndjson"]] == [
+        (1, '{"sku":"N-1"}'),
+        (2, '{"sku":"N-2"}'),
+        (3, ""),
+        (4, '{"sku":"N-3"}'),
+    ]
+
+
 async def serious_violations(page: Page) -> list[str]:
     """axe-core's serious and critical violations of what the page shows now."""
     await page.evaluate(AXE_SCRIPT)

@@ -13,58 +13,103 @@ const PREVIEW_ROWS = 5;
 const isNdjson = (file) => /\.(ndjson|jsonl)$/i.test(file.name);
 
 /**
- * The records of CSV text, each with the line it starts on (1 = the header), its cells and
- * its raw text (line end included), as RFC 4180 reads them (quotes may hold commas and
- * line breaks). `limit` stops early (a preview).
+ * CSV records as RFC 4180 reads them (quotes may hold commas and line breaks), from text that
+ * comes in pieces: `push(text)` gives the records complete so far, each with the line it
+ * starts on (1 = the header), its cells and its raw text (line end included); `end()` the
+ * last one. A record cut between two pieces waits for the rest.
  */
-function csvRecords(text, limit = Infinity) {
-  const records = [];
-  let cells = [];
-  let cell = "";
-  let quoted = false;
-  let line = 1;
-  let start = 1;
-  let from = 0;
-  const source = text.replace(/^\uFEFF/, "");
-  for (let i = 0; i < source.length && records.length < limit; i++) {
-    const c = source[i];
-    if (quoted) {
-      if (c === '"' && source[i + 1] === '"') {
-        cell += '"';
-        i++;
+export class CsvReader {
+  constructor() {
+    this.rest = "";
+    this.line = 1; // the line the next record starts on
+    this.first = true;
+  }
+
+  push(text, final = false, limit = Infinity) {
+    let source = this.rest + text;
+    if (this.first && source) {
+      source = source.replace(/^\uFEFF/, "");
+      this.first = false;
+    }
+    const records = [];
+    let cells = [];
+    let cell = "";
+    let quoted = false;
+    let line = this.line;
+    let from = 0;
+    let i = 0;
+    for (; i < source.length && records.length < limit; i++) {
+      const c = source[i];
+      // A quote or a carriage return at the very end may be half of a pair: wait for more.
+      if (!final && i + 1 === source.length && (c === '"' || c === "\r")) break;
+      if (quoted) {
+        if (c === '"' && source[i + 1] === '"') {
+          cell += '"';
+          i++;
+        } else if (c === '"') {
+          quoted = false;
+        } else {
+          if (c === "\n") line++;
+          cell += c;
+        }
       } else if (c === '"') {
-        quoted = false;
+        quoted = true;
+      } else if (c === ",") {
+        cells.push(cell);
+        cell = "";
+      } else if (c === "\n" || c === "\r") {
+        if (c === "\r" && source[i + 1] === "\n") i++;
+        cells.push(cell);
+        records.push({ line: this.line, cells, text: source.slice(from, i + 1) });
+        cells = [];
+        cell = "";
+        line++;
+        this.line = line;
+        from = i + 1;
       } else {
-        if (c === "\n") line++;
         cell += c;
       }
-    } else if (c === '"') {
-      quoted = true;
-    } else if (c === ",") {
-      cells.push(cell);
-      cell = "";
-    } else if (c === "\n" || c === "\r") {
-      if (c === "\r" && source[i + 1] === "\n") i++;
-      cells.push(cell);
-      records.push({ line: start, cells, text: source.slice(from, i + 1) });
-      cells = [];
-      cell = "";
-      line++;
-      start = line;
-      from = i + 1;
-    } else {
-      cell += c;
     }
+    if (final && records.length < limit && (cell !== "" || cells.length)) {
+      cells.push(cell);
+      records.push({ line: this.line, cells, text: `${source.slice(from)}\n` });
+      from = source.length;
+    }
+    this.rest = source.slice(from);
+    return records;
   }
-  if (records.length < limit && (cell !== "" || cells.length)) {
-    cells.push(cell);
-    records.push({ line: start, cells, text: `${source.slice(from)}\n` });
+
+  end() {
+    return this.push("", true);
   }
-  return records;
+}
+
+/** The records of a whole CSV text (`limit` stops early: a preview). */
+function csvRecords(text, limit = Infinity) {
+  return new CsvReader().push(text, true, limit);
+}
+
+/** NDJSON lines from text that comes in pieces, each with its line number. */
+export class NdjsonReader {
+  constructor() {
+    this.rest = "";
+    this.line = 1;
+  }
+
+  push(text, final = false) {
+    const parts = (this.rest + text).split("\n");
+    this.rest = final ? "" : parts.pop();
+    if (final && parts[parts.length - 1] === "") parts.pop();
+    return parts.map((raw) => ({ line: this.line++, text: `${raw}\n`, raw }));
+  }
+
+  end() {
+    return this.push("", true);
+  }
 }
 
 function ndjsonLines(text) {
-  return text.split("\n").map((raw, index) => ({ line: index + 1, text: `${raw}\n`, raw }));
+  return new NdjsonReader().push(text, true);
 }
 
 /** The first rows of a file, as a table: {columns, rows}. */
@@ -88,19 +133,27 @@ async function previewOf(file) {
   return { columns: header ? header.cells : [], rows: rows.map((record) => record.cells) };
 }
 
-/** A file of the rows the report found errors in (and the CSV header), to fix and re-import. */
+/** A file of the rows the report found errors in (and the CSV header), to fix and re-import:
+ * the chosen file is read piece by piece, and only those rows are kept (a file of any size). */
 async function erroredRows(file, errors) {
   const lines = new Set(errors.map((error) => error.line));
-  const text = await file.text();
-  let kept;
-  if (isNdjson(file)) {
-    kept = ndjsonLines(text).filter((record) => lines.has(record.line));
-  } else {
-    const records = csvRecords(text);
-    kept = [records[0], ...records.slice(1).filter((record) => lines.has(record.line))];
+  const csv = !isNdjson(file);
+  const reader = csv ? new CsvReader() : new NdjsonReader();
+  const kept = [];
+  const keep = (records) => {
+    for (const record of records) {
+      if (lines.has(record.line) || (csv && record.line === 1)) kept.push(record);
+    }
+  };
+  const pieces = file.stream().pipeThrough(new TextDecoderStream()).getReader();
+  for (;;) {
+    const { value, done } = await pieces.read();
+    if (done) break;
+    keep(reader.push(value));
   }
+  keep(reader.end());
   const blob = new Blob(kept.map((record) => record.text), {
-    type: isNdjson(file) ? "application/x-ndjson" : "text/csv",
+    type: csv ? "text/csv" : "application/x-ndjson",
   });
   const link = document.createElement("a");
   link.href = URL.createObjectURL(blob);
