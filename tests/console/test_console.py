@@ -637,9 +637,10 @@ SPLIT_EVERYWHERE = r"""async () => {
       const pieces = [text.slice(0, cut), text.slice(cut)];
       if (read(Reader, pieces) !== whole) failures.push(`${Reader.name} cut at ${cut}`);
     }
-    if (read(Reader, [...text]) !== whole) failures.push(`${Reader.name} one character at a time`);
+    if (read(Reader, [...text]) !== whole) failures.push(`${Reader.name} by characters`);
   }
-  return { failures, csv: JSON.parse(read(CsvReader, [csv])), ndjson: JSON.parse(read(NdjsonReader, [ndjson])) };
+  const parsed = (Reader, text) => JSON.parse(read(Reader, [text]));
+  return { failures, csv: parsed(CsvReader, csv), ndjson: parsed(NdjsonReader, ndjson) };
 }"""
 
 
