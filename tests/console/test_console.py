@@ -44,6 +44,7 @@ from tests.support.apps import client_for, create_key
 from tests.support.browser import CHROMIUM, CHROMIUM_FLAGS
 from tests.support.servers import Server, start_server
 from tests.support.waiting import wait_until
+from tests.webhooks.receiver import RunningReceiver
 
 CONSOLE_FOLDER = Path(console.__file__).parent
 # What a first visit may load at most, compressed (issue #22).
@@ -520,7 +521,22 @@ async def test_an_admin_creates_and_revokes_a_key_and_follows_a_webhooks_deliver
     await expect(page.get_by_role("button", name=f"Revoke {robot}")).to_have_count(0)
     assert (await api_of(secret).get("/me")).status_code == 401
 
-    await page.get_by_role("link", name="Webhooks").click()
+    # A webhook to a receiver that answers: its delivery shows up by itself, delivered.
+    with RunningReceiver() as listening:
+        await page.get_by_role("link", name="Webhooks").click()
+        await expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_visible()
+        await page.get_by_label("URL").fill(f"{listening.url}/ok")
+        await page.get_by_role("button", name="Create webhook").click()
+        await page.get_by_role("link", name=f"{listening.url}/ok").click()
+        await expect(page.get_by_role("heading", name="Webhook", level=1)).to_be_visible()
+        await post_item(api_of(admin), sku="HOOK-0", name="Hooked first")
+        delivered = page.get_by_role("row").filter(has_text="item.created")
+        await expect(delivered.get_by_role("cell", name="delivered")).to_be_visible()
+        await expect(delivered.get_by_role("cell", name="204")).to_be_visible()
+        await wait_until(lambda: len(listening.on("/ok")) == 1)
+
+    sections = page.get_by_role("navigation", name="Sections")
+    await sections.get_by_role("link", name="Webhooks").click()
     await expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_visible()
     receiver = "http://127.0.0.1:9/hook"  # nothing listens there: every attempt fails
     await page.get_by_label("URL").fill(receiver)
@@ -553,7 +569,8 @@ async def test_an_admin_creates_and_revokes_a_key_and_follows_a_webhooks_deliver
         .get_by_role("button", name="Delete", exact=True)
         .click()
     )
-    await expect(page.get_by_text("No webhook yet.")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Webhooks", level=1)).to_be_visible()
+    await expect(page.get_by_role("link", name=receiver)).to_have_count(0)
 
 
 async def test_import_a_dry_run_names_errors_by_line_and_field_then_the_file_applies(

@@ -4,6 +4,7 @@
 import { html, useEffect, useState } from "./vendor/preact-htm.js";
 import { api, fieldErrors } from "./api.js";
 import { formatInteger, formatTime } from "./format.js";
+import { onChange } from "./live.js";
 import { Alert, CopyButton, Dialog, Field, announce, hrefOf, navigate } from "./ui.js";
 
 const SCOPES = ["read", "write", "admin"];
@@ -203,11 +204,21 @@ export function WebhookPage({ id }) {
   );
   const [deleting, setDeleting] = useState(false);
   const [deleteError, setDeleteError] = useState(null);
-  // Deliveries are not events of the stream: the list is read again every few seconds while
-  // the page is open and shown.
+  // Deliveries are not events of the stream, but every change of the stream makes one: the
+  // list is read again just after each change (its delivery, then its first attempt's
+  // outcome), and every few seconds while the page is shown (retries on their backoff).
   useEffect(() => {
     const timer = setInterval(() => document.visibilityState === "visible" && reload(), REFRESH_MS);
-    return () => clearInterval(timer);
+    const soon = [];
+    const stop = onChange(() => {
+      for (const pending of soon.splice(0)) clearTimeout(pending);
+      soon.push(setTimeout(reload, 300), setTimeout(reload, 1500));
+    });
+    return () => {
+      clearInterval(timer);
+      for (const pending of soon) clearTimeout(pending);
+      stop();
+    };
   }, [id]);
   const remove = async () => {
     try {
