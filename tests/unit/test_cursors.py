@@ -17,7 +17,6 @@ from stockroom.items.repository import ItemFilter, Keyset, Listing
 from stockroom.ledger.service import list_adjustments
 from stockroom.webhooks import service as webhooks
 
-INT32_MAX = 2**31 - 1
 INT64_MAX = 2**63 - 1
 _AT = dt.datetime(2026, 11, 25, 12, 0, 0, 123456, tzinfo=dt.UTC)
 _ROW = SimpleNamespace(id=7, name_key="widget", price_cents=1999, created_at=_AT, updated_at=_AT)
@@ -73,13 +72,13 @@ def test_an_items_cursor_of_another_shape_is_refused(sort: str, payload: list[An
 @pytest.mark.parametrize(
     ("sort", "payload"),
     [
-        ("id", ["id", 7, INT32_MAX + 1]),
-        ("id", ["id", INT32_MAX + 1, 7]),
+        ("id", ["id", 7, INT64_MAX + 1]),
+        ("id", ["id", INT64_MAX + 1, 7]),
         ("id", ["id", 7, -1]),
-        ("-id", ["-id", 7, 2**40]),
-        ("price", ["price", 1999, INT32_MAX + 1]),
+        ("-id", ["-id", 7, 2**64 - 1]),
+        ("price", ["price", 1999, INT64_MAX + 1]),
         ("price", ["price", -1, 7]),
-        ("created_at", ["created_at", _AT.isoformat(), INT64_MAX]),
+        ("created_at", ["created_at", _AT.isoformat(), INT64_MAX + 1]),
     ],
 )
 def test_an_items_cursor_whose_id_no_item_can_have_is_refused(
@@ -88,6 +87,19 @@ def test_an_items_cursor_whose_id_no_item_can_have_is_refused(
     listing = Listing(ItemFilter(), Keyset(sort), decode_cursor(_crafted(payload)), 10)
     with pytest.raises(InvalidRequestError):
         listing.params()
+
+
+@pytest.mark.parametrize(
+    ("sort", "payload", "after_id"),
+    [
+        ("id", ["id", 2**31, 2**31], 2**31),  # past 32 bits: items.id is bigint (0007)
+        ("-id", ["-id", INT64_MAX, INT64_MAX], INT64_MAX),
+        ("price", ["price", 1999, 2**40], 2**40),
+    ],
+)
+def test_an_items_cursor_takes_any_64_bit_id(sort: str, payload: list[Any], after_id: int) -> None:
+    listing = Listing(ItemFilter(), Keyset(sort), decode_cursor(_crafted(payload)), 10)
+    assert listing.params()["after_id"] == after_id
 
 
 # --- The ledger -------------------------------------------------------------------------------

@@ -33,6 +33,9 @@ LOW_STOCK_SQL = "quantity <= reorder_point"
 # Case-folded names sort and match by code point on both databases ("C" collation on
 # PostgreSQL; SQLite compares bytes), so that order does not depend on a server's locale.
 _FOLDED_TEXT = Text().with_variant(postgresql.TEXT(collation="C"), "postgresql")
+# Ids are 64-bit: bigint on PostgreSQL (migration 0007); SQLite's INTEGER is 64-bit already,
+# and only "INTEGER PRIMARY KEY" is the autoincrementing rowid.
+_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def fold_name(name: str) -> str:
@@ -63,7 +66,7 @@ class Item(Base):
         {"sqlite_autoincrement": True},
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
     sku: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(200))
     # fold_name(name), kept by the service; what `q` and `sort=name` use.
@@ -90,9 +93,9 @@ class Adjustment(Base):
         {"sqlite_autoincrement": True},
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(_ID, primary_key=True, autoincrement=True)
     # An item can only be deleted at zero stock; its ledger goes with it (see docs/decisions.md).
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    item_id: Mapped[int] = mapped_column(_ID, ForeignKey("items.id", ondelete="CASCADE"))
     delta: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
     quantity_after: Mapped[int] = mapped_column(Integer)

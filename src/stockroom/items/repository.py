@@ -41,8 +41,9 @@ __all__ = [
 ]
 
 ITEM_TABLE_COLUMNS = tuple(Item.__table__.columns)
-# items.id is an INTEGER column: 32 bits on PostgreSQL, whose driver refuses a larger value.
-_MAX_ID = 2**31 - 1
+# items.id is a 64-bit column (bigint on PostgreSQL, since migration 0007): the driver
+# refuses a larger value.
+_MAX_ID = 2**63 - 1
 
 # Sort key (as the API names it) -> column.
 _SORT_COLUMNS: dict[str, InstrumentedAttribute[Any]] = {

@@ -161,8 +161,9 @@ def _empty_is_none(value: Any) -> Any:
 # the two apart, and an export must import back unchanged.)
 OptionalDescription = Annotated[Description | None, BeforeValidator(_empty_is_none)]
 # Strict: a JSON integer, not "3", 3.0 or true.
-# An item id in a URL path (the routers of items and of the ledger).
-ItemId = Annotated[int, Path(ge=1, le=2_147_483_647, description="The item's id.")]
+# An item id in a URL path (the routers of items and of the ledger): 64-bit, as items.id is
+# (bigint on PostgreSQL since migration 0007, INTEGER on SQLite).
+ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's id.")]
 
 Quantity = Annotated[int, Strict(), Field(ge=0, le=MAX_QUANTITY)]
 # The quantity at or below which an item is low (a JSON integer, as quantity is).
