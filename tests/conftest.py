@@ -57,6 +57,9 @@ from tests.support.databases import (
 from tests.support.items import ItemFactory, item_factory
 from tests.support.pgbouncer import PgBouncer, start_pgbouncer
 
+# Throwaway PostgreSQL servers of a test's own (to crash, restart, replicate): the fixtures.
+from tests.support.pgservers import pg_servers, pg_template  # noqa: F401
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect the (test, backend) pairs the module docstring rules out."""
