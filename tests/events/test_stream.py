@@ -241,6 +241,7 @@ async def test_a_stock_low_event_streams_live_and_on_replay_after_its_adjustment
 
         def mine(message: Message) -> bool:
             data = message.data["data"]
+            assert isinstance(data, dict)
             return bool(data.get("item_id", data.get("id")) == item["id"])
 
         await wait_until(lambda: len([m for m in live.messages if mine(m)]) >= 5)
@@ -248,6 +249,7 @@ async def test_a_stock_low_event_streams_live_and_on_replay_after_its_adjustment
     assert [m.event for m in seen] == ["stock.adjusted"] * 3 + ["stock.low"] + ["stock.adjusted"]
     # The item's starting quantity is its first ledger row: the first stock.adjusted.
     low = seen[3].data["data"]
+    assert isinstance(low, dict)
     assert (low["id"], low["quantity"], low["reorder_point"]) == (item["id"], 4, 5)
 
     # Replayed from the log, after the event before it: the same event, the same id.

@@ -72,7 +72,7 @@ async def test_an_item_with_no_change_has_an_empty_history(
     [({"limit": 0}, 422), ({"limit": 50_001}, 422), ({"cursor": "bogus"}, 422)],
 )
 async def test_bad_history_parameters_are_422(
-    client: httpx.AsyncClient, new_item: ItemFactory, params: dict[str, object], status: int
+    client: httpx.AsyncClient, new_item: ItemFactory, params: dict[str, str | int], status: int
 ) -> None:
     item = await new_item(quantity=1)
     problem(await client.get(f"/items/{item['id']}/history", params=params), status)
