@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Match
 
+from stockroom.database.failures import failed_to_connect
 from stockroom.errors import InvalidRequestError, StockroomError, UnavailableError
 
 __all__ = [
@@ -298,10 +299,12 @@ def is_unavailable(exc: BaseException) -> bool:
         if exc.connection_invalidated:  # SQLAlchemy saw a disconnect
             return True
         driver_error: BaseException | None = exc.orig
-    elif _raised_by_driver(exc):
+    elif failed_to_connect(exc) or _raised_by_driver(exc):
         # Not wrapped by SQLAlchemy: what fails while the pool opens a connection
-        # (ConnectionRefusedError, asyncpg's TooManyConnectionsError, ...) and asyncpg's
-        # own command timeout (TimeoutError). The same errors from anything else: a 500.
+        # (ConnectionRefusedError, a TimeoutError of the handshake, ...: marked as such where
+        # they are raised, see database/failures.py) and asyncpg's own command
+        # timeout (TimeoutError, known by the driver's frames in its traceback). The same
+        # errors from anything else: a 500.
         driver_error = exc
     else:
         return False

@@ -11,6 +11,8 @@ import pytest
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy import exc as sa_exc
 
+from stockroom.database._postgresql._engine import create_engine
+from stockroom.database.failures import failed_to_connect, mark_connect_failure
 from stockroom.problems import (
     PROBLEM_CONTENT_TYPE,
     PROBLEM_SCHEMAS,
@@ -21,6 +23,8 @@ from stockroom.problems import (
     problem_responses,
     unavailable_response,
 )
+from stockroom.settings import Settings
+from tests.support.servers import free_port
 
 
 def _body(response: Any) -> dict[str, Any]:
@@ -163,3 +167,39 @@ def test_socket_errors_count_only_when_the_driver_raised_them() -> None:
     assert not is_unavailable(ConnectionRefusedError())
     # A driver's bug is still a bug.
     assert not is_unavailable(_raised_in("asyncpg.protocol", ValueError("bad")))
+
+
+class _CannotConnectNowError(Exception):
+    sqlstate = "57P03"
+
+
+def test_a_failure_to_connect_counts_without_its_traceback() -> None:
+    # One API key lookup's exception is raised to every request that waited for it, and
+    # Starlette clears an exception's traceback once it has handled it: the next request's
+    # copy has no driver frames. The mark made where it was raised still says whose it is.
+    refused = _raised_in("asyncpg.connect_utils", ConnectionRefusedError())
+    mark_connect_failure(refused)
+    refused.__traceback__ = None
+    assert is_unavailable(refused)
+    starting = _CannotConnectNowError()
+    mark_connect_failure(starting)
+    assert is_unavailable(starting)
+    # Marked or not, what no retry mends is a 500 (a wrong password, a missing database).
+    denied = _PostgresError("28P01")
+    mark_connect_failure(denied)
+    assert not is_unavailable(denied)
+    assert not failed_to_connect(ConnectionRefusedError())
+
+
+async def test_the_engine_marks_a_refused_connection() -> None:
+    settings = Settings(database_url=f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x")
+    engine = create_engine(settings)
+    try:
+        with pytest.raises(ConnectionRefusedError) as caught:
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    assert failed_to_connect(caught.value)
+    caught.value.__traceback__ = None
+    assert is_unavailable(caught.value)

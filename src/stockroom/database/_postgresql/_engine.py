@@ -9,14 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
-from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.engine import Dialect, ExceptionContext
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from stockroom.database._postgresql import _pgbouncer as pgbouncer
 from stockroom.database._postgresql._failures import is_broken
+from stockroom.database.failures import mark_connect_failure
 from stockroom.settings import Settings
 
 __all__ = ["create_engine", "unusable_reason"]
@@ -49,10 +51,31 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_recycle=1800,
         connect_args=connect_args,
     )
+    event.listen(engine.sync_engine, "do_connect", _connect)
     event.listen(engine.sync_engine, "checkout", _on_checkout)
     event.listen(engine.sync_engine, "handle_error", _on_error)
     pgbouncer.set_timeout_in_each_transaction(engine, settings)
     return engine
+
+
+# What asyncpg raises when a connection cannot be made and SQLAlchemy does not wrap: a
+# refused or reset socket, no answer in time; and, should one come through untranslated,
+# its own errors (the server's refusal: starting up, too many connections; a connection
+# lost during the handshake), which is_unavailable then judges by their SQLSTATE.
+_CONNECT_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError)
+
+
+def _connect(dialect: Dialect, _record: ConnectionPoolEntry, cargs: Any, cparams: Any) -> Any:
+    """The pool's new connection, as SQLAlchemy makes it; a failure is marked as the
+    database's (``database.failures``). SQLAlchemy wraps no socket error or
+    timeout raised while connecting (they are not DB-API errors): without the mark, only the
+    frames of its traceback would say whose it was, and those do not survive an exception
+    shared between requests (a 500 instead of a 503: a crash of the database, issue #23)."""
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except _CONNECT_ERRORS as exc:
+        mark_connect_failure(exc)
+        raise
 
 
 def _on_checkout(

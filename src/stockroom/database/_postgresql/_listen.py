@@ -15,6 +15,10 @@ __all__ = ["listen"]
 log = structlog.get_logger("stockroom.database")
 
 _RECONNECT_SECONDS = 2.0
+# Besides a refusal: the server gone between connecting and LISTEN (a crash: asyncpg then
+# says the connection is closed, or is left in a state it calls an internal error). Any of
+# these ended the task for good, and with it this process's wake-ups.
+_LOST = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 async def listen(
@@ -36,7 +40,7 @@ async def listen(
             on_notify()  # anything committed while we were not listening
             await lost.wait()
             log.warning("event listener connection lost; reconnecting")
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        except (*_LOST, asyncpg.PostgresError) as exc:
             log.warning("event listener cannot connect; polling until it can", error=str(exc))
         finally:
             if connection is not None and not connection.is_closed():
