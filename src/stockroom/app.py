@@ -28,6 +28,7 @@ from stockroom.items.router import router as items_router
 from stockroom.ledger.router import router as ledger_router
 from stockroom.middleware import (
     BodyLimitMiddleware,
+    ConsistencyMiddleware,
     RateLimitHeadersMiddleware,
     RequestContextMiddleware,
 )
@@ -90,12 +91,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
                 name="idempotency-purge",
             )
+
+            def sample_database() -> None:
+                metrics.sample_pool(database.pool_status())
+                metrics.sample_replicas(database.replica_status(), database.read_routes())
+
             watcher = asyncio.create_task(
-                watch_event_loop(
-                    metrics,
-                    lambda: metrics.sample_pool(database.pool_status()),
-                    settings.event_loop_probe_seconds,
-                ),
+                watch_event_loop(metrics, sample_database, settings.event_loop_probe_seconds),
                 name="event-loop-watch",
             )
             log.info("started", database=settings.backend, version=__version__)
@@ -156,6 +158,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if settings.rate_limit:
         app.add_middleware(RateLimitHeadersMiddleware)
+    # Read-your-writes across replicas: only where there are replicas to read from.
+    if settings.database_replica_urls:
+        app.add_middleware(ConsistencyMiddleware)
     # Added last = outermost: the request id is set before anything else runs, and every
     # request is counted and logged with the status its client got.
     app.add_middleware(

@@ -51,6 +51,7 @@ CORS_ALLOW_HEADERS = (
     "If-Match",
     "If-None-Match",
     "Last-Event-ID",
+    "Consistency-Token",
 )
 CORS_EXPOSE_HEADERS = (
     "ETag",
@@ -61,6 +62,7 @@ CORS_EXPOSE_HEADERS = (
     "RateLimit-Remaining",
     "RateLimit-Reset",
     "Retry-After",
+    "Consistency-Token",
 )
 CORS_MAX_AGE = 600
 

@@ -17,17 +17,20 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stockroom.database.consistency import CONSISTENCY, TOKEN_HEADER, Consistency, parse_token
 from stockroom.observability import AccessLog, Metrics
 from stockroom.problems import internal_error_response, problem_response, unavailable_response
 from stockroom.ratelimit import STATE_KEY, Quota
 
 __all__ = [
     "BodyLimitMiddleware",
+    "ConsistencyMiddleware",
     "RateLimitHeadersMiddleware",
     "RequestContextMiddleware",
 ]
 
 REQUEST_ID_HEADER = b"x-request-id"
+_TOKEN_HEADER = TOKEN_HEADER.lower().encode()
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 
 error_log = structlog.get_logger("stockroom.errors")
@@ -256,3 +259,41 @@ class RateLimitHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_quota)
+
+
+class ConsistencyMiddleware:
+    """Read-your-writes across replicas (``stockroom.database.consistency``): the request's
+    ``Consistency-Token`` (400 if it is not one) in the context for the database, and the
+    token of what the answer reflects in its own ``Consistency-Token``. Installed only where
+    replicas are configured: without them every read is the primary's."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        wanted = None
+        raw = _header(scope, _TOKEN_HEADER)
+        if raw is not None:
+            wanted = parse_token(raw.decode("latin-1").strip())
+            if wanted is None:
+                detail = "Consistency-Token must be a token this service gave (40 hex digits)."
+                await problem_response(400, "invalid-consistency-token", detail)(
+                    scope, receive, send
+                )
+                return
+        state = Consistency(wanted)
+        reset = CONSISTENCY.set(state)
+
+        async def send_token(message: Message) -> None:
+            if message["type"] == "http.response.start" and state.seen is not None:
+                headers = [*message.get("headers", ()), (_TOKEN_HEADER, state.seen.token.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_token)
+        finally:
+            CONSISTENCY.reset(reset)

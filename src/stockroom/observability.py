@@ -18,7 +18,7 @@ import datetime as dt
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TextIO
 
@@ -35,7 +35,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from stockroom.database import PoolStatus
+from stockroom.database import PoolStatus, ReplicaStatus
 
 __all__ = [
     "ACCESS_LOGGER",
@@ -223,6 +223,52 @@ class Metrics:
             registry=registry,
             multiprocess_mode="livemostrecent",
         )
+        self.db_reads = Counter(
+            "stockroom_db_reads",
+            "Item, list and ledger reads by where they ran (primary or replica) and why "
+            "(no token, caught up, behind, no replica serving, replica failed, token of "
+            "another history). Only where replicas are configured.",
+            ["target", "reason"],
+            registry=registry,
+        )
+        self.replica_lag = Gauge(
+            "stockroom_db_replica_lag_seconds",
+            "How far behind the primary each replica was at its last sample.",
+            ["replica"],
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.replica_serving = Gauge(
+            "stockroom_db_replica_serving",
+            "1 when the replica takes reads, 0 when it is excluded (lagging, unreachable).",
+            ["replica"],
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.replicas_excluded = Gauge(
+            "stockroom_db_replicas_excluded",
+            "Replicas taking no reads now.",
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self._reads_counted: dict[tuple[str, str], int] = {}
+
+    def sample_replicas(
+        self, replicas: list[ReplicaStatus], reads: Mapping[tuple[str, str], int]
+    ) -> None:
+        """The replicas (``Database.replica_status``) and the reads' routes so far."""
+        if not replicas:
+            return
+        for replica in replicas:
+            self.replica_serving.labels(replica.name).set(1 if replica.serving else 0)
+            if replica.lag_seconds is not None:
+                self.replica_lag.labels(replica.name).set(replica.lag_seconds)
+        self.replicas_excluded.set(sum(not r.serving for r in replicas))
+        for route, total in reads.items():
+            counted = self._reads_counted.get(route, 0)
+            if total > counted:
+                self.db_reads.labels(*route).inc(total - counted)
+                self._reads_counted[route] = total
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         # The labelled children, looked up once per label set (route templates are few).

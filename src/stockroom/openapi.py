@@ -48,6 +48,24 @@ _HEADERS: dict[str, dict[str, Any]] = {
     },
 }
 _RATE_LIMIT = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+_TOKEN_PATTERN = r"^[0-9a-f]{40}$"
+_HEADERS["Consistency-Token"] = {
+    "description": "With read replicas configured: the position of the database's history "
+    "that this answer reflects (a write's: after its commit). Tokens order as strings: keep "
+    "the greatest seen and send it as `Consistency-Token` for read-your-writes.",
+    "schema": {"type": "string", "pattern": _TOKEN_PATTERN},
+}
+# The item, list and ledger operations: what replicas may answer and what writes the items.
+_CONSISTENT_PATHS = "/items"
+_TOKEN_PARAMETER = {
+    "name": "Consistency-Token",
+    "in": "header",
+    "required": False,
+    "description": "The greatest `Consistency-Token` this client has seen: the answer "
+    "reflects at least that point (read-your-writes, monotonic reads across instances). A "
+    "value that is not a token is 400. Ignored without read replicas.",
+    "schema": {"type": "string", "pattern": _TOKEN_PATTERN},
+}
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -98,16 +116,21 @@ def finish(
     components.setdefault("securitySchemes", {}).update(security_schemes or {})
     components.setdefault("schemas", {}).update(PROBLEM_SCHEMAS)
     components.setdefault("headers", {}).update(_HEADERS)
-    for operations in document.get("paths", {}).values():
+    for path, operations in document.get("paths", {}).items():
+        consistent = path.startswith(_CONSISTENT_PATHS)
         for operation in operations.values():
+            if consistent:
+                operation.setdefault("parameters", []).append(dict(_TOKEN_PARAMETER))
             for parameter in operation.get("parameters", []):
                 if not parameter.get("required"):
                     parameter["schema"] = _not_null(parameter["schema"])
             responses: dict[str, Any] = operation.get("responses", {})
             limited = "401" in responses
-            for response in responses.values():
+            for status, response in responses.items():
                 headers = response.setdefault("headers", {})
                 headers["X-Request-ID"] = _ref("X-Request-ID")
+                if consistent and status.startswith("2"):
+                    headers["Consistency-Token"] = _ref("Consistency-Token")
                 if limited:
                     headers.update({name: _ref(name) for name in _RATE_LIMIT})
     return document

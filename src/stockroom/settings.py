@@ -15,7 +15,7 @@ from typing import Annotated, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import limits
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
@@ -134,6 +134,27 @@ class Settings(BaseSettings):
         description="PostgreSQL is reached through PgBouncer in transaction mode: no "
         "server-side prepared statement cache, unique statement names, and the statement "
         "timeout set per transaction.",
+    )
+    database_replica_urls: str = Field(
+        "",
+        description="PostgreSQL: comma-separated URLs of streaming replicas (standbys) that "
+        "answer item, list, summary and ledger reads; empty: every read on the primary. "
+        "Read-your-writes through the Consistency-Token header (docs/api.md).",
+    )
+    database_replica_wait: Seconds = Field(
+        0.1,
+        description="Seconds a read with a Consistency-Token waits for a replica to replay "
+        "past it before it is answered from the primary instead.",
+    )
+    database_replica_max_lag: Seconds = Field(
+        5.0,
+        description="A replica further behind the primary than this many seconds takes no "
+        "reads until it catches up.",
+    )
+    database_replica_check_interval: Seconds = Field(
+        0.5,
+        description="How often each replica's lag and health are sampled; an excluded "
+        "(unreachable) replica is tried again only this often.",
     )
     shutdown_timeout: Seconds = Field(
         30.0,
@@ -271,6 +292,23 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str) -> str:
         return normalise_database_url(value).render_as_string(hide_password=False)
 
+    @field_validator("database_replica_urls")
+    @classmethod
+    def _check_replica_urls(cls, value: str) -> str:
+        urls = [part.strip() for part in value.split(",") if part.strip()]
+        for url in urls:
+            if normalise_database_url(url).get_backend_name() != "postgresql":
+                raise ValueError("replicas must be PostgreSQL URLs (postgresql://USER@HOST/DB)")
+        return ",".join(
+            normalise_database_url(url).render_as_string(hide_password=False) for url in urls
+        )
+
+    @model_validator(mode="after")
+    def _replicas_need_postgresql(self) -> Settings:
+        if self.database_replica_urls and self.backend == "sqlite":
+            raise ValueError("database_replica_urls needs a PostgreSQL database_url")
+        return self
+
     @field_validator("rate_limit")
     @classmethod
     def _check_rate_limit(cls, value: str) -> str:
@@ -312,6 +350,10 @@ class Settings(BaseSettings):
         if value and len(value) < 32:
             raise ValueError("too short: use at least 32 random characters, or leave it empty")
         return value
+
+    @property
+    def database_replica_url_list(self) -> list[str]:
+        return self.database_replica_urls.split(",") if self.database_replica_urls else []
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -8,7 +8,8 @@ from importlib import resources as package_files
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 from sqlalchemy import text
 from starlette.staticfiles import StaticFiles
 
@@ -34,9 +35,27 @@ class Health(BaseModel):
     status: str = "ok"
 
 
+class ReplicaReadiness(BaseModel):
+    name: str = Field(description="host:port/database of the replica.")
+    serving: bool = Field(description="Whether it takes reads now.")
+    lag_seconds: float | None = Field(description="How far behind the primary it was.")
+    reason: str = Field(description="Why it takes no reads; empty when it does.")
+
+
+def _absent(value: object) -> bool:
+    return value is None
+
+
 class Readiness(BaseModel):
     status: str = "ok"
     database: str = "ok"
+    # Present only where replicas are configured; they never make the service unready.
+    replicas: list[ReplicaReadiness] | SkipJsonSchema[None] = Field(
+        None,
+        exclude_if=_absent,
+        description="Each read replica (only where replicas are configured); a replica that "
+        "takes no reads leaves the service ready: its reads go to the primary.",
+    )
 
 
 @router.get("/ping", operation_id="ping")
@@ -52,14 +71,21 @@ async def healthz() -> Health:
 
 @router.get("/readyz", responses=problem_responses(503), operation_id="getReadiness")
 async def readyz(request: Request) -> Readiness:
-    """The database answers a trivial query within 1.5 s."""
-    engine = resources_of(request).engine
+    """The database answers a trivial query within 1.5 s (the primary: replicas are
+    reported, and never make the service unready)."""
+    resources = resources_of(request)
     try:
-        async with asyncio.timeout(READINESS_TIMEOUT), engine.connect() as connection:
+        async with asyncio.timeout(READINESS_TIMEOUT), resources.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
     except Exception as exc:
         raise UnavailableError("The database is not answering.") from exc
-    return Readiness()
+    if not resources.settings.database_replica_urls:
+        return Readiness()
+    replicas = [
+        ReplicaReadiness(name=r.name, serving=r.serving, lag_seconds=r.lag_seconds, reason=r.reason)
+        for r in resources.stores.database.replica_status()
+    ]
+    return Readiness(replicas=replicas)
 
 
 @router.get(
@@ -79,7 +105,9 @@ async def metrics(request: Request) -> Response:
     collected = resources.metrics
     if collected is None:  # an app always has them (create_app); a test app may not
         raise UnavailableError("This process keeps no metrics.")
-    collected.sample_pool(resources.stores.database.pool_status())
+    database = resources.stores.database
+    collected.sample_pool(database.pool_status())
+    collected.sample_replicas(database.replica_status(), database.read_routes())
     # With several workers this reads their files: keep that off the event loop.
     body = await asyncio.to_thread(collected.render)
     return Response(body, media_type=METRICS_CONTENT_TYPE)

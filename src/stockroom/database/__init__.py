@@ -14,7 +14,7 @@ SQLAlchemy ``AsyncConnection`` on SQLite. Only the same database's store modules
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import NamedTuple, Protocol, TypeVar
 
@@ -32,6 +32,16 @@ class PoolStatus(NamedTuple):
     maximum: int  # with the overflow
     checked_out: int
     overflow: int  # open above ``size``
+
+
+class ReplicaStatus(NamedTuple):
+    """One read replica, for /readyz and /metrics."""
+
+    name: str  # host:port/database
+    reachable: bool
+    serving: bool  # takes reads
+    lag_seconds: float | None
+    reason: str  # why it takes no reads ("" when it does)
 
 
 class Database(Protocol[C]):
@@ -70,7 +80,19 @@ class Database(Protocol[C]):
         once more on a new connection if the first turned out dead (a read changes
         nothing)."""
 
+    async def read_caught_up(self, query: Callable[[C], Awaitable[T]]) -> T:
+        """What ``read`` does, where a replica that has caught up with the request's
+        consistency token may answer instead of the primary (``consistency.py``): item,
+        list and ledger reads. Without replicas, ``read``."""
+
     def pool_status(self) -> PoolStatus: ...
+
+    def replica_status(self) -> list[ReplicaStatus]:
+        """Each configured replica, for /readyz and /metrics (none on SQLite)."""
+
+    def read_routes(self) -> Mapping[tuple[str, str], int]:
+        """Reads that could go to a replica so far, by (target, reason), where replicas
+        are configured (for /metrics)."""
 
     async def listen(self, channel: str, on_notify: Callable[[], None]) -> None:
         """Call ``on_notify`` on each notification on ``channel``, until cancelled, where

@@ -8,7 +8,7 @@ front (``BEGIN IMMEDIATE``, see ``db.write_connection``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from stockroom.database import PoolStatus
+from stockroom.database import PoolStatus, ReplicaStatus
 from stockroom.db import WRITE_OPTION, write_connection
 from stockroom.settings import Settings
 
@@ -117,6 +117,16 @@ class SqliteDatabase:
     async def read(self, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         async with self._engine.connect() as connection:
             return await query(connection)
+
+    async def read_caught_up(self, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """SQLite has no replicas: the one database answers."""
+        return await self.read(query)
+
+    def replica_status(self) -> list[ReplicaStatus]:
+        return []
+
+    def read_routes(self) -> Mapping[tuple[str, str], int]:
+        return {}
 
     async def listen(self, channel: str, on_notify: Callable[[], None]) -> None:
         """SQLite has no notifications: another process's commits are found by polling."""

@@ -108,7 +108,7 @@ class PostgresItemStore:
             record = await connection.fetchrow(_GET, item_id)
             return None if record is None else ItemRow(*record)
 
-        return await self._db.read(query)
+        return await self._db.read_caught_up(query)
 
     async def page(self, listing: Listing) -> Sequence[ItemRow]:
         sql, args = self._list_statement(listing)
@@ -116,7 +116,7 @@ class PostgresItemStore:
         async def query(connection: asyncpg.Connection) -> list[ItemRow]:
             return [ItemRow(*record) for record in await connection.fetch(sql, *args)]
 
-        return await self._db.read(query)
+        return await self._db.read_caught_up(query)
 
     async def count(self, listing: Listing) -> int:
         sql, names = _cached(self._counts, listing, lambda: listing.count())
@@ -126,7 +126,7 @@ class PostgresItemStore:
         async def query(connection: asyncpg.Connection) -> int:
             return int(await connection.fetchval(sql, *args))
 
-        return await self._db.read(query)
+        return await self._db.read_caught_up(query)
 
     async def summary(self) -> Summary:
         async def query(connection: asyncpg.Connection) -> Summary:
@@ -135,7 +135,7 @@ class PostgresItemStore:
             value_cents = int(value_high) * SUMMARY_VALUE_SPLIT + int(value_low)
             return Summary(items, int(units), value_cents, out, low)
 
-        return await self._db.read(query)
+        return await self._db.read_caught_up(query)
 
     async def adjustments(
         self, item_id: int, before_id: int | None, limit: int
@@ -148,7 +148,7 @@ class PostgresItemStore:
                 return None
             return [AdjustmentRow(*record) for record in records]
 
-        return await self._db.read(query)
+        return await self._db.read_caught_up(query)
 
     async def history(
         self, item_id: int, before_id: int | None, limit: int
@@ -161,7 +161,7 @@ class PostgresItemStore:
                 return None
             return [(record[0], record[1], record[2]) for record in records]
 
-        return await self._db.read(query)
+        return await self._db.read_caught_up(query)
 
     async def export_rows(self, listing: Listing, chunk: int) -> AsyncIterator[Sequence[ItemRow]]:
         sql, args = self._list_statement(listing)

@@ -91,21 +91,21 @@ class SqliteItemStore:
             row = (await connection.execute(_GET, {"item_id": item_id})).first()
             return None if row is None else ItemRow(*row)
 
-        return await self._db.read(query)
+        return await self._db.read_caught_up(query)
 
     async def page(self, listing: Listing) -> Sequence[ItemRow]:
         async def query(connection: AsyncConnection) -> list[ItemRow]:
             result = await connection.execute(listing.select(), listing.params())
             return [ItemRow(*row) for row in result]
 
-        return await self._db.read(query)
+        return await self._db.read_caught_up(query)
 
     async def count(self, listing: Listing) -> int:
         async def query(connection: AsyncConnection) -> int:
             result = await connection.execute(listing.count(), listing.where.params())
             return int(result.scalar_one())
 
-        return await self._db.read(query)
+        return await self._db.read_caught_up(query)
 
     async def summary(self) -> Summary:
         async def query(connection: AsyncConnection) -> Summary:
@@ -114,7 +114,7 @@ class SqliteItemStore:
             ).one()
             return Summary(items, units, value_high * SUMMARY_VALUE_SPLIT + value_low, out, low)
 
-        return await self._db.read(query)
+        return await self._db.read_caught_up(query)
 
     async def adjustments(
         self, item_id: int, before_id: int | None, limit: int
@@ -130,7 +130,7 @@ class SqliteItemStore:
                 return None
             return rows
 
-        return await self._db.read(query)
+        return await self._db.read_caught_up(query)
 
     async def history(
         self, item_id: int, before_id: int | None, limit: int

@@ -5,22 +5,28 @@ error means (``_failures.py``) and what differs through PgBouncer (``_pgbouncer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import asyncpg
 
-from stockroom.database import PoolStatus
+from stockroom.database import PoolStatus, ReplicaStatus
 from stockroom.database._postgresql._failures import TRANSIENT_AS_503, is_broken
 from stockroom.database._postgresql._listen import listen
 from stockroom.database._postgresql._pool import Lease, RequestPool, TransactionLease
+from stockroom.database._postgresql._replicas import Outcome, ReplicaSet
+from stockroom.database.consistency import CONSISTENCY, Position, parse_lsn
 from stockroom.errors import UnavailableError
 from stockroom.settings import Settings
 
 __all__ = ["PostgresDatabase"]
 
 T = TypeVar("T")
+
+# The primary's position now (its timeline is the first 8 hex digits of the WAL file name).
+_POSITION = "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())"
+_SYSTEM = "SELECT system_identifier FROM pg_control_system()"
 
 
 class PostgresDatabase:
@@ -35,12 +41,44 @@ class PostgresDatabase:
         self._pgbouncer = settings.database_pgbouncer
         # Through PgBouncer each transaction may run on another server connection.
         self.keeps_sessions = not self._pgbouncer
+        self._system: int | None = None  # the cluster's system identifier, once read
+        # Replicas (_replicas.py): only where configured; else every read is the primary's.
+        self.replicas: ReplicaSet | None = None
+        if settings.database_replica_url_list:
+            self.replicas = ReplicaSet(settings, self._sample_primary)
+            self._pool.after_commit = self._note_commit
 
     async def start(self) -> None:
         await self._pool.open(_dsn(self._settings))
+        if self.replicas is not None:
+            await self.replicas.start()
 
     async def close(self) -> None:
+        if self.replicas is not None:
+            await self.replicas.close()
         await self._pool.close()
+
+    def replica_status(self) -> list[ReplicaStatus]:
+        return [] if self.replicas is None else self.replicas.status()
+
+    def read_routes(self) -> Mapping[tuple[str, str], int]:
+        return {} if self.replicas is None else self.replicas.reads
+
+    async def _position(self, connection: asyncpg.Connection) -> Position:
+        """Where the primary's history is now, read on ``connection``."""
+        lsn, wal_file = await connection.fetchrow(_POSITION)
+        if self._system is None:
+            self._system = int(await connection.fetchval(_SYSTEM))
+        return Position(self._system, int(wal_file[:8], 16), parse_lsn(lsn))
+
+    async def _sample_primary(self) -> Position:
+        return await self.read(self._position)
+
+    async def _note_commit(self, connection: asyncpg.Connection) -> None:
+        """After a commit: its position is the request's token (read-your-writes)."""
+        state = CONSISTENCY.get()
+        if state is not None:
+            state.saw(await self._position(connection))
 
     def pool_status(self) -> PoolStatus:
         return self._pool.status()
@@ -62,6 +100,9 @@ class PostgresDatabase:
                 yield
         if not nested:
             self._on_commit()
+            if self.replicas is not None:
+                with TRANSIENT_AS_503:
+                    await self._note_commit(connection)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -94,6 +135,30 @@ class PostgresDatabase:
             # The server closed the connection an instant before: the read runs once more on
             # a new one (safe: a read changes nothing).
         return await self._read_once(query)
+
+    async def read_caught_up(self, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+        replicas = self.replicas
+        if replicas is None:
+            return await self.read(query)
+        state = CONSISTENCY.get()
+        wanted = None if state is None else state.wanted
+        replica, why = replicas.pick(wanted)
+        if replica is not None:
+            result = await replica.read(query, wanted, state)
+            if not isinstance(result, Outcome):
+                replicas.reads["replica", "no token" if wanted is None else "caught up"] += 1
+                return result
+            why = result.reason
+        replicas.reads["primary", why] += 1
+        if state is None:
+            return await self.read(query)
+
+        async def and_position(connection: asyncpg.Connection) -> T:
+            result = await query(connection)
+            state.saw(await self._position(connection))
+            return result
+
+        return await self.read(and_position)
 
     async def _read_once(self, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         # What `connection()` does, without its context manager's generator: the hot path of

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import asyncpg
@@ -56,6 +57,9 @@ class RequestPool:
         # Through PgBouncer, what each transaction runs after BEGIN (_pgbouncer.py).
         self.set_timeout = pgbouncer.set_timeout(settings)
         self.connections: asyncpg.Pool | None = None
+        # Run on the connection right after each commit (with replicas: the write's
+        # consistency token); a failure of its own is logged, never the write's.
+        self.after_commit: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
 
     async def open(self, dsn: str) -> None:
         settings = self._settings
@@ -192,6 +196,14 @@ class TransactionLease(Lease):
         except BaseException as exc:
             await Lease.__aexit__(self, type(exc), exc, exc.__traceback__)
             raise
+        after = self._pool.after_commit
+        if failure is None and after is not None:
+            try:
+                await after(self._connection)
+            except Exception as exc:  # committed all the same: the answer goes without it
+                log.warning("after-commit step failed", error=type(exc).__name__)
+                await Lease.__aexit__(self, type(exc), exc, exc.__traceback__)
+                return
         await Lease.__aexit__(self, _type, failure, traceback)
 
 

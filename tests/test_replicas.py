@@ -1,0 +1,172 @@
+"""Read replicas and read-your-writes, on real PostgreSQL servers the test makes itself: a
+primary and a hot standby (pg_basebackup -R, tests/support/pgservers.py), never the machine's
+shared cluster. Staleness is made deterministic by pausing the standby's replay
+(``pg_wal_replay_pause()``), never by a timed delay."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from stockroom.migrations import upgrade_async
+from tests.support.apps import client_for, create_key, make_settings, start_app
+from tests.support.pgservers import PgServer, PgServers
+from tests.support.problems import problem
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.postgresql_only
+
+TOKEN = "Consistency-Token"
+
+
+@dataclass
+class Cluster:
+    primary: PgServer
+    standby: PgServer
+    url: str
+    replica_url: str
+
+
+@pytest.fixture
+async def cluster(pg_servers: PgServers) -> Cluster:
+    primary = await asyncio.to_thread(pg_servers.start)
+    url = await asyncio.to_thread(primary.create_database, "stockroom")
+    await upgrade_async(url)
+    standby = await asyncio.to_thread(primary.make_standby)
+    return Cluster(primary, standby, url, standby.url_for("stockroom"))
+
+
+@pytest.fixture
+async def app(cluster: Cluster) -> AsyncIterator[FastAPI]:
+    settings = make_settings(
+        cluster.url,
+        database_pool_size=4,
+        database_replica_urls=cluster.replica_url,
+        database_replica_check_interval=0.05,
+    )
+    application, lifespan = await start_app(settings)
+    try:
+        yield application
+    finally:
+        await lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    key = await create_key(app, "replicas", ["write"])
+    async with client_for(app, key) as client:
+        yield client
+
+
+async def replica_serving(app: FastAPI) -> bool:
+    async with client_for(app) as client:
+        body = (await client.get("/readyz")).json()
+    return bool(body["replicas"][0]["serving"])
+
+
+def reads(app: FastAPI) -> dict[tuple[str, str], int]:
+    return dict(app.state.resources.stores.database.read_routes())
+
+
+async def test_a_token_reads_its_write_while_a_read_without_one_is_stale(
+    app: FastAPI, http: httpx.AsyncClient, cluster: Cluster
+) -> None:
+    await wait_until(lambda: replica_serving(app))
+    created = await http.post("/items", json={"sku": "R-1", "name": "Before", "price": 1})
+    assert created.status_code == 201, created.text
+    item: dict[str, Any] = created.json()
+    first = created.headers[TOKEN]
+    await asyncio.to_thread(cluster.standby.wait_replayed, cluster.primary.current_lsn())
+    await asyncio.to_thread(cluster.standby.pause_replay)
+    try:
+        changed = await http.patch(f"/items/{item['id']}", json={"name": "After"})
+        assert changed.status_code == 200, changed.text
+        written = changed.headers[TOKEN]
+        assert written > first  # tokens order as strings
+
+        # Without a token: the replica answers, and it has not replayed the change.
+        stale = await http.get(f"/items/{item['id']}")
+        assert stale.json()["name"] == "Before"
+        assert first <= stale.headers[TOKEN] < written
+        assert reads(app).get(("replica", "no token"), 0) >= 1
+
+        # With the write's token: the replica is behind it, so the primary answers.
+        fresh = await http.get(f"/items/{item['id']}", headers={TOKEN: written})
+        assert fresh.json()["name"] == "After"
+        assert fresh.headers[TOKEN] >= written
+        assert reads(app).get(("primary", "behind"), 0) == 1
+        listed = await http.get("/items", headers={TOKEN: written})
+        assert [row["name"] for row in listed.json()["data"]] == ["After"]
+    finally:
+        await asyncio.to_thread(cluster.standby.resume_replay)
+
+    # Replayed: the same token's read comes from the replica now.
+    await asyncio.to_thread(cluster.standby.wait_replayed, cluster.primary.current_lsn())
+    caught_up = await http.get(f"/items/{item['id']}", headers={TOKEN: written})
+    assert caught_up.json()["name"] == "After"
+    assert reads(app).get(("replica", "caught up"), 0) >= 1
+    assert reads(app).get(("primary", "behind"), 0) == 2  # the list above, and no more
+
+
+async def test_a_token_that_is_not_one_is_400_and_the_answers_declare_the_header(
+    app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    body = problem(await http.get("/items", headers={TOKEN: "not-a-token"}), 400)
+    assert body["type"].endswith("invalid-consistency-token")
+    document = app.openapi()
+    list_parameters = document["paths"]["/items"]["get"]["parameters"]
+    assert any(p["name"] == TOKEN and p["in"] == "header" for p in list_parameters)
+    created = document["paths"]["/items"]["post"]["responses"]["201"]
+    assert TOKEN in created["headers"]
+
+
+async def test_readyz_and_metrics_report_the_replica_without_failing_on_it(
+    app: FastAPI, cluster: Cluster
+) -> None:
+    await wait_until(lambda: replica_serving(app))
+    async with client_for(app) as client:
+        ready = (await client.get("/readyz")).json()
+        assert ready["status"] == "ok"
+        [replica] = ready["replicas"]
+        assert replica["name"].endswith("/stockroom")
+        assert replica["lag_seconds"] is not None
+
+        await asyncio.to_thread(cluster.standby.stop)
+        await wait_until(lambda: not_serving(client))
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200  # the primary answers: still ready
+        [replica] = ready.json()["replicas"]
+        assert replica["reason"].startswith("unreachable")
+        metrics = (await client.get("/metrics")).text
+        assert "stockroom_db_replicas_excluded 1.0" in metrics
+
+
+async def not_serving(client: httpx.AsyncClient) -> bool:
+    replicas = (await client.get("/readyz")).json()["replicas"]
+    return not replicas[0]["serving"]
+
+
+async def test_reads_go_to_the_primary_while_the_replica_is_down_and_back_after(
+    app: FastAPI, http: httpx.AsyncClient, cluster: Cluster
+) -> None:
+    await wait_until(lambda: replica_serving(app))
+    created = (await http.post("/items", json={"sku": "D-1", "name": "Down", "price": 1})).json()
+    await asyncio.to_thread(cluster.standby.stop)
+    # Every read answers, from the primary, while the replica is away (never a 5xx).
+    for _ in range(20):
+        answer = await http.get(f"/items/{created['id']}")
+        assert answer.status_code == 200, answer.text
+    assert reads(app).get(("primary", "no replica serving"), 0) + reads(app).get(
+        ("primary", "replica failed"), 0
+    ) >= 19
+    await asyncio.to_thread(cluster.standby.start)
+    await wait_until(lambda: replica_serving(app))
+    before = reads(app).get(("replica", "no token"), 0)
+    assert (await http.get(f"/items/{created['id']}")).status_code == 200
+    assert reads(app).get(("replica", "no token"), 0) == before + 1
