@@ -12,9 +12,10 @@ the last of them: the ledger invariant holds). One tab signs in with an admin ke
   table shown; LOADS loads, p50 and p95 (target p95 <= 1 s).
 - chart: the same for /console/#/items/1 (its LEDGER-row history), two figures per load:
   first draw, until the uPlot canvas is in the chart's box and the ledger table shows its
-  first rows (the chart's first page, the newest 500 changes; target <= 300 ms, read against
-  p95); whole history, until the chart's caption says it shows all of them ("Quantity over
-  time: all 10,000 changes.", after 20 pages of 500; reported, no target). CHART_LOADS loads.
+  first rows (reported); whole history, until the chart's caption says it shows all of them
+  ("Quantity over time: all 10,000 changes."; the chart takes them in one request to
+  GET /items/{id}/history; target <= 300 ms, read against p95). CHART_LOADS loads; the
+  last load's requests (what, when) are kept in results.json as `chart_waterfall`.
 - live: the items list open (the live stream connected), an adjustment of item 2 made through
   the API (httpx), timed from just before the POST until the row shows the new quantity;
   CHANGES changes, p50 and p95 (target p95 <= 1 s).
@@ -213,16 +214,30 @@ async def sign_in(page: Page, base: str, key: str) -> None:
     await page.get_by_role("status").filter(has_text="Live").wait_for(timeout=TIMEOUT_MS)
 
 
+def _all_shown(conditions: tuple[str, ...]) -> str:
+    """One check of every condition per animation frame, each one's time kept the first
+    frame it holds: waiting for them one after the other would add a round trip to the page
+    and a frame to each later one."""
+    return f"""() => {{
+  const seen = (window.__benchSeen ||= []);
+  const checks = [{", ".join(conditions)}];
+  checks.forEach((check, i) => {{
+    if (seen[i] === undefined) {{
+      const shown = check();
+      if (shown !== false) seen[i] = shown;
+    }}
+  }});
+  return seen.filter((t) => t !== undefined).length === checks.length ? seen : false;
+}}"""
+
+
 async def timed_load(page: Page, url: str, *shown: str) -> list[float]:
     """A new document at ``url``; milliseconds from its navigation start to each of
-    ``shown``, in turn."""
+    ``shown`` (each a function that answers ``performance.now()`` once it holds)."""
     await page.goto("about:blank")
     await page.goto(url, wait_until="commit")
-    took = []
-    for condition in shown:
-        handle = await page.wait_for_function(condition, polling="raf", timeout=TIMEOUT_MS)
-        took.append(float(await handle.json_value()))
-    return took
+    handle = await page.wait_for_function(_all_shown(shown), polling="raf", timeout=TIMEOUT_MS)
+    return [float(t) for t in await handle.json_value()]
 
 
 async def loads(page: Page, url: str, shown: str, count: int) -> list[float]:
@@ -239,6 +254,19 @@ async def chart_loads(page: Page, url: str, count: int) -> tuple[list[float], li
         first.append(drawn)
         whole.append(complete)
     return first, whole
+
+
+WATERFALL = """() => performance.getEntriesByType("resource").map((entry) => ({
+  url: entry.name.replace(location.origin, ""),
+  start: Math.round(entry.startTime),
+  end: Math.round(entry.responseEnd),
+}))"""
+
+
+async def waterfall(page: Page) -> list[dict[str, Any]]:
+    """What the last load fetched, when (ms from its navigation): where its time went."""
+    found: list[dict[str, Any]] = await page.evaluate(WATERFALL)
+    return found
 
 
 async def live_changes(page: Page, base: str, key: str, count: int) -> list[float]:
@@ -331,6 +359,7 @@ async def browse(base: str, key: str, args: argparse.Namespace) -> dict[str, Any
                 results["chart_ms"], results["history_ms"] = await chart_loads(
                     page, f"{base}/console/#/items/1", args.chart_loads
                 )
+                results["chart_waterfall"] = await waterfall(page)
                 print(f"live: {args.changes} changes ...", flush=True)
                 results["live_ms"] = await live_changes(page, base, key, args.changes)
                 await page.close()
@@ -426,12 +455,12 @@ def main() -> None:
         f"| items list: navigation -> first rows ({len(r['items_ms'])} loads) "
         f"| {items_p50:,.0f} ms | {items_p95:,.0f} ms | p95 <= 1,000 ms "
         f"| {yes[items_p95 <= TARGETS['items_p95_ms']]} |",
-        f"| item with a {args.ledger:,}-row ledger: navigation -> chart's first draw (newest "
-        f"500 changes) and first rows ({len(r['chart_ms'])} loads) | {chart_p50:,.0f} ms "
-        f"| {chart_p95:,.0f} ms | <= 300 ms (p95) | {yes[chart_p95 <= TARGETS['chart_ms']]} |",
+        f"| item with a {args.ledger:,}-row ledger: navigation -> chart's first draw and the "
+        f"ledger table's first rows ({len(r['chart_ms'])} loads) | {chart_p50:,.0f} ms "
+        f"| {chart_p95:,.0f} ms | (reported) | |",
         f"| the same: navigation -> the whole {args.ledger:,}-row history drawn (caption "
         f'"all ... changes") ({len(r["history_ms"])} loads) | {whole_p50:,.0f} ms '
-        f"| {whole_p95:,.0f} ms | (reported) | |",
+        f"| {whole_p95:,.0f} ms | <= 300 ms (p95) | {yes[whole_p95 <= TARGETS['chart_ms']]} |",
         f"| adjustment via the API -> shown in the open items list ({len(r['live_ms'])} changes) "
         f"| {live_p50:,.0f} ms | {live_p95:,.0f} ms | p95 <= 1,000 ms "
         f"| {yes[live_p95 <= TARGETS['live_p95_ms']]} |",

@@ -98,6 +98,23 @@ async def test_the_console_is_open_and_every_file_carries_the_security_headers(
             assert head.content == b""
             assert head.headers["content-security-policy"] == console.CONTENT_SECURITY_POLICY
         assert "javascript" in (await anonymous.get("/console/app.js")).headers["content-type"]
+        # Compressed for a client that accepts it, and revalidated on each visit: the same
+        # file again is a 304 with the same headers and no body.
+        for encoding in ("gzip", "identity"):
+            sent = await anonymous.get("/console/app.js", headers={"Accept-Encoding": encoding})
+            assert sent.headers.get("content-encoding") == (
+                encoding if encoding == "gzip" else None
+            )
+            assert sent.text.startswith("// The console's shell")  # httpx decompressed it
+            again = await anonymous.get(
+                "/console/app.js",
+                headers={"Accept-Encoding": encoding, "If-None-Match": sent.headers["etag"]},
+            )
+            assert again.status_code == 304
+            assert again.content == b""
+            assert again.headers["content-security-policy"] == console.CONTENT_SECURITY_POLICY
+        assert (await anonymous.get("/console")).headers["location"].endswith("/console/")
+        assert (await anonymous.post("/console/app.js")).status_code == 405
         # The package's Python files beside the console's are not served; a missing file is
         # the API's usual problem+json.
         for path in ("/console/__init__.py", "/console/vendor/VENDOR.md", "/console/nothing.js"):
@@ -121,6 +138,27 @@ def test_no_inline_script_or_style_anywhere() -> None:
         assert "style=" not in text, source.name
         assert "innerHTML" not in text, source.name
         assert "eval(" not in text, source.name
+
+
+def test_every_module_of_the_shell_is_preloaded_and_the_chart_library_is_not() -> None:
+    """index.html asks for every module app.js imports (directly or not) at once, instead of
+    one level of imports at a time; uPlot, loaded only on an item's page, is not among them."""
+    html = (CONSOLE_FOLDER / "index.html").read_text()
+    preloaded = set(re.findall(r'<link rel="modulepreload" href="([^"]+)">', html))
+    imported: set[str] = set()
+    waiting = ["app.js"]
+    while waiting:
+        module = waiting.pop()
+        text = (CONSOLE_FOLDER / module).read_text()
+        for found in re.findall(
+            r'^import [^;]*? from "\./([^"]+)";', text, re.MULTILINE | re.DOTALL
+        ):
+            if found not in imported:
+                imported.add(found)
+                waiting.append(found)
+    assert {"chart.js", "vendor/preact-htm.js"} <= imported
+    assert preloaded == imported
+    assert not any("uPlot" in name for name in preloaded)
 
 
 def test_everything_a_first_visit_can_load_is_small() -> None:

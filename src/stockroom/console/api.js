@@ -2,8 +2,25 @@
 // It adds the key, If-Match and a fresh Idempotency-Key where asked, and turns every
 // problem+json answer (and a network failure) into one error shape the pages show.
 // The key lives in sessionStorage only: never in a URL, never logged.
+// Read-your-writes across read replicas: the greatest `Consistency-Token` the service has
+// answered with (tokens order as strings) is kept and sent with every call, so a page never
+// shows less than what this tab has written or seen (docs/api.md, "Replicas").
 
 const KEY_STORAGE = "stockroom.key";
+const TOKEN_STORAGE = "stockroom.consistency";
+const TOKEN_HEADER = "Consistency-Token";
+
+function noteToken(token) {
+  if (token && token > (sessionStorage.getItem(TOKEN_STORAGE) || "")) {
+    sessionStorage.setItem(TOKEN_STORAGE, token);
+  }
+}
+
+function withToken(headers) {
+  const token = sessionStorage.getItem(TOKEN_STORAGE);
+  if (token) headers[TOKEN_HEADER] = token;
+  return headers;
+}
 
 export class ApiError extends Error {
   constructor(status, problem) {
@@ -34,6 +51,7 @@ export function storeKey(key) {
 
 export function forgetKey() {
   sessionStorage.removeItem(KEY_STORAGE);
+  sessionStorage.removeItem(TOKEN_STORAGE);
 }
 
 function withQuery(path, query) {
@@ -67,6 +85,7 @@ export async function call(method, path, { query, body, ifMatch, idempotent, sig
   if (body !== undefined) headers["Content-Type"] = "application/json";
   if (ifMatch) headers["If-Match"] = ifMatch;
   if (idempotent) headers["Idempotency-Key"] = crypto.randomUUID();
+  withToken(headers);
   let response;
   try {
     response = await fetch(withQuery(path, query), {
@@ -82,6 +101,7 @@ export async function call(method, path, { query, body, ifMatch, idempotent, sig
       detail: "The service could not be reached. Check the connection and try again.",
     });
   }
+  noteToken(response.headers.get(TOKEN_HEADER));
   if (!response.ok) {
     const error = new ApiError(response.status, await problemOf(response));
     error.etag = response.headers.get("ETag");
@@ -163,11 +183,13 @@ export function uploadImport(file, { mode, onProgress } = {}) {
     const key = storedKey();
     if (key) request.setRequestHeader("Authorization", `Bearer ${key}`);
     request.setRequestHeader("Accept", "application/json");
+    for (const [name, value] of Object.entries(withToken({}))) request.setRequestHeader(name, value);
     request.setRequestHeader("Content-Type", ndjson ? "application/x-ndjson" : "text/csv");
     request.upload.onprogress = (event) => {
       if (event.lengthComputable && onProgress) onProgress(event.loaded / event.total);
     };
     request.onload = () => {
+      noteToken(request.getResponseHeader(TOKEN_HEADER));
       let body = null;
       try {
         body = JSON.parse(request.responseText);

@@ -28,6 +28,35 @@ function loadPlot() {
   return loading;
 }
 
+// The item's page starts the chart's request and library as it opens, before its item has
+// come (the chart is drawn below the item's fields, so it mounts only then): one round
+// trip earlier. Live changes of the item are kept from that moment for the chart.
+let early = null;
+
+/** Start loading the chart of item `id` (its page calls this as it opens). */
+export function prefetchChart(id) {
+  dropPrefetched();
+  loadPlot();
+  const seen = [];
+  const stop = onChange(({ type, data }) => {
+    if (type === "stock.adjusted" && data.item_id === id) seen.push(data);
+  });
+  early = { id, answer: api.history(id, { limit: MAX_POINTS }), seen, stop };
+  early.answer.catch(() => {}); // a failure shows when the chart takes it
+}
+
+/** Forget a chart loaded early that was never shown (its page closed first). */
+export function dropPrefetched() {
+  early?.stop();
+  early = null;
+}
+
+function takePrefetched(id) {
+  const taken = early && early.id === id ? early : null;
+  dropPrefetched();
+  return taken;
+}
+
 function colour(name) {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 }
@@ -125,6 +154,8 @@ export function StockChart({ id }) {
   useEffect(() => {
     const abort = new AbortController();
     const history = new History();
+    const early = takePrefetched(id);
+    if (early) history.waiting.push(...early.seen);
     let uPlot = null;
     const draw = () => {
       if (abort.signal.aborted || !uPlot || !box.current) return;
@@ -145,7 +176,7 @@ export function StockChart({ id }) {
       // The library and the data come in together: the chart takes one request.
       const [library, answer] = await Promise.all([
         loadPlot(),
-        api.history(id, { limit: MAX_POINTS }, abort.signal),
+        early ? early.answer : api.history(id, { limit: MAX_POINTS }, abort.signal),
       ]);
       if (abort.signal.aborted) return;
       uPlot = library;

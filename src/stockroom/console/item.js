@@ -4,7 +4,7 @@
 
 import { html, useEffect, useRef, useState } from "./vendor/preact-htm.js";
 import { api, fieldErrors } from "./api.js";
-import { StockChart } from "./chart.js";
+import { StockChart, dropPrefetched, prefetchChart } from "./chart.js";
 import { formatDelta, formatInteger, formatMoney, formatTime } from "./format.js";
 import { onChange } from "./live.js";
 import { Alert, Dialog, Field, announce, navigate } from "./ui.js";
@@ -46,8 +46,16 @@ export function ItemPage({ id, me }) {
     }
   };
 
+  // The ledger's first page and the chart are asked for with the item, not after it (they
+  // are drawn below the item's fields, so they mount only once it has come).
+  const firstLedger = useRef(null);
   useEffect(() => {
+    prefetchChart(id);
+    const answer = api.listAdjustments(id, { limit: LEDGER_PAGE });
+    answer.catch(() => {}); // a failure shows when the ledger takes it
+    firstLedger.current = { id, answer };
     load();
+    return dropPrefetched;
   }, [id]);
 
   // Live: another client's change shows here at once.
@@ -119,7 +127,7 @@ export function ItemPage({ id, me }) {
       </dl>
       ${canWrite ? html`<${AdjustStock} item=${item} onAdjusted=${() => { load(); setLedgerVersion((n) => n + 1); }} />` : null}
     </div>
-    <${Ledger} id=${id} version=${ledgerVersion} resyncs=${resyncs} />
+    <${Ledger} id=${id} version=${ledgerVersion} resyncs=${resyncs} first=${firstLedger} />
     ${canWrite
       ? html`<${EditItem} open=${editing} item=${item} onClose=${() => setEditing(false)} onSaved=${setItem} />
           <${DeleteItem} open=${deleting} item=${item} onClose=${() => setDeleting(false)} />`
@@ -176,15 +184,18 @@ function AdjustStock({ item, onAdjusted }) {
   </form>`;
 }
 
-function Ledger({ id, version, resyncs }) {
+function Ledger({ id, version, resyncs, first }) {
   const [cursors, setCursors] = useState([""]); // the cursor of each page shown so far
   const [page, setPage] = useState(null);
   const [error, setError] = useState(null);
   const cursor = cursors[cursors.length - 1];
   useEffect(() => {
     let current = true;
-    api
-      .listAdjustments(id, { limit: LEDGER_PAGE, cursor })
+    // The page's own early request, if nothing has changed since it was sent.
+    const early = first.current;
+    first.current = null;
+    const fresh = early && early.id === id && !cursor && version === 0;
+    (fresh ? early.answer : api.listAdjustments(id, { limit: LEDGER_PAGE, cursor }))
       .then(({ data }) => current && (setPage(data), setError(null)))
       .catch((failure) => current && setError(failure));
     return () => {
