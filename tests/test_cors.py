@@ -28,8 +28,12 @@ EXPOSED = {
     "ratelimit-remaining",
     "ratelimit-reset",
     "retry-after",
+    "consistency-token",
 }
-REQUESTED = "authorization, content-type, idempotency-key, if-match, if-none-match, last-event-id"
+REQUESTED = (
+    "authorization, content-type, idempotency-key, if-match, if-none-match, last-event-id, "
+    "consistency-token"
+)
 
 
 @pytest.fixture(scope="module")
