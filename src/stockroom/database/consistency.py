@@ -24,7 +24,15 @@ import re
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-__all__ = ["CONSISTENCY", "TOKEN_HEADER", "Consistency", "Position", "parse_lsn", "parse_token"]
+__all__ = [
+    "CONSISTENCY",
+    "REPLAYED",
+    "TOKEN_HEADER",
+    "Consistency",
+    "Position",
+    "parse_lsn",
+    "parse_token",
+]
 
 TOKEN_HEADER = "Consistency-Token"
 _TOKEN = re.compile(r"[0-9a-f]{40}")
@@ -75,3 +83,9 @@ class Consistency:
 
 
 CONSISTENCY: ContextVar[Consistency | None] = ContextVar("stockroom_consistency", default=None)
+
+# A replica's read may read the replica's replay position in its own statement (the hot
+# GET by id does: ``pg_last_wal_replay_lsn()`` beside the row, evaluated after the
+# statement's snapshot, so at or past what it shows) and leave it here, as pg_lsn text:
+# the read then needs no statement of its own for its answer's token.
+REPLAYED: ContextVar[str | None] = ContextVar("stockroom_replayed", default=None)

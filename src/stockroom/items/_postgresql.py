@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -23,6 +24,7 @@ from sqlalchemy import literal_column
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from stockroom.database._postgresql import PostgresDatabase
+from stockroom.database.consistency import REPLAYED
 from stockroom.errors import DuplicateError
 from stockroom.events._postgresql import UTC_TEXT, PostgresEventStore
 from stockroom.items.event_types import ITEM_CREATED, ITEM_UPDATED, STOCK_ADJUSTED, STOCK_LOW
@@ -46,6 +48,9 @@ _COLUMNS = ", ".join(ITEM_COLUMNS)
 _ADJ_COLUMNS = ", ".join(ADJUSTMENT_COLUMNS)
 
 _GET = f"SELECT {_COLUMNS} FROM items WHERE id = $1"
+# With replicas: the replay position beside the row (NULL on the primary), the answer's token
+# without a statement of its own (database/consistency.py, REPLAYED).
+_GET_REPLAYED = f"SELECT {_COLUMNS}, pg_last_wal_replay_lsn()::text FROM items WHERE id = $1"
 _LOCK = f"SELECT {_COLUMNS} FROM items WHERE id = $1 FOR UPDATE"
 # The item and its starting stock's ledger row, in one statement.
 _INSERT = f"""
@@ -94,6 +99,14 @@ _HISTORY = (
 _NO_ID_ABOVE = 2**63 - 1  # the largest bigint: every id is below it but the very last one
 
 
+async def _get_noting_replay(item_id: int, connection: asyncpg.Connection) -> ItemRow | None:
+    record = await connection.fetchrow(_GET_REPLAYED, item_id)
+    if record is None:
+        return None
+    REPLAYED.set(record[-1])
+    return ItemRow(*record[:-1])
+
+
 class PostgresItemStore:
     def __init__(self, database: PostgresDatabase, events: PostgresEventStore) -> None:
         self._db = database
@@ -104,6 +117,9 @@ class PostgresItemStore:
 
     # --- reads ----------------------------------------------------------------------------
     async def get(self, item_id: int) -> ItemRow | None:
+        if self._db.replicas is not None:
+            return await self._db.read_caught_up(partial(_get_noting_replay, item_id))
+
         async def query(connection: asyncpg.Connection) -> ItemRow | None:
             record = await connection.fetchrow(_GET, item_id)
             return None if record is None else ItemRow(*record)

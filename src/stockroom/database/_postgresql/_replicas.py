@@ -40,7 +40,7 @@ from sqlalchemy.engine import make_url
 from stockroom.database import ReplicaStatus
 from stockroom.database._postgresql._failures import is_broken
 from stockroom.database._postgresql._pool import Lease, RequestPool
-from stockroom.database.consistency import Consistency, Position, parse_lsn
+from stockroom.database.consistency import REPLAYED, Consistency, Position, parse_lsn
 from stockroom.settings import Settings
 
 __all__ = ["BEHIND", "FAILED", "Outcome", "Replica", "ReplicaSet"]
@@ -157,10 +157,12 @@ class Replica:
             async with Lease(self.pool) as connection:
                 if wanted is not None and not await self._caught_up(connection, wanted.lsn):
                     return BEHIND
+                REPLAYED.set(None)
                 result = await query(connection)
                 if state is not None:
-                    replayed = parse_lsn(await connection.fetchval(_REPLAYED))
-                    state.saw(Position(position.system, position.timeline, replayed))
+                    # Read by the query itself where it could (consistency.REPLAYED).
+                    replayed = REPLAYED.get() or await connection.fetchval(_REPLAYED)
+                    state.saw(Position(position.system, position.timeline, parse_lsn(replayed)))
                 return result
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             if is_broken(exc) or isinstance(exc, OSError | TimeoutError):
