@@ -162,11 +162,32 @@ async def test_reads_go_to_the_primary_while_the_replica_is_down_and_back_after(
     for _ in range(20):
         answer = await http.get(f"/items/{created['id']}")
         assert answer.status_code == 200, answer.text
-    assert reads(app).get(("primary", "no replica serving"), 0) + reads(app).get(
-        ("primary", "replica failed"), 0
-    ) >= 19
+    assert (
+        reads(app).get(("primary", "no replica serving"), 0)
+        + reads(app).get(("primary", "replica failed"), 0)
+        >= 19
+    )
     await asyncio.to_thread(cluster.standby.start)
     await wait_until(lambda: replica_serving(app))
     before = reads(app).get(("replica", "no token"), 0)
     assert (await http.get(f"/items/{created['id']}")).status_code == 200
     assert reads(app).get(("replica", "no token"), 0) == before + 1
+
+
+async def test_a_token_of_another_history_reads_the_primary_and_is_never_an_error(
+    app: FastAPI, http: httpx.AsyncClient
+) -> None:
+    await wait_until(lambda: replica_serving(app))
+    created = await http.post("/items", json={"sku": "H-1", "name": "History", "price": 1})
+    token = created.headers[TOKEN]
+    # The same position on a timeline this cluster never had, and in another cluster.
+    other_timeline = token[:16] + f"{int(token[16:24], 16) + 1:08x}" + token[24:]
+    other_cluster = f"{int(token[:16], 16) ^ 1:016x}" + token[16:]
+    for foreign in (other_timeline, other_cluster):
+        before = reads(app).get(("primary", "token of another history"), 0)
+        answer = await http.get(f"/items/{created.json()['id']}", headers={TOKEN: foreign})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["name"] == "History"
+        assert reads(app).get(("primary", "token of another history"), 0) == before + 1
+        # The answer's token is of this cluster's history (its system and timeline).
+        assert answer.headers[TOKEN][:24] == token[:24]
