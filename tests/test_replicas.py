@@ -6,8 +6,10 @@ shared cluster. Staleness is made deterministic by pausing the standby's replay
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +20,7 @@ from stockroom.migrations import upgrade_async
 from tests.support.apps import client_for, create_key, make_settings, start_app
 from tests.support.pgservers import PgServer, PgServers
 from tests.support.problems import problem
+from tests.support.servers import cli_create_key, start_server
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.postgresql_only
@@ -191,3 +194,66 @@ async def test_a_token_of_another_history_reads_the_primary_and_is_never_an_erro
         assert reads(app).get(("primary", "token of another history"), 0) == before + 1
         # The answer's token is of this cluster's history (its system and timeline).
         assert answer.headers[TOKEN][:24] == token[:24]
+
+
+async def test_the_export_reads_a_replica_and_goes_on_from_the_primary_when_it_stops(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A real `stockroom serve` (its answer streams): the export starts on the replica (a
+    change it has not replayed is missing), then the standby stops part way; the rest comes
+    from the primary after the last row sent: every item once, in order, a 200."""
+    items = 60_000
+    await asyncio.to_thread(
+        cluster.primary.psql,
+        "INSERT INTO items (sku, name, name_key, description, price_cents, quantity, version,"
+        " created_at, updated_at) SELECT 'EXP-' || n, 'Exported ' || n, 'exported ' || n, '',"
+        f" 100, 0, 1, now(), now() FROM generate_series(1, {items}) AS n",
+        "stockroom",
+    )
+    await asyncio.to_thread(cluster.standby.wait_replayed, cluster.primary.current_lsn())
+    env = {
+        "STOCKROOM_DATABASE_REPLICA_URLS": cluster.replica_url,
+        "STOCKROOM_DATABASE_REPLICA_CHECK_INTERVAL": "0.05",
+    }
+    server = await asyncio.to_thread(start_server, cluster.url, tmp_path, env_extra=env)
+    try:
+        key = await asyncio.to_thread(cli_create_key, cluster.url, tmp_path, "write")
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as http:
+            await wait_until(lambda: served_by_replica(http))
+            await asyncio.to_thread(cluster.standby.pause_replay)
+            try:
+                late = await http.post("/items", json={"sku": "LATE", "name": "Late", "price": 1})
+                assert late.status_code == 201
+                stale = (await http.get("/items/export", params={"format": "ndjson"})).text
+                assert "LATE" not in stale  # the replica answered, behind the write
+                fresh = await http.get(
+                    "/items/export",
+                    params={"format": "ndjson"},
+                    headers={TOKEN: late.headers[TOKEN]},
+                )
+                assert "LATE" in fresh.text  # the primary answered: the replica was behind
+            finally:
+                await asyncio.to_thread(cluster.standby.resume_replay)
+            await asyncio.to_thread(cluster.standby.wait_replayed, cluster.primary.current_lsn())
+
+            body = bytearray()
+            async with http.stream("GET", "/items/export", params={"format": "ndjson"}) as answer:
+                assert answer.status_code == 200
+                chunks = answer.aiter_raw()
+                while len(body) < 1_000_000:
+                    body += await anext(chunks)
+                await asyncio.to_thread(cluster.standby.stop)  # part way through
+                async for chunk in chunks:
+                    body += chunk
+            skus = [json.loads(line)["sku"] for line in body.decode().splitlines()]
+            assert skus == [f"EXP-{n}" for n in range(1, items + 1)] + ["LATE"]
+            metrics = (await http.get("/metrics")).text
+            assert 'stockroom_db_reads_total{reason="replica failed",target="primary"}' in metrics
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def served_by_replica(http: httpx.AsyncClient) -> bool:
+    ready = (await http.get("/readyz")).json()
+    return bool(ready["replicas"][0]["serving"])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
@@ -48,6 +49,8 @@ _COLUMNS = ", ".join(ITEM_COLUMNS)
 _ADJ_COLUMNS = ", ".join(ADJUSTMENT_COLUMNS)
 
 _GET = f"SELECT {_COLUMNS} FROM items WHERE id = $1"
+# What a replica's long read can fail with (its connection, a statement the standby cancelled).
+_REPLICA_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 # With replicas: the replay position beside the row (NULL on the primary), the answer's token
 # without a statement of its own (database/consistency.py, REPLAYED).
 _GET_REPLAYED = f"SELECT {_COLUMNS}, pg_last_wal_replay_lsn()::text FROM items WHERE id = $1"
@@ -180,13 +183,39 @@ class PostgresItemStore:
         return await self._db.read_caught_up(query)
 
     async def export_rows(self, listing: Listing, chunk: int) -> AsyncIterator[Sequence[ItemRow]]:
+        # On a replica where one is caught up; if the standby cancels it part way (a conflict
+        # with recovery) or goes away, the rest comes from the primary, after the last row
+        # sent (the keyset, as a next page would).
+        last: ItemRow | None = None
+        async with self._db.replica_connection() as held:
+            if held is not None:
+                sql, args = self._list_statement(listing)
+                try:
+                    async with held.connection.transaction(isolation="repeatable_read"):
+                        cursor = await held.connection.cursor(sql, *args)
+                        while rows := await cursor.fetch(chunk):
+                            page = [ItemRow(*record) for record in rows]
+                            last = page[-1]
+                            yield page
+                    return
+                except _REPLICA_FAILURES as exc:
+                    self._db.replica_failed(held, exc)
+        if last is not None:
+            listing = dataclasses.replace(listing, after=listing.keyset.cursor_payload(last))
         sql, args = self._list_statement(listing)
         async with self._db.connection() as connection, connection.transaction():
             cursor = await connection.cursor(sql, *args)
             while rows := await cursor.fetch(chunk):
                 yield [ItemRow(*record) for record in rows]
 
-    async def export_csv(self, listing: Listing) -> AsyncIterator[bytes]:
+    def export_csv(self, listing: Listing) -> AsyncIterator[bytes] | None:
+        # With replicas the export goes row by row (export_rows), which can go on from the
+        # primary after the last row a failed replica sent; COPY's bytes cannot say where.
+        if self._db.replicas is not None:
+            return None
+        return self._export_csv(listing)
+
+    async def _export_csv(self, listing: Listing) -> AsyncIterator[bytes]:
         stmt = listing.select(_EXPORT_CELLS)
         compiled = stmt.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
         params = listing.params()

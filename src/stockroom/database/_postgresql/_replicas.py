@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final, TypeVar
 
 import asyncpg
@@ -43,7 +43,7 @@ from stockroom.database._postgresql._pool import Lease, RequestPool
 from stockroom.database.consistency import REPLAYED, Consistency, Position, parse_lsn
 from stockroom.settings import Settings
 
-__all__ = ["BEHIND", "FAILED", "Outcome", "Replica", "ReplicaSet"]
+__all__ = ["BEHIND", "FAILED", "Outcome", "Replica", "ReplicaLease", "ReplicaSet"]
 
 log = structlog.get_logger("stockroom.database")
 
@@ -171,6 +171,31 @@ class Replica:
                 log.info("replica read failed", replica=self.name, error=type(exc).__name__)
             return FAILED
 
+    @contextlib.asynccontextmanager
+    async def connection(self, wanted: Position | None) -> AsyncIterator[ReplicaLease | None]:
+        """A connection of this replica held for the block, once caught up with ``wanted``;
+        None if it is behind after the wait or cannot be reached (the caller then uses the
+        primary). A failure the caller handles inside the block it reports with
+        ``ReplicaLease.failed`` (the connection is dropped if broken, the replica excluded)."""
+        lease = Lease(self.pool)
+        try:
+            connection = await lease.__aenter__()
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            self.trip(f"unreachable: {type(exc).__name__}")
+            yield None
+            return
+        held = ReplicaLease(self, connection)
+        failure: BaseException | None = None
+        try:
+            caught_up = wanted is None or await self._caught_up(connection, wanted.lsn)
+            yield held if caught_up else None
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            failure = failure or held.failure
+            await lease.__aexit__(type(failure) if failure else None, failure, None)
+
     async def _caught_up(self, connection: asyncpg.Connection, lsn: int) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait
@@ -180,6 +205,24 @@ class Replica:
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(_CAUGHT_UP_POLL)
+
+
+class ReplicaLease:
+    """A replica's connection held by a long read, and how it reports a failure."""
+
+    __slots__ = ("connection", "failure", "replica")
+
+    def __init__(self, replica: Replica, connection: asyncpg.Connection) -> None:
+        self.replica = replica
+        self.connection = connection
+        self.failure: BaseException | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        self.failure = exc
+        if is_broken(exc) or isinstance(exc, OSError | TimeoutError):
+            self.replica.trip(f"unreachable: {type(exc).__name__}")
+        else:
+            log.info("replica read failed", replica=self.replica.name, error=type(exc).__name__)
 
 
 class _History:
