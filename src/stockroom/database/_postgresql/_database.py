@@ -15,7 +15,7 @@ from stockroom.database import PoolStatus, ReplicaStatus
 from stockroom.database._postgresql._failures import TRANSIENT_AS_503, is_broken
 from stockroom.database._postgresql._listen import listen
 from stockroom.database._postgresql._pool import Lease, RequestPool, TransactionLease
-from stockroom.database._postgresql._replicas import Outcome, ReplicaSet
+from stockroom.database._postgresql._replicas import Outcome, ReplicaLease, ReplicaSet
 from stockroom.database.consistency import CONSISTENCY, Position, parse_lsn
 from stockroom.errors import UnavailableError
 from stockroom.settings import Settings
@@ -159,6 +159,37 @@ class PostgresDatabase:
             return result
 
         return await self.read(and_position)
+
+    @asynccontextmanager
+    async def replica_connection(self) -> AsyncIterator[ReplicaLease | None]:
+        """For a long read (the export): a connection of a replica caught up with the
+        request's token, held for the block; None where no replica can serve it (the caller
+        reads the primary). The caller handles an error inside the block (a statement the
+        standby cancelled: it goes on from the primary) and reports it
+        (``ReplicaLease.failed``, then :meth:`replica_failed`)."""
+        replicas = self.replicas
+        if replicas is None:
+            yield None
+            return
+        state = CONSISTENCY.get()
+        wanted = None if state is None else state.wanted
+        replica, why = replicas.pick(wanted)
+        if replica is None:
+            replicas.reads["primary", why] += 1
+            yield None
+            return
+        async with replica.connection(wanted) as connection:
+            if connection is None:
+                replicas.reads["primary", "behind or unreachable"] += 1
+            else:
+                replicas.reads["replica", "no token" if wanted is None else "caught up"] += 1
+            yield connection
+
+    def replica_failed(self, held: ReplicaLease, exc: BaseException) -> None:
+        """A long read on a replica failed part way; the caller goes on from the primary."""
+        held.failed(exc)
+        if self.replicas is not None:
+            self.replicas.reads["primary", "replica failed"] += 1
 
     async def _read_once(self, query: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         # What `connection()` does, without its context manager's generator: the hot path of
