@@ -72,6 +72,16 @@ SELECT pg_is_in_recovery(),
        coalesce((SELECT received_tli FROM pg_stat_wal_receiver),
                 (SELECT timeline_id FROM pg_control_checkpoint())),
        (SELECT system_identifier FROM pg_control_system())"""
+# What a replica's statement may fail with: the server's errors, and the connection's (an
+# idle connection the server ended, e.g. at its shutdown, can fail its next statement with
+# asyncpg's InternalClientError "cannot switch to state 12", no InterfaceError).
+_FAILURES = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 _CAUGHT_UP_POLL = 0.005  # seconds between two checks of a replica's replay position
 
 
@@ -116,7 +126,7 @@ class Replica:
         try:
             async with asyncio.timeout(within), Lease(self.pool) as connection:
                 in_recovery, replayed, timeline, system = await connection.fetchrow(_STANDBY)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except _FAILURES as exc:
             self.trip(f"unreachable: {type(exc).__name__}")
             self.lag = None
             return
@@ -164,7 +174,7 @@ class Replica:
                     replayed = REPLAYED.get() or await connection.fetchval(_REPLAYED)
                     state.saw(Position(position.system, position.timeline, parse_lsn(replayed)))
                 return result
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except _FAILURES as exc:
             if is_broken(exc) or isinstance(exc, OSError | TimeoutError):
                 self.trip(f"unreachable: {type(exc).__name__}")
             else:
