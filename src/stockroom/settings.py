@@ -290,7 +290,14 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str) -> str:
-        return normalise_database_url(value).render_as_string(hide_password=False)
+        url = normalise_database_url(value)
+        attrs = url.query.get("target_session_attrs")
+        if attrs is not None and attrs != "read-write":
+            raise ValueError(
+                "the primary's target_session_attrs must be read-write (writes never go to "
+                "a standby)"
+            )
+        return url.render_as_string(hide_password=False)
 
     @field_validator("database_replica_urls")
     @classmethod
@@ -299,6 +306,8 @@ class Settings(BaseSettings):
         for url in urls:
             if normalise_database_url(url).get_backend_name() != "postgresql":
                 raise ValueError("replicas must be PostgreSQL URLs (postgresql://USER@HOST/DB)")
+            if isinstance(normalise_database_url(url).query.get("host"), tuple):
+                raise ValueError("a replica URL names one server (one URL per replica)")
         return ",".join(
             normalise_database_url(url).render_as_string(hide_password=False) for url in urls
         )
@@ -400,8 +409,8 @@ def _is_origin(value: str) -> bool:
 def normalise_database_url(value: str) -> URL:
     """Parse a database URL and pin it to the async driver Stockroom uses."""
     try:
-        url = make_url(value)
-    except ArgumentError:
+        url = make_url(_hosts_into_query(value))
+    except (ArgumentError, ValueError):
         raise ValueError(
             "not a database URL (expected e.g. postgresql+asyncpg://HOST/DB)"
         ) from None
@@ -412,7 +421,48 @@ def normalise_database_url(value: str) -> URL:
         )
     if driver.startswith("postgresql") and not url.database:
         raise ValueError("a PostgreSQL URL needs a database name")
+    if driver.startswith("postgresql"):
+        url = _several_hosts(url)
     return url.set(drivername=driver)
+
+
+def _hosts_into_query(value: str) -> str:
+    """libpq's form of several hosts (``postgresql://USER@H1:P1,H2:P2/DB``) as SQLAlchemy's
+    (``postgresql://USER@/DB?host=H1:P1&host=H2:P2``); any other URL as it is."""
+    scheme, separator, rest = value.partition("://")
+    netloc, slash, path = rest.partition("/")
+    auth, at, hostlist = netloc.rpartition("@")
+    if not separator or "," not in hostlist:
+        return value
+    path, mark, query = path.partition("?")
+    hosts = "&".join(f"host={host}" for host in hostlist.split(",") if host)
+    return f"{scheme}://{auth}{at}{slash}{path}?{hosts}{'&' if mark and query else ''}{query}"
+
+
+_HOST_PORT = re.compile(r".*:[0-9]+")
+
+
+def _several_hosts(url: URL) -> URL:
+    """A PostgreSQL URL's hosts in one form: one ``host=HOST:PORT`` query parameter each
+    (a port written out, 5432 if none was) and, where there are several (a primary and its
+    standbys: failover), ``target_session_attrs=read-write`` unless the URL says otherwise:
+    only a server that takes writes is used."""
+    given = url.query.get("host")
+    if given is None:
+        return url
+    hosts = [
+        host.strip()
+        for part in ((given,) if isinstance(given, str) else given)
+        for host in part.split(",")
+        if host.strip()
+    ]
+    if len(hosts) < 2:
+        return url
+    hosts = [host if _HOST_PORT.fullmatch(host) else f"{host}:5432" for host in hosts]
+    query: dict[str, str | tuple[str, ...]] = {"host": tuple(hosts)}
+    if "target_session_attrs" not in url.query:
+        query["target_session_attrs"] = "read-write"
+    return url.update_query_dict(query)
 
 
 def load_settings(**overrides: object) -> Settings:

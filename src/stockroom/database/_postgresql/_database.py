@@ -208,5 +208,12 @@ class PostgresDatabase:
 
 
 def _dsn(settings: Settings) -> str:
-    """The database URL as asyncpg takes it."""
-    return settings.database.set(drivername="postgresql").render_as_string(hide_password=False)
+    """The database URL as asyncpg takes it. Several hosts (a primary and its standbys,
+    ``settings.normalise_database_url``) become one ``host`` parameter, a comma-separated
+    list: asyncpg reads only the last of repeated ones. With ``target_session_attrs``
+    (read-write), it tries them in order and keeps the first that takes writes."""
+    url = settings.database.set(drivername="postgresql")
+    hosts = url.query.get("host")
+    if isinstance(hosts, tuple):
+        url = url.update_query_dict({"host": ",".join(hosts)})
+    return url.render_as_string(hide_password=False)

@@ -1,0 +1,384 @@
+"""Failover (issue #23): a real `stockroom serve` whose database URL names a primary and its
+synchronous standby (``target_session_attrs=read-write``, tests/support/pgservers.py),
+under 8 writers while the primary's postmaster is killed with SIGKILL and, a second later,
+the standby is promoted. The service is never restarted.
+
+Throughout, every answer is the request's success or a 503 problem with ``Retry-After``
+(never a 500, never a hang: every request has a client timeout); after the promotion the
+same process writes again, on the new primary. With synchronous replication nothing
+acknowledged is lost: every 201 adjustment is on the new primary, each item's ledger adds up
+to its quantity, and every ledger row has its ``stock.adjusted`` event. The live stream,
+resumed with ``Last-Event-ID`` whenever it ends, sees every event of the log exactly once,
+and a webhook receiver gets every event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from tests.support.pgservers import PgServer, PgServers
+from tests.support.servers import Server, cli_create_key, start_server
+from tests.support.waiting import wait_until
+from tests.webhooks.receiver import Receiver, RunningReceiver
+
+pytestmark = pytest.mark.postgresql_only
+
+WRITERS = 8
+LOAD_SECONDS = 7.0
+KILL_AT = 2.0
+PROMOTE_AFTER = 1.0
+# No request may take longer than this: a hang fails the test.
+REQUEST_TIMEOUT = 10.0
+# Every key's cache entry expires this often: requests keep looking their key up in the
+# database, during the outage too.
+AUTH_CACHE_SECONDS = "0.2"
+DATABASE = "stockroom"
+
+
+@dataclass(frozen=True)
+class Answer:
+    what: str
+    at: float  # seconds since the load started
+    status: int
+    content_type: str
+    retry_after: str | None
+    request_id: str | None
+
+
+@dataclass
+class Recorder:
+    started: float = field(default_factory=time.monotonic)
+    answers: list[Answer] = field(default_factory=list)
+    acknowledged: list[int] = field(default_factory=list)  # ids of 201 adjustments
+    hangs: list[tuple[str, float]] = field(default_factory=list)  # client timeouts
+
+    def note(self, what: str, response: httpx.Response) -> None:
+        self.answers.append(
+            Answer(
+                what,
+                time.monotonic() - self.started,
+                response.status_code,
+                response.headers.get("content-type", ""),
+                response.headers.get("retry-after"),
+                response.headers.get("x-request-id"),
+            )
+        )
+
+
+@dataclass
+class StreamLog:
+    """What a stream reader saw: each event's log id, in order, across its reconnections."""
+
+    ids: list[str] = field(default_factory=list)
+    first: tuple[int, int] | None = None  # the position of the first event seen
+    cursor: str | None = None  # the last event's id: where a new connection resumes
+    connections: int = 0
+    refusals: Counter[int] = field(default_factory=Counter)
+
+
+async def _read_stream(base_url: str, key: str, log: StreamLog, stop: asyncio.Event) -> None:
+    """Read GET /events until ``stop``; reconnect with Last-Event-ID whenever the stream ends
+    or cannot be opened (a 503 while there is no primary)."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(30, read=None)) as http:
+        while not stop.is_set():
+            headers = {"Authorization": f"Bearer {key}"}
+            if log.cursor is not None:
+                headers["Last-Event-ID"] = log.cursor
+            try:
+                async with http.stream("GET", "/events", headers=headers) as response:
+                    if response.status_code != 200:
+                        log.refusals[response.status_code] += 1
+                        await asyncio.sleep(0.2)
+                        continue
+                    log.connections += 1
+                    fields: dict[str, str] = {}
+                    async for line in response.aiter_lines():
+                        if line == "":
+                            if "data" in fields and "id" in fields:
+                                log.ids.append(orjson.loads(fields["data"])["id"])
+                                log.cursor = fields["id"]
+                                if log.first is None:
+                                    txid, _, seq = log.cursor.partition("-")
+                                    log.first = (int(txid), int(seq))
+                            fields = {}
+                        elif not line.startswith(":"):
+                            name, _, value = line.partition(":")
+                            fields[name] = value.removeprefix(" ")
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def _load(http: httpx.AsyncClient, item_ids: list[int], until: float, rec: Recorder) -> None:
+    async def call(what: str, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
+        try:
+            response = await http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            rec.hangs.append((what, time.monotonic() - rec.started))
+            return None
+        rec.note(what, response)
+        return response
+
+    async def writer(item_id: int) -> None:
+        for n in itertools.count():
+            if time.monotonic() >= until:
+                return
+            response = await call(
+                "POST /items/{id}/adjustments",
+                "POST",
+                f"/items/{item_id}/adjustments",
+                json={"delta": 1 + n % 3, "reason": "failover"},
+            )
+            if response is not None and response.status_code == 201:
+                rec.acknowledged.append(response.json()["id"])
+            else:
+                await asyncio.sleep(0.02)
+
+    async def prober(offset: int) -> None:
+        """Reads and the readiness check, in turn (the key's cache entry keeps expiring)."""
+        for n in itertools.count(offset):
+            if time.monotonic() >= until:
+                return
+            item_id = item_ids[n % len(item_ids)]
+            kind = n % 3
+            if kind == 0:
+                await call("GET /items/{id}", "GET", f"/items/{item_id}")
+            elif kind == 1:
+                await call("GET /items/{id}/adjustments", "GET", f"/items/{item_id}/adjustments")
+            else:
+                await call("GET /readyz", "GET", "/readyz")
+            await asyncio.sleep(0.01)
+
+    await asyncio.gather(*(writer(i) for i in item_ids), *(prober(k) for k in range(2)))
+
+
+async def _fail_over(primary: PgServer, standby: PgServer, rec: Recorder) -> tuple[float, float]:
+    """kill -9 of the primary at KILL_AT, promotion of the standby PROMOTE_AFTER later; when
+    each happened (promoted: once it takes writes)."""
+    await asyncio.sleep(KILL_AT - (time.monotonic() - rec.started))
+    killed = time.monotonic() - rec.started
+    await asyncio.to_thread(primary.kill9)
+    await asyncio.sleep(PROMOTE_AFTER)
+    await asyncio.to_thread(standby.promote)
+    return killed, time.monotonic() - rec.started
+
+
+def _why(server: Server, request_ids: set[str | None]) -> dict[str, int]:
+    """What the server logged about these requests: each exception's last line and the last
+    frame of ours it went through, and how many requests it failed."""
+    causes: dict[str, int] = {}
+    for line in server.log_lines():
+        if line.get("request_id") not in request_ids or "exception" not in line:
+            continue
+        told = str(line["exception"]).strip().splitlines()
+        ours = [frame.strip() for frame in told if "/stockroom/" in frame and "File" in frame]
+        cause = f"{told[-1][:200]} (at {ours[-1] if ours else '?'})"
+        causes[cause] = causes.get(cause, 0) + 1
+    return causes
+
+
+def _warnings(server: Server) -> dict[str, int]:
+    """The server's warnings and errors, by event, with how many times each was logged."""
+    told: Counter[str] = Counter()
+    for line in server.log_lines():
+        if line.get("level") in ("warning", "error"):
+            told[f"{line.get('event')} {line.get('error', '')}".strip()] += 1
+    return dict(told)
+
+
+async def test_failover_to_a_promoted_synchronous_standby_under_load(
+    pg_servers: PgServers, tmp_path: Path
+) -> None:
+    primary = await asyncio.to_thread(pg_servers.start, "primary")
+    await asyncio.to_thread(primary.create_database, DATABASE)
+    standby = await asyncio.to_thread(primary.make_standby, "standby", synchronous=True)
+    # Both hosts, the primary first; only the one that takes writes is used.
+    url = (
+        f"postgresql+asyncpg://postgres@/{DATABASE}?host=127.0.0.1:{primary.port}"
+        f"&host=127.0.0.1:{standby.port}&target_session_attrs=read-write"
+    )
+    env = {
+        "STOCKROOM_AUTH_CACHE_SECONDS": AUTH_CACHE_SECONDS,
+        "STOCKROOM_WEBHOOK_ALLOW_PRIVATE": "true",
+        "STOCKROOM_DATABASE_CONNECT_TIMEOUT": "2",
+    }
+    with RunningReceiver() as receiver:
+        server = await asyncio.to_thread(start_server, url, tmp_path, env_extra=env)
+        try:
+            await _run(server, url, tmp_path, primary, standby, receiver)
+        finally:
+            server.process.kill()
+            await asyncio.to_thread(server.process.wait)
+
+
+async def _run(
+    server: Server,
+    url: str,
+    tmp_path: Path,
+    primary: PgServer,
+    standby: PgServer,
+    receiver: Receiver,
+) -> None:
+    key = await asyncio.to_thread(cli_create_key, url, tmp_path, "write")
+    admin_key = await asyncio.to_thread(cli_create_key, url, tmp_path, "admin")
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=32)
+    async with httpx.AsyncClient(
+        base_url=server.url, headers=headers, timeout=REQUEST_TIMEOUT, limits=limits
+    ) as http:
+        hook = await http.post(
+            "/webhooks",
+            json={"url": f"{receiver.url}/ok", "events": ["*"]},
+            headers={"Authorization": f"Bearer {admin_key}"},
+        )
+        assert hook.status_code == 201, hook.text
+        item_ids = []
+        for n in range(WRITERS):
+            body = {"sku": f"FAIL-{n}-{uuid.uuid4().hex[:6]}", "name": "Failover", "price": 1}
+            created = await http.post("/items", json=body)
+            assert created.status_code == 201, created.text
+            item_ids.append(created.json()["id"])
+
+        stream = StreamLog()
+        stop_stream = asyncio.Event()
+        reader = asyncio.create_task(_read_stream(server.url, key, stream, stop_stream))
+        # The stream follows from where it subscribed: from its first event on, it must
+        # see every one.
+        before: list[int] = []
+
+        async def streaming() -> bool:
+            if stream.ids:
+                return True
+            response = await http.post(f"/items/{item_ids[0]}/adjustments", json={"delta": 1})
+            assert response.status_code == 201, response.text
+            before.append(response.json()["id"])
+            await asyncio.sleep(0.05)
+            return bool(stream.ids)
+
+        await wait_until(streaming)
+
+        rec = Recorder()
+        rec.acknowledged.extend(before)
+        until = rec.started + LOAD_SECONDS
+        failover = asyncio.create_task(_fail_over(primary, standby, rec))
+        await _load(http, item_ids, until, rec)
+        killed, promoted = await failover
+
+        # The same process writes again, on the new primary, with no restart.
+        after = await http.post(f"/items/{item_ids[0]}/adjustments", json={"delta": 1})
+        assert after.status_code == 201, after.text
+        rec.acknowledged.append(after.json()["id"])
+        assert (await http.get("/readyz")).status_code == 200
+    assert server.process.poll() is None
+
+    # No request hung, and every answer was a success or a 503 problem with Retry-After.
+    assert not rec.hangs, f"{len(rec.hangs)} requests got no answer in time: {rec.hangs[:5]}"
+    expected = {"POST": 201, "GET": 200}
+    wrong = [
+        a
+        for a in rec.answers
+        if a.status != expected[a.what.split()[0]]
+        and not (
+            a.status == 503
+            and a.content_type.startswith("application/problem+json")
+            and a.retry_after is not None
+        )
+    ]
+    assert not wrong, (
+        f"{len(wrong)} of {len(rec.answers)} answers neither a success nor a 503 problem: "
+        f"{sorted({(a.what, a.status) for a in wrong})}; the server logged: "
+        f"{_why(server, {a.request_id for a in wrong})}"
+    )
+    refused = [a for a in rec.answers if a.status == 503]
+    assert refused, "nothing was refused: the primary did not go away"
+    # Writes succeeded again soon after the promotion, without a restart.
+    writes_after = [
+        a for a in rec.answers if a.what.startswith("POST") and a.status == 201 and a.at > promoted
+    ]
+    assert writes_after, f"no write succeeded between the promotion ({promoted:.2f} s) and the end"
+    last_503 = max(a.at for a in refused)
+    assert last_503 < promoted + 3, (last_503, promoted)
+
+    # Nothing acknowledged was lost: every 201 is on the new primary.
+    ledger = {
+        row["id"]: row["item_id"]
+        for row in await standby.fetch("SELECT id, item_id FROM adjustments", database=DATABASE)
+    }
+    lost = set(rec.acknowledged) - set(ledger)
+    assert not lost, f"{len(lost)} of {len(rec.acknowledged)} acknowledged adjustments lost"
+    sums = await standby.fetch(
+        "SELECT i.id, i.quantity, COALESCE(SUM(a.delta), 0) AS total FROM items i "
+        "LEFT JOIN adjustments a ON a.item_id = i.id GROUP BY i.id, i.quantity",
+        database=DATABASE,
+    )
+    assert all(row["quantity"] == row["total"] for row in sums), [
+        tuple(row) for row in sums if row["quantity"] != row["total"]
+    ]
+    events = await standby.fetch(
+        "SELECT id, type, body, txid, seq FROM events ORDER BY txid, seq", database=DATABASE
+    )
+    adjusted = {
+        orjson.loads(row["body"])["data"]["id"] for row in events if row["type"] == "stock.adjusted"
+    }
+    missing = set(ledger) - adjusted
+    assert not missing, f"{len(missing)} ledger rows have no stock.adjusted event"
+    assert stream.first is not None
+    logged = {row["id"] for row in events if (row["txid"], row["seq"]) >= stream.first}
+
+    # The stream, resumed across the failover, saw every event once; the receiver got each.
+    async def streamed_all() -> bool:
+        return set(stream.ids) >= logged
+
+    try:
+        await wait_until(streamed_all, within=15)
+    except AssertionError:
+        unseen = logged - set(stream.ids)
+        where = {row["id"]: (row["txid"], row["seq"]) for row in events}
+        order = [where[e] for e in stream.ids]
+        raise AssertionError(
+            f"unseen at {sorted(where[e] for e in unseen)}; streamed around them: "
+            f"{[p for p in order if abs(p[0] - min(where[e] for e in unseen)[0]) < 40]} "
+            f"the stream missed {len(unseen)} of {len(logged)} events (saw {len(stream.ids)} "
+            f"over {stream.connections} connections, refused {dict(stream.refusals)}); "
+            f"the server's warnings: {_warnings(server)}"
+        ) from None
+    finally:
+        stop_stream.set()
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    repeated = [event for event, n in Counter(stream.ids).items() if n > 1]
+    assert not repeated, f"{len(repeated)} events streamed more than once"
+    assert set(stream.ids) == logged
+
+    def delivered() -> set[str]:
+        return {orjson.loads(body)["id"] for body in receiver.bodies("/ok")}
+
+    everything = {row["id"] for row in events}
+    await wait_until(lambda: delivered() >= everything, within=20)
+
+    by_kind: dict[str, dict[int, int]] = {}
+    for a in rec.answers:
+        counts = by_kind.setdefault(a.what, {})
+        counts[a.status] = counts.get(a.status, 0) + 1
+    adjustments = by_kind.get("POST /items/{id}/adjustments", {})
+    print(
+        f"\nfailover: killed at {killed:.2f} s, promoted at {promoted:.2f} s, last 503 at "
+        f"{last_503:.2f} s; adjustments: {len(rec.acknowledged)} acknowledged, "
+        f"{sum(n for s, n in adjustments.items() if s != 201)} refused; {len(refused)} "
+        f"answers 503 of {len(rec.answers)}; by request: {by_kind}; events {len(logged)}, "
+        f"streamed {len(stream.ids)} over {stream.connections} connections "
+        f"(refused {dict(stream.refusals)}), webhooks {len(receiver.bodies('/ok'))} bodies"
+    )
