@@ -17,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 from stockroom.migrations import upgrade_async
+from tests.events.test_stream import listening
 from tests.support.apps import client_for, create_key, make_settings, start_app
 from tests.support.pgservers import PgServer, PgServers
 from tests.support.problems import problem
@@ -257,3 +258,55 @@ async def test_the_export_reads_a_replica_and_goes_on_from_the_primary_when_it_s
 async def served_by_replica(http: httpx.AsyncClient) -> bool:
     ready = (await http.get("/readyz")).json()
     return bool(ready["replicas"][0]["serving"])
+
+
+async def test_the_streams_replay_reads_a_replica_and_the_primary_the_rest(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A client resuming the stream gets what it missed from a replica as far as the replica
+    has replayed, and the rest from the primary: every event once, in log order, then live."""
+    env = {
+        "STOCKROOM_DATABASE_REPLICA_URLS": cluster.replica_url,
+        "STOCKROOM_DATABASE_REPLICA_CHECK_INTERVAL": "0.05",
+    }
+    server = await asyncio.to_thread(start_server, cluster.url, tmp_path, env_extra=env)
+    try:
+        key = await asyncio.to_thread(cli_create_key, cluster.url, tmp_path, "write")
+        headers = {"Authorization": f"Bearer {key}"}
+        async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as http:
+            await wait_until(lambda: served_by_replica(http))
+            async with listening(server.url, key) as first:
+                for n in range(1, 11):
+                    await post(http, f"S-{n}")
+                await wait_until(lambda: len(first.messages) == 10)
+            resume_after = first.messages[2].id  # the client saw 3 of them
+            await asyncio.to_thread(cluster.standby.wait_replayed, cluster.primary.current_lsn())
+            await asyncio.to_thread(cluster.standby.pause_replay)
+            try:
+                for n in range(11, 16):  # on the primary only
+                    await post(http, f"S-{n}")
+                before = await replays(http)
+                async with listening(server.url, key, f"?after={resume_after}") as resumed:
+                    await wait_until(lambda: len(resumed.messages) == 12)
+                    await post(http, "S-16")  # live
+                    await wait_until(lambda: len(resumed.messages) == 13)
+                skus = [m.data["data"]["sku"] for m in resumed.messages]  # type: ignore[index]
+                assert skus == [f"S-{n}" for n in range(4, 17)]
+                assert len({m.id for m in resumed.messages}) == 13
+                assert await replays(http) == before + 1
+            finally:
+                await asyncio.to_thread(cluster.standby.resume_replay)
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def post(http: httpx.AsyncClient, sku: str) -> None:
+    answer = await http.post("/items", json={"sku": sku, "name": sku, "price": 1})
+    assert answer.status_code == 201, answer.text
+
+
+async def replays(http: httpx.AsyncClient) -> int:
+    metrics = (await http.get("/metrics")).text
+    line = 'stockroom_db_reads_total{reason="stream replay",target="replica"} '
+    found = [row for row in metrics.splitlines() if row.startswith(line)]
+    return int(float(found[0].split()[-1])) if found else 0

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, NamedTuple, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 __all__ = ["Database", "PoolStatus"]
 
@@ -84,6 +87,11 @@ class Database(Protocol[C]):
         """What ``read`` does, where a replica that has caught up with the request's
         consistency token may answer instead of the primary (``consistency.py``): item,
         list and ledger reads. Without replicas, ``read``."""
+
+    def replica_engine(self) -> AsyncEngine | None:
+        """A SQLAlchemy engine of a replica that takes reads, for the event stream's replay
+        (any replica: the replay goes on from the primary where the replica stops); None
+        without one."""
 
     def pool_status(self) -> PoolStatus: ...
 

@@ -125,6 +125,9 @@ class SqliteDatabase:
     def replica_status(self) -> list[ReplicaStatus]:
         return []
 
+    def replica_engine(self) -> AsyncEngine | None:
+        return None
+
     def read_routes(self) -> Mapping[tuple[str, str], int]:
         return {}
 

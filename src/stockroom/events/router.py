@@ -69,13 +69,16 @@ async def stream_events(
     after it are replayed from the log first, with no gap and no duplicate."""
     resources = resources_of(request)
     settings = resources.settings
+    cursor = last_event_id if last_event_id is not None else after
     stream = await service.open_stream(
         resources.engine,
         resources.event_hub,
-        last_event_id if last_event_id is not None else after,
+        cursor,
         service.parse_types(types, resources.event_types),
         # Opened by a stream token: the stream ends when the token expires.
         getattr(request.state, TOKEN_EXPIRES_STATE, None),
+        # The replay (only with a cursor) may read a replica.
+        resources.stores.database.replica_engine() if cursor is not None else None,
     )
     # The reconnection delay in whole milliseconds (SSE's `retry:`), at least 1; none: the
     # client's own.

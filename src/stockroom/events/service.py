@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stockroom.errors import InvalidRequestError, StockroomError, UnavailableError
@@ -49,6 +50,8 @@ class Stream:
     start: Position | None  # None: from now on
     wanted: frozenset[str] | None  # None: every type
     ends_at: float | None  # Unix seconds (a stream token's expiry), or None
+    # A replica's engine for the replay (the primary goes on where the replica stops).
+    replica: AsyncEngine | None = None
 
     def events(self) -> AsyncIterator[LoggedEvent]:
         return _events(self)
@@ -60,6 +63,7 @@ async def open_stream(
     cursor: str | None,
     wanted: frozenset[str] | None,
     ends_at: float | None,
+    replica: AsyncEngine | None = None,
 ) -> Stream:
     """The stream after ``cursor`` (an event id the client had), or from now on: 410 if the
     log no longer has that event, 503 while the hub has no database to follow."""
@@ -73,7 +77,7 @@ async def open_stream(
             )
     if hub.position is None:
         raise UnavailableError("The event stream is not ready yet (no database); retry.")
-    return Stream(engine, hub, start, wanted, ends_at)
+    return Stream(engine, hub, start, wanted, ends_at, replica if start is not None else None)
 
 
 async def _known(engine: AsyncEngine, position: Position) -> bool:
@@ -94,18 +98,29 @@ async def _events(stream: Stream) -> AsyncIterator[LoggedEvent]:
         )
     try:
         last = subscription.start if stream.start is None else stream.start
-        # Replay what the client missed, up to where the live feed begins.
+        # Replay what the client missed, up to where the live feed begins: from a replica
+        # where there is one, as far as it has replayed, then from the primary (the rest up
+        # to the live feed's start, and all of it if the replica fails).
+        replica = stream.replica
         while last < subscription.start:
-            async with stream.engine.connect() as connection:
-                batch = await read_after(
-                    connection, last, limit=_REPLAY_BATCH, until=subscription.start
-                )
+            try:
+                async with (replica or stream.engine).connect() as connection:
+                    batch = await read_after(
+                        connection, last, limit=_REPLAY_BATCH, until=subscription.start
+                    )
+            except (DBAPIError, OSError, TimeoutError):
+                if replica is None:
+                    raise
+                replica = None  # the rest from the primary
+                continue
             for event in batch:
                 if wanted is None or event.type in wanted:
                     yield event
                 last = event.position
             if len(batch) < _REPLAY_BATCH:
-                break
+                if replica is None:
+                    break
+                replica = None  # the replica has no more (yet): the primary may
         async for event in subscription.events():
             if event.position <= last:  # the client had it already (from another instance)
                 continue

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import TypeVar
 
 import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stockroom.database import PoolStatus, ReplicaStatus
 from stockroom.database._postgresql._failures import TRANSIENT_AS_503, is_broken
@@ -184,6 +185,15 @@ class PostgresDatabase:
             else:
                 replicas.reads["replica", "no token" if wanted is None else "caught up"] += 1
             yield connection
+
+    def replica_engine(self) -> AsyncEngine | None:
+        if self.replicas is None:
+            return None
+        replica, _why = self.replicas.pick(None)
+        if replica is None:
+            return None
+        self.replicas.reads["replica", "stream replay"] += 1
+        return replica.engine
 
     def replica_failed(self, held: ReplicaLease, exc: BaseException) -> None:
         """A long read on a replica failed part way; the caller goes on from the primary."""

@@ -36,8 +36,10 @@ from typing import Final, TypeVar
 import asyncpg
 import structlog
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stockroom.database import ReplicaStatus
+from stockroom.database._postgresql._engine import create_engine
 from stockroom.database._postgresql._failures import is_broken
 from stockroom.database._postgresql._pool import Lease, RequestPool
 from stockroom.database.consistency import REPLAYED, Consistency, Position, parse_lsn
@@ -98,6 +100,8 @@ class Replica:
         self.url = make_url(url).set(drivername="postgresql")
         self.name = _name(url)
         self.pool = RequestPool(settings)
+        # For the event stream's replay, which reads the log through SQLAlchemy (events/log.py).
+        self.engine: AsyncEngine = create_engine(settings.model_copy(update={"database_url": url}))
         self.wait = settings.database_replica_wait
         self.max_lag = settings.database_replica_max_lag
         self.position: Position | None = None  # replay position at the last sample
@@ -114,6 +118,7 @@ class Replica:
 
     async def close(self) -> None:
         await self.pool.close()
+        await self.engine.dispose()
 
     def trip(self, why: str) -> None:
         """Take no reads until the sampler sees it well again."""
