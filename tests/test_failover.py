@@ -28,6 +28,8 @@ import httpx
 import orjson
 import pytest
 
+from stockroom.migrations import upgrade_async
+from tests.support.apps import client_for, make_settings, start_app
 from tests.support.pgservers import PgServer, PgServers
 from tests.support.servers import Server, cli_create_key, start_server
 from tests.support.waiting import wait_until
@@ -382,3 +384,46 @@ async def _run(
         f"streamed {len(stream.ids)} over {stream.connections} connections "
         f"(refused {dict(stream.refusals)}), webhooks {len(receiver.bodies('/ok'))} bodies"
     )
+
+
+async def test_while_every_host_is_a_standby_requests_are_503_until_one_is_promoted(
+    pg_servers: PgServers,
+) -> None:
+    """Every host up, none takes writes: a connection to a standby is never used (asyncpg
+    says no host matches ``target_session_attrs``); every request, whichever pool it uses, is
+    a 503 with Retry-After at once; after the promotion the same process serves."""
+    primary = await asyncio.to_thread(pg_servers.start, "primary")
+    await upgrade_async(await asyncio.to_thread(primary.create_database, DATABASE))
+    standby = await asyncio.to_thread(primary.make_standby, "standby")
+    await asyncio.to_thread(primary.stop)
+    host = f"127.0.0.1:{standby.port}"
+    url = (
+        f"postgresql+asyncpg://postgres@/{DATABASE}?host={host}&host={host}"
+        "&target_session_attrs=read-write"
+    )
+    settings = make_settings(url, auth=False, database_connect_timeout=2)
+    application, lifespan = await start_app(settings)
+    try:
+        async with client_for(application) as http:
+            item = {"sku": "STANDBY-1", "name": "Standby", "price": 1}
+            calls = [
+                ("GET", "/items", None),  # the requests' pool
+                ("POST", "/items", item),
+                ("GET", "/webhooks", None),  # the SQLAlchemy engine
+                ("GET", "/readyz", None),
+            ]
+            for method, path, body in calls:
+                started = time.monotonic()
+                response = await http.request(method, path, json=body)
+                took = time.monotonic() - started
+                assert response.status_code == 503, (method, path, response.text)
+                assert response.headers["content-type"].startswith("application/problem+json")
+                assert "retry-after" in response.headers, (method, path)
+                assert took < 2, (method, path, took)
+
+            await asyncio.to_thread(standby.promote)
+            created = await http.post("/items", json=item)
+            assert created.status_code == 201, created.text
+            assert (await http.get("/webhooks")).status_code == 200
+    finally:
+        await lifespan.__aexit__(None, None, None)
