@@ -9,6 +9,7 @@ from a timed delay; every pause is resumed in a ``finally``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import re
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
@@ -515,5 +517,70 @@ async def test_a_replica_stopped_under_concurrent_reads_costs_no_5xx_and_no_long
             assert routes.get(("replica", "no token"), 0) + routes.get(("replica", "caught up"), 0)
             assert routes.get(("primary", "no replica serving"), 0) >= READERS * 10
             assert not await replica_serving(app)
+    finally:
+        await lifespan.__aexit__(None, None, None)
+
+
+def freeze(server: PgServer) -> list[psutil.Process]:
+    """SIGSTOP of the server's postmaster, then of its children (each backend is a session
+    leader of its own, so the process group is the postmaster alone): it accepts TCP
+    connections (the kernel does) and answers nothing, as a hung host would."""
+    assert server.pid is not None
+    postmaster = psutil.Process(server.pid)
+    postmaster.suspend()
+    frozen = [postmaster]
+    for child in postmaster.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.suspend()
+            frozen.append(child)
+    return frozen
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="A replica that hangs (not refusing) holds a read on a pooled connection until "
+    "asyncpg's command_timeout (statement timeout + 5 s), then its cancellation: docs/api.md "
+    "says an unreachable replica never makes a request wait longer than the connect timeout",
+)
+async def test_a_frozen_replica_makes_no_request_wait_past_the_connect_timeout(
+    cluster: Cluster,
+) -> None:
+    app, lifespan = await open_app(
+        cluster.url,
+        cluster.replica_url,
+        database_connect_timeout=CONNECT_TIMEOUT,
+        database_statement_timeout=1.0,  # asyncpg's command_timeout: 6 s
+    )
+    try:
+        key = await create_key(app, "replicas", ["write"])
+        async with client_for(app, key) as http:
+            created = await http.post("/items", json={"sku": "F-1", "name": "Hung", "price": 1})
+            assert created.status_code == 201, created.text
+            item = created.json()["id"]
+            await caught_up(cluster)
+            await wait_until(lambda: replica_serving(app))
+            for _ in range(5):  # pooled connections to the replica, idle
+                assert (await http.get(f"/items/{item}")).status_code == 200
+            assert reads(app).get(("replica", "no token")) == 5
+
+            durations: list[float] = []
+
+            async def read() -> int:
+                begun = time.monotonic()
+                answer = await http.get(f"/items/{item}")
+                durations.append(time.monotonic() - begun)
+                return answer.status_code
+
+            frozen = await asyncio.to_thread(freeze, cluster.standby)
+            try:
+                async with not_a_hang():
+                    statuses = await asyncio.gather(*(read() for _ in range(READERS)))
+            finally:
+                for process in frozen:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        process.resume()
+            assert statuses == [200] * READERS  # never a 5xx (holds today)
+            assert max(durations) < 2 * CONNECT_TIMEOUT, sorted(durations)
     finally:
         await lifespan.__aexit__(None, None, None)
