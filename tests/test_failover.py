@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
 import time
 import uuid
 from collections import Counter
@@ -427,3 +428,38 @@ async def test_while_every_host_is_a_standby_requests_are_503_until_one_is_promo
             assert (await http.get("/webhooks")).status_code == 200
     finally:
         await lifespan.__aexit__(None, None, None)
+
+
+async def test_a_host_that_never_answers_costs_one_connect_timeout_not_every_connection(
+    pg_servers: PgServers,
+) -> None:
+    """The first host accepts TCP connections and never says a word (a machine gone silent):
+    each host has a connect timeout of its own, so the primary behind it is reached; and the
+    host that took writes is tried first from then on, so only the first connection waits."""
+    primary = await asyncio.to_thread(pg_servers.start, "primary")
+    await upgrade_async(await asyncio.to_thread(primary.create_database, DATABASE))
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # never accepted: the kernel answers TCP, nobody PostgreSQL
+        url = (
+            f"postgresql+asyncpg://postgres@/{DATABASE}?host=127.0.0.1:{silent.getsockname()[1]}"
+            f"&host=127.0.0.1:{primary.port}&target_session_attrs=read-write"
+        )
+        settings = make_settings(url, auth=False, database_connect_timeout=1)
+        application, lifespan = await start_app(settings)
+        try:
+            async with client_for(application) as http:
+                body = {"sku": "SILENT-1", "name": "Silent", "price": 1}
+                created = await http.post("/items", json=body)
+                assert created.status_code == 201, created.text
+                assert (await http.get("/webhooks")).status_code == 200  # the other pool
+                # New connections go to the primary at once.
+                pool = application.state.resources.stores.database._pool.connections
+                for _ in range(3):
+                    await pool.expire_connections()
+                    started = time.monotonic()
+                    answer = await http.get(f"/items/{created.json()['id']}")
+                    assert answer.status_code == 200, answer.text
+                    assert time.monotonic() - started < 0.5
+        finally:
+            await lifespan.__aexit__(None, None, None)

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stockroom.database import PoolStatus, ReplicaStatus
 from stockroom.database._postgresql._failures import TRANSIENT_AS_503, is_broken
+from stockroom.database._postgresql._hosts import Hosts
 from stockroom.database._postgresql._listen import listen
 from stockroom.database._postgresql._pool import Lease, RequestPool, TransactionLease
 from stockroom.database._postgresql._replicas import Outcome, ReplicaLease, ReplicaSet
@@ -38,6 +39,8 @@ class PostgresDatabase:
         self._settings = settings
         self._on_commit = on_commit
         self._pool = RequestPool(settings)
+        # Several hosts (failover): each tried with a timeout of its own (_hosts.py).
+        self._hosts = Hosts.of(settings.database)
         self._turns = self._pool.turns  # the pool's queue (tests watch its waiters)
         self._pgbouncer = settings.database_pgbouncer
         # Through PgBouncer each transaction may run on another server connection.
@@ -50,7 +53,7 @@ class PostgresDatabase:
             self._pool.after_commit = self._note_commit
 
     async def start(self) -> None:
-        await self._pool.open(_dsn(self._settings))
+        await self._pool.open(_dsn(self._settings), self._hosts)
         if self.replicas is not None:
             await self.replicas.start()
 
@@ -214,7 +217,9 @@ class PostgresDatabase:
         if self._pgbouncer:
             await asyncio.Event().wait()
         settings = self._settings
-        await listen(_dsn(settings), settings.database_connect_timeout, channel, on_notify)
+        await listen(
+            _dsn(settings), settings.database_connect_timeout, channel, on_notify, self._hosts
+        )
 
 
 def _dsn(settings: Settings) -> str:

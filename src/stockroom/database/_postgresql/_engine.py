@@ -18,6 +18,7 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from stockroom.database._postgresql import _pgbouncer as pgbouncer
 from stockroom.database._postgresql._failures import is_broken
+from stockroom.database._postgresql._hosts import Hosts
 from stockroom.database.failures import mark_connect_failure
 from stockroom.settings import Settings
 
@@ -51,7 +52,19 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_recycle=1800,
         connect_args=connect_args,
     )
-    event.listen(engine.sync_engine, "do_connect", _connect)
+    hosts = Hosts.of(settings.database)
+
+    def connect(dialect: Dialect, record: ConnectionPoolEntry, cargs: Any, cparams: Any) -> Any:
+        if hosts is None:
+            return _connect(dialect, record, cargs, cparams)
+        # Several hosts: one at a time, each with the whole connect timeout (_hosts.py).
+        return hosts.connect_sync(
+            lambda host, port: _connect(
+                dialect, record, cargs, {**cparams, "host": host, "port": port}
+            )
+        )
+
+    event.listen(engine.sync_engine, "do_connect", connect)
     event.listen(engine.sync_engine, "checkout", _on_checkout)
     event.listen(engine.sync_engine, "handle_error", _on_error)
     pgbouncer.set_timeout_in_each_transaction(engine, settings)

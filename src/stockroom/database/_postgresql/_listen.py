@@ -10,6 +10,8 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
+from stockroom.database._postgresql._hosts import Hosts
+
 __all__ = ["listen"]
 
 log = structlog.get_logger("stockroom.database")
@@ -22,21 +24,33 @@ _LOST = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientEr
 
 
 async def listen(
-    dsn: str, connect_timeout: float, channel: str, on_notify: Callable[[], None]
+    dsn: str,
+    connect_timeout: float,
+    channel: str,
+    on_notify: Callable[[], None],
+    hosts: Hosts | None = None,
 ) -> None:
     """Call ``on_notify`` on each notification on ``channel``, and once on each (re)connect
-    (anything committed while nobody listened); until cancelled."""
+    (anything committed while nobody listened); until cancelled. ``hosts``: the URL's
+    several hosts, tried one at a time (``_hosts.py``)."""
+
+    async def attempt(host: str | None = None, port: int | None = None) -> asyncpg.Connection:
+        return await asyncpg.connect(
+            dsn,
+            host=host,
+            port=port,
+            timeout=connect_timeout,
+            server_settings={"application_name": "stockroom-listen"},
+        )
+
     while True:
         connection: asyncpg.Connection | None = None
         try:
-            connection = await asyncpg.connect(
-                dsn,
-                timeout=connect_timeout,
-                server_settings={"application_name": "stockroom-listen"},
-            )
+            connected = await attempt() if hosts is None else await hosts.connect(attempt)
+            connection = connected
             lost = asyncio.Event()
-            connection.add_termination_listener(lambda _conn, flag=lost: flag.set())
-            await connection.add_listener(channel, lambda *_args: on_notify())
+            connected.add_termination_listener(lambda _conn, flag=lost: flag.set())
+            await connected.add_listener(channel, lambda *_args: on_notify())
             on_notify()  # anything committed while we were not listening
             await lost.wait()
             log.warning("event listener connection lost; reconnecting")

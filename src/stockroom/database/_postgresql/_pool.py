@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from types import TracebackType
+from typing import Any
 
 import asyncpg
 import structlog
@@ -35,6 +36,7 @@ from asyncpg.transaction import Transaction
 from stockroom.database import PoolStatus
 from stockroom.database._postgresql import _pgbouncer as pgbouncer
 from stockroom.database._postgresql._failures import drop, is_broken
+from stockroom.database._postgresql._hosts import Hosts
 from stockroom.settings import Settings
 
 __all__ = ["Lease", "RequestPool", "TransactionLease"]
@@ -61,10 +63,22 @@ class RequestPool:
         # consistency token); a failure of its own is logged, never the write's.
         self.after_commit: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
 
-    async def open(self, dsn: str) -> None:
+    async def open(self, dsn: str, hosts: Hosts | None = None) -> None:
+        """``hosts``: the URL's several hosts, each tried with a timeout of its own
+        (``_hosts.py``); None: asyncpg connects by itself."""
         settings = self._settings
+        connect = None
+        if hosts is not None:
+
+            async def connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+                async def attempt(host: str, port: int) -> asyncpg.Connection:
+                    return await asyncpg.connect(*args, host=host, port=port, **kwargs)
+
+                return await hosts.connect(attempt)
+
         self.connections = await asyncpg.create_pool(
             dsn,
+            connect=connect,
             # No connection until one is needed: start-up works with the database away.
             min_size=0,
             max_size=self.maximum,
