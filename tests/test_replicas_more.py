@@ -584,3 +584,86 @@ async def test_a_frozen_replica_makes_no_request_wait_past_the_connect_timeout(
             assert max(durations) < 2 * CONNECT_TIMEOUT, sorted(durations)
     finally:
         await lifespan.__aexit__(None, None, None)
+
+
+# --- 5. a replica read is bound by the statement timeout, with or without PgBouncer ---------
+
+STATEMENT_TIMEOUT = 1.0
+
+
+@pytest.mark.parametrize(
+    "pgbouncer",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.xfail(
+                strict=True,
+                raises=AssertionError,
+                reason="With database_pgbouncer the replicas' pool gets PgBouncer's settings "
+                "too (no statement_timeout at connect) and replica reads run outside a "
+                "transaction (no SET LOCAL): a read on a replica has no statement timeout, "
+                "only asyncpg's command_timeout (statement timeout + 5 s)",
+            ),
+        ),
+    ],
+    ids=["direct", "pgbouncer"],
+)
+async def test_a_replica_read_stuck_on_the_standby_ends_at_the_statement_timeout(
+    cluster: Cluster, pgbouncer: bool
+) -> None:
+    """Deterministic: a lock on ``items``' primary key index, taken on the primary (REINDEX
+    INDEX) and replayed, is held by the standby's startup process while replay is paused,
+    after the primary's transaction has ended (so the primary reads freely). A read of the
+    item on the standby waits for that lock until its statement timeout cancels it; the
+    primary then answers. Measured against the setting (2x), not a speed claim."""
+    primary, standby = cluster.primary, cluster.standby
+    url, bouncer = cluster.url, None
+    if pgbouncer:
+        bouncer = await asyncio.to_thread(start_pgbouncer, primary.url, in_ci=IN_CI)
+        url = make_url(url).set(port=bouncer.port).render_as_string(hide_password=False)
+    try:
+        app, lifespan = await open_app(
+            url,
+            cluster.replica_url,
+            database_pgbouncer=pgbouncer,
+            database_statement_timeout=STATEMENT_TIMEOUT,
+            database_replica_max_lag=300.0,  # paused replay: still serving
+        )
+        try:
+            key = await create_key(app, "replicas", ["write"])
+            async with client_for(app, key) as http:
+                created = await http.post("/items", json={"sku": "T-1", "name": "Held", "price": 1})
+                assert created.status_code == 201, created.text
+                item = created.json()["id"]
+                await caught_up(cluster)
+                await wait_until(lambda: replica_serving(app))
+                index = await primary.fetchval(
+                    "SELECT indexrelid::regclass::text FROM pg_index"
+                    " WHERE indrelid = 'items'::regclass AND indisprimary",
+                    database="stockroom",
+                )
+                locker = await primary.connect("stockroom")
+                try:
+                    async with locker.transaction():
+                        await locker.execute(f"REINDEX INDEX {index}")
+                        await locker.execute("SELECT pg_switch_wal()")
+                        await caught_up(cluster)
+                        await asyncio.to_thread(standby.pause_replay)
+                finally:
+                    await locker.close()
+                try:
+                    async with not_a_hang():
+                        begun = time.monotonic()
+                        answer = await http.get(f"/items/{item}")
+                        took = time.monotonic() - begun
+                finally:
+                    await asyncio.to_thread(standby.resume_replay)
+                assert answer.status_code == 200, answer.text
+                assert reads(app).get(("primary", "replica failed")) == 1
+                assert took < 2 * STATEMENT_TIMEOUT, took
+        finally:
+            await lifespan.__aexit__(None, None, None)
+    finally:
+        if bouncer is not None:
+            await asyncio.to_thread(bouncer.stop)
