@@ -7,9 +7,14 @@ Throughout, every answer is the request's success or a 503 problem with ``Retry-
 (never a 500, never a hang: every request has a client timeout); after the promotion the
 same process writes again, on the new primary. With synchronous replication nothing
 acknowledged is lost: every 201 adjustment is on the new primary, each item's ledger adds up
-to its quantity, and every ledger row has its ``stock.adjusted`` event. The live stream,
-resumed with ``Last-Event-ID`` whenever it ends, sees every event of the log exactly once,
-and a webhook receiver gets every event.
+to its quantity, and every ledger row has its ``stock.adjusted`` event. The live stream
+(opened with a stream token, as a browser's EventSource), cut at the kill and resumed with
+``Last-Event-ID`` (503 until the promotion), sees every event of the log exactly once, and a
+webhook receiver gets every event (at least once).
+
+Also: with every host a standby, each kind of request is a 503 at once until one is
+promoted; and a first host that accepts TCP and never answers costs only the first
+connection its connect timeout (``database/_postgresql/_hosts.py``).
 """
 
 from __future__ import annotations
@@ -89,36 +94,57 @@ class StreamLog:
     cursor: str | None = None  # the last event's id: where a new connection resumes
     connections: int = 0
     refusals: Counter[int] = field(default_factory=Counter)
+    # Set to make the reader drop its connection and resume with Last-Event-ID, as a
+    # client whose connection the failover cut would.
+    cut: asyncio.Event = field(default_factory=asyncio.Event)
+    cuts: int = 0
+
+    def consume(self, line: str, fields: dict[str, str]) -> None:
+        if line == "":
+            if "data" in fields and "id" in fields:
+                self.ids.append(orjson.loads(fields["data"])["id"])
+                self.cursor = fields["id"]
+                if self.first is None:
+                    txid, _, seq = self.cursor.partition("-")
+                    self.first = (int(txid), int(seq))
+            fields.clear()
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
 
 
-async def _read_stream(base_url: str, key: str, log: StreamLog, stop: asyncio.Event) -> None:
-    """Read GET /events until ``stop``; reconnect with Last-Event-ID whenever the stream ends
-    or cannot be opened (a 503 while there is no primary)."""
+async def _read_stream(base_url: str, token: str, log: StreamLog, stop: asyncio.Event) -> None:
+    """Read GET /events?token= (a stream token, as a browser's EventSource) until ``stop``;
+    resume with Last-Event-ID whenever the stream ends, is cut (``log.cut``) or cannot be
+    opened (a 503 while there is no primary)."""
+
+    async def read(response: httpx.Response) -> None:
+        fields: dict[str, str] = {}
+        async for line in response.aiter_lines():
+            log.consume(line, fields)
+
     async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(30, read=None)) as http:
         while not stop.is_set():
-            headers = {"Authorization": f"Bearer {key}"}
-            if log.cursor is not None:
-                headers["Last-Event-ID"] = log.cursor
+            headers = {} if log.cursor is None else {"Last-Event-ID": log.cursor}
             try:
-                async with http.stream("GET", "/events", headers=headers) as response:
+                async with http.stream(
+                    "GET", "/events", params={"token": token}, headers=headers
+                ) as response:
                     if response.status_code != 200:
                         log.refusals[response.status_code] += 1
                         await asyncio.sleep(0.2)
                         continue
                     log.connections += 1
-                    fields: dict[str, str] = {}
-                    async for line in response.aiter_lines():
-                        if line == "":
-                            if "data" in fields and "id" in fields:
-                                log.ids.append(orjson.loads(fields["data"])["id"])
-                                log.cursor = fields["id"]
-                                if log.first is None:
-                                    txid, _, seq = log.cursor.partition("-")
-                                    log.first = (int(txid), int(seq))
-                            fields = {}
-                        elif not line.startswith(":"):
-                            name, _, value = line.partition(":")
-                            fields[name] = value.removeprefix(" ")
+                    reading = asyncio.create_task(read(response))
+                    cut = asyncio.create_task(log.cut.wait())
+                    await asyncio.wait({reading, cut}, return_when=asyncio.FIRST_COMPLETED)
+                    for task in (reading, cut):
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, httpx.TransportError):
+                            await task
+                    if log.cut.is_set():
+                        log.cut.clear()
+                        log.cuts += 1
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.1)
@@ -167,12 +193,16 @@ async def _load(http: httpx.AsyncClient, item_ids: list[int], until: float, rec:
     await asyncio.gather(*(writer(i) for i in item_ids), *(prober(k) for k in range(2)))
 
 
-async def _fail_over(primary: PgServer, standby: PgServer, rec: Recorder) -> tuple[float, float]:
+async def _fail_over(
+    primary: PgServer, standby: PgServer, rec: Recorder, stream: StreamLog
+) -> tuple[float, float]:
     """kill -9 of the primary at KILL_AT, promotion of the standby PROMOTE_AFTER later; when
-    each happened (promoted: once it takes writes)."""
+    each happened (promoted: once it takes writes). The stream's reader drops its connection
+    at the kill: it resumes with Last-Event-ID, refused (503) until the promotion."""
     await asyncio.sleep(KILL_AT - (time.monotonic() - rec.started))
     killed = time.monotonic() - rec.started
     await asyncio.to_thread(primary.kill9)
+    stream.cut.set()
     await asyncio.sleep(PROMOTE_AFTER)
     await asyncio.to_thread(standby.promote)
     return killed, time.monotonic() - rec.started
@@ -256,7 +286,10 @@ async def _run(
 
         stream = StreamLog()
         stop_stream = asyncio.Event()
-        reader = asyncio.create_task(_read_stream(server.url, key, stream, stop_stream))
+        minted = await http.post("/events/tokens")
+        assert minted.status_code == 201, minted.text
+        token = minted.json()["token"]
+        reader = asyncio.create_task(_read_stream(server.url, token, stream, stop_stream))
         # The stream follows from where it subscribed: from its first event on, it must
         # see every one.
         before: list[int] = []
@@ -275,7 +308,7 @@ async def _run(
         rec = Recorder()
         rec.acknowledged.extend(before)
         until = rec.started + LOAD_SECONDS
-        failover = asyncio.create_task(_fail_over(primary, standby, rec))
+        failover = asyncio.create_task(_fail_over(primary, standby, rec, stream))
         await _load(http, item_ids, until, rec)
         killed, promoted = await failover
 
@@ -365,6 +398,9 @@ async def _run(
     repeated = [event for event, n in Counter(stream.ids).items() if n > 1]
     assert not repeated, f"{len(repeated)} events streamed more than once"
     assert set(stream.ids) == logged
+    # It was cut at the kill and resumed from the new primary with Last-Event-ID.
+    assert stream.cuts >= 1
+    assert stream.connections >= 2, (stream.cuts, stream.connections)
 
     def delivered() -> set[str]:
         return {orjson.loads(body)["id"] for body in receiver.bodies("/ok")}
