@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 from fastapi import FastAPI
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
@@ -162,8 +162,9 @@ def check_item(
 Op = tuple[Any, ...]
 APPS = st.integers(0, 1)
 ITEMS = st.integers(0, 1)
-# None: no token; "greatest": the greatest seen; a number: an earlier token (mod how many).
-SENT = st.one_of(st.none(), st.just("greatest"), st.integers(0, 10_000))
+# None: no token; "greatest": the greatest seen (the client's way, twice as likely); a number:
+# an earlier token (mod how many).
+SENT = st.one_of(st.none(), st.just("greatest"), st.just("greatest"), st.integers(0, 10_000))
 OPS: st.SearchStrategy[Op] = st.one_of(
     st.tuples(st.just("rename"), APPS, ITEMS),
     st.tuples(st.just("adjust"), APPS, ITEMS, st.integers(1, 5)),
@@ -205,14 +206,16 @@ async def two_apps(cluster: Cluster) -> AsyncIterator[TwoApps]:
 
 
 @settings(
-    max_examples=15,
+    max_examples=20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-@given(ops=st.lists(OPS, min_size=10, max_size=35))
+@given(paused=st.booleans(), ops=st.lists(OPS, min_size=10, max_size=35))
 async def test_tokens_give_read_your_writes_and_monotonic_reads_across_two_apps(
-    two_apps: TwoApps, ops: list[Op]
+    two_apps: TwoApps, paused: bool, ops: list[Op]
 ) -> None:
+    """``paused``: replay paused after the items are made (else only by a ``pause`` step),
+    so that half the examples start with a standby behind every write."""
     cluster, clients = two_apps.cluster, two_apps.clients
     model = Model()
     example = next(_examples)
@@ -224,6 +227,8 @@ async def test_tokens_give_read_your_writes_and_monotonic_reads_across_two_apps(
         ids.append(created.json()["id"])
         model.wrote(ids[-1], "n0", 0, 0, token_of(created, None))
 
+    before = [reads(app) for app in two_apps.apps]
+
     def sent_for(choice: Any) -> str | None:
         if choice is None or not model.tokens:
             return None
@@ -232,6 +237,8 @@ async def test_tokens_give_read_your_writes_and_monotonic_reads_across_two_apps(
         return model.tokens[int(choice) % len(model.tokens)]
 
     try:
+        if paused:
+            await asyncio.to_thread(cluster.standby.pause_replay)
         for op in ops:
             kind = op[0]
             if kind == "pause":
@@ -312,6 +319,11 @@ async def test_tokens_give_read_your_writes_and_monotonic_reads_across_two_apps(
                 model.saw(token)
     finally:
         await asyncio.to_thread(cluster.standby.resume_replay)
+    # Where the reads ran, and why (--hypothesis-show-statistics): every route is taken.
+    for app, earlier in zip(two_apps.apps, before, strict=True):
+        for route, count in reads(app).items():
+            if count > earlier.get(route, 0):
+                event(f"read from the {route[0]}: {route[1]}")
 
 
 # --- 2. the primary behind PgBouncer (transaction mode) -------------------------------------
