@@ -16,6 +16,7 @@ from stockroom.db import utcnow
 from stockroom.events import log as event_log
 from stockroom.events.wakeup import CHANNEL
 from stockroom.observability import Metrics
+from stockroom.problems import is_unavailable
 from stockroom.resources import Resources
 from stockroom.webhooks.dispatcher import dispatching
 from stockroom.webhooks.queue import backlog
@@ -46,8 +47,11 @@ async def purge_periodically(
                 await asyncio.sleep(0)
             if deleted:
                 log.info("purged", what=what, count=deleted)
-        except Exception:
-            log.exception("purge failed; will retry", what=what)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                log.exception("purge failed; will retry", what=what)
+            else:  # the database is away (a crash, a failover): no traceback, no error
+                log.warning("purge failed; will retry", what=what, error=str(exc).split("\n")[0])
         await asyncio.sleep(interval)
 
 
