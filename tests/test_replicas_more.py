@@ -548,13 +548,6 @@ def freeze(server: PgServer) -> list[psutil.Process]:
     return frozen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="A replica that hangs (not refusing) holds a read on a pooled connection until "
-    "asyncpg's command_timeout (statement timeout + 5 s), then its cancellation: docs/api.md "
-    "says an unreachable replica never makes a request wait longer than the connect timeout",
-)
 async def test_a_frozen_replica_makes_no_request_wait_past_the_connect_timeout(
     cluster: Cluster,
 ) -> None:
@@ -592,7 +585,7 @@ async def test_a_frozen_replica_makes_no_request_wait_past_the_connect_timeout(
                 for process in frozen:
                     with contextlib.suppress(psutil.NoSuchProcess):
                         process.resume()
-            assert statuses == [200] * READERS  # never a 5xx (holds today)
+            assert statuses == [200] * READERS  # never a 5xx
             assert max(durations) < 2 * CONNECT_TIMEOUT, sorted(durations)
     finally:
         await lifespan.__aexit__(None, None, None)
@@ -607,17 +600,7 @@ STATEMENT_TIMEOUT = 1.0
     "pgbouncer",
     [
         False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=AssertionError,
-                reason="With database_pgbouncer the replicas' pool gets PgBouncer's settings "
-                "too (no statement_timeout at connect) and replica reads run outside a "
-                "transaction (no SET LOCAL): a read on a replica has no statement timeout, "
-                "only asyncpg's command_timeout (statement timeout + 5 s)",
-            ),
-        ),
+        True,
     ],
     ids=["direct", "pgbouncer"],
 )

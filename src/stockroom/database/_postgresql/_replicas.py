@@ -99,10 +99,19 @@ class Replica:
     def __init__(self, url: str, settings: Settings) -> None:
         self.url = make_url(url).set(drivername="postgresql")
         self.name = _name(url)
-        self.pool = RequestPool(settings)
+        # A replica is reached directly, not through PgBouncer (whatever the primary's path):
+        # its connections get the statement timeout when they are made.
+        direct = settings.model_copy(update={"database_url": url, "database_pgbouncer": False})
+        self.pool = RequestPool(direct)
         # For the event stream's replay, which reads the log through SQLAlchemy (events/log.py).
-        self.engine: AsyncEngine = create_engine(settings.model_copy(update={"database_url": url}))
+        self.engine: AsyncEngine = create_engine(direct)
         self.wait = settings.database_replica_wait
+        # A read still running after the connect timeout goes on only while the sampler
+        # finds the replica well (checked every interval): a replica that stopped answering
+        # (not refusing: a frozen machine, dropped packets) ends it instead of the driver's
+        # command timeout, and the primary answers.
+        self.watch_after = settings.database_connect_timeout
+        self.watch_every = settings.database_replica_check_interval
         self.max_lag = settings.database_replica_max_lag
         self.position: Position | None = None  # replay position at the last sample
         self.lag: float | None = None
@@ -168,17 +177,41 @@ class Replica:
         position = self.position
         if position is None:
             return FAILED
+        watch = _Watch(self)
+        try:
+            return await self._read(query, wanted, state, position, watch)
+        except asyncio.CancelledError:
+            if not watch.ended():
+                raise
+            return FAILED  # ended by the watch while waiting for a connection
+        finally:
+            watch.stop()
+
+    async def _read(
+        self,
+        query: Callable[[asyncpg.Connection], Awaitable[T]],
+        wanted: Position | None,
+        state: Consistency | None,
+        position: Position,
+        watch: _Watch,
+    ) -> T | Outcome:
         try:
             async with Lease(self.pool) as connection:
-                if wanted is not None and not await self._caught_up(connection, wanted.lsn):
-                    return BEHIND
-                REPLAYED.set(None)
-                result = await query(connection)
-                if state is not None:
-                    # Read by the query itself where it could (consistency.REPLAYED).
-                    replayed = REPLAYED.get() or await connection.fetchval(_REPLAYED)
-                    state.saw(Position(position.system, position.timeline, parse_lsn(replayed)))
-                return result
+                try:
+                    if wanted is not None and not await self._caught_up(connection, wanted.lsn):
+                        return BEHIND
+                    REPLAYED.set(None)
+                    result = await query(connection)
+                    if state is not None:
+                        # Read by the query itself where it could (consistency.REPLAYED).
+                        replayed = REPLAYED.get() or await connection.fetchval(_REPLAYED)
+                        state.saw(Position(position.system, position.timeline, parse_lsn(replayed)))
+                    return result
+                except asyncio.CancelledError:
+                    if not watch.ended():
+                        raise
+                    connection.terminate()  # mid-statement on a server that does not answer
+                    raise TimeoutError from None
         except _FAILURES as exc:
             if is_broken(exc) or isinstance(exc, OSError | TimeoutError):
                 self.trip(f"unreachable: {type(exc).__name__}")
@@ -220,6 +253,39 @@ class Replica:
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(_CAUGHT_UP_POLL)
+
+
+class _Watch:
+    """Ends a replica's read that outlives the connect timeout once the sampler has
+    excluded the replica (see ``Replica.watch_after``): the read's task is cancelled, and
+    :meth:`ended` says the cancellation was this watch's."""
+
+    __slots__ = ("_fired", "_handle", "_loop", "_replica", "_task")
+
+    def __init__(self, replica: Replica) -> None:
+        self._replica = replica
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._fired = False
+        self._handle = self._loop.call_later(replica.watch_after, self._check)
+
+    def _check(self) -> None:
+        if self._replica.serving:
+            self._handle = self._loop.call_later(self._replica.watch_every, self._check)
+        elif self._task is not None:
+            self._fired = True
+            self._task.cancel()
+
+    def ended(self) -> bool:
+        """Whether the watch cancelled the read (then the cancellation is taken back)."""
+        if self._fired and self._task is not None:
+            self._fired = False
+            self._task.uncancel()
+            return True
+        return False
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 class ReplicaLease:
