@@ -14,7 +14,7 @@ webhook receiver gets every event (at least once).
 
 Also: with every host a standby, each kind of request is a 503 at once until one is
 promoted; and a first host that accepts TCP and never answers costs only the first
-connection its connect timeout (``database/_postgresql/_hosts.py``).
+connection its connect timeout (``database/hosts.py``).
 """
 
 from __future__ import annotations
@@ -483,13 +483,14 @@ async def test_while_every_host_is_a_standby_requests_are_503_until_one_is_promo
 
 
 async def test_a_host_that_never_answers_costs_one_connect_timeout_not_every_connection(
-    pg_servers: PgServers,
+    pg_servers: PgServers, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The first host accepts TCP connections and never says a word (a machine gone silent):
     each host has a connect timeout of its own, so the primary behind it is reached; and the
     host that took writes is tried first from then on, so only the first connection waits."""
     primary = await asyncio.to_thread(pg_servers.start, "primary")
-    await upgrade_async(await asyncio.to_thread(primary.create_database, DATABASE))
+    await asyncio.to_thread(primary.create_database, DATABASE)
+    monkeypatch.setenv("STOCKROOM_DATABASE_CONNECT_TIMEOUT", "1")
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(64)  # never accepted: the kernel answers TCP, nobody PostgreSQL
@@ -497,6 +498,9 @@ async def test_a_host_that_never_answers_costs_one_connect_timeout_not_every_con
             f"postgresql+asyncpg://postgres@/{DATABASE}?host=127.0.0.1:{silent.getsockname()[1]}"
             f"&host=127.0.0.1:{primary.port}&target_session_attrs=read-write"
         )
+        started = time.monotonic()
+        await upgrade_async(url)  # stockroom migrate, through the silent host too
+        assert time.monotonic() - started < 10
         settings = make_settings(url, auth=False, database_connect_timeout=1)
         application, lifespan = await start_app(settings)
         try:

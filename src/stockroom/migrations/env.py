@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from alembic import context
-from sqlalchemy import pool
-from sqlalchemy.engine import Connection
+from sqlalchemy import event, pool
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from stockroom.database.hosts import Hosts
 from stockroom.db import PGBOUNCER_CONNECT_ARGS
 from stockroom.models import Base  # every table, registered
-from stockroom.settings import load_settings, normalise_database_url
+from stockroom.settings import SettingsError, load_settings, normalise_database_url
 
 config = context.config
 target_metadata = Base.metadata
@@ -46,7 +48,26 @@ async def _run_online() -> None:
     # Migrations run rarely, on one short-lived connection: skipping the prepared statement
     # cache costs nothing and lets them run through PgBouncer in transaction mode too.
     connect_args = PGBOUNCER_CONNECT_ARGS if url.startswith("postgresql") else {}
+    hosts = Hosts.of(make_url(url))
+    if hosts is not None:
+        # A primary and its standbys (failover): each host with the settings' connect
+        # timeout (asyncpg's own default is 60 s), the hosts one at a time (database/hosts.py).
+        try:
+            timeout = load_settings().database_connect_timeout
+        except SettingsError:
+            timeout = 5.0
+        connect_args = {**connect_args, "timeout": timeout}
     engine = create_async_engine(url, poolclass=pool.NullPool, connect_args=connect_args)
+    if hosts is not None:
+        several = hosts
+
+        def each_host(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+            def attempt(host: str, port: int) -> Any:
+                return dialect.connect(*cargs, **(cparams | {"host": host, "port": port}))
+
+            return several.connect_sync(attempt)
+
+        event.listen(engine.sync_engine, "do_connect", each_host)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_run_sync)

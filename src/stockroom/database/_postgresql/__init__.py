@@ -24,8 +24,6 @@ The parts, each readable alone:
 - ``_engine.py``: the SQLAlchemy engine, the other pool: the background work and the admin
   endpoints.
 - ``_listen.py``: the one LISTEN connection that wakes the event log's readers.
-- ``_hosts.py``: a primary URL's several hosts (failover), tried one at a time, each with
-  a connect timeout of its own, the last that took writes first.
 """
 
 from stockroom.database._postgresql._database import PostgresDatabase

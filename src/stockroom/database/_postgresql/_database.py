@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from stockroom.database import PoolStatus, ReplicaStatus
 from stockroom.database._postgresql._failures import TRANSIENT_AS_503, is_broken
-from stockroom.database._postgresql._hosts import Hosts
 from stockroom.database._postgresql._listen import listen
 from stockroom.database._postgresql._pool import Lease, RequestPool, TransactionLease
 from stockroom.database._postgresql._replicas import Outcome, ReplicaLease, ReplicaSet
 from stockroom.database.consistency import CONSISTENCY, Position, parse_lsn
+from stockroom.database.hosts import Hosts
 from stockroom.errors import UnavailableError
 from stockroom.settings import Settings
 
@@ -39,7 +39,7 @@ class PostgresDatabase:
         self._settings = settings
         self._on_commit = on_commit
         self._pool = RequestPool(settings)
-        # Several hosts (failover): each tried with a timeout of its own (_hosts.py).
+        # Several hosts (failover): each tried with a timeout of its own (database/hosts.py).
         self._hosts = Hosts.of(settings.database)
         self._turns = self._pool.turns  # the pool's queue (tests watch its waiters)
         self._pgbouncer = settings.database_pgbouncer

@@ -18,8 +18,8 @@ from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from stockroom.database._postgresql import _pgbouncer as pgbouncer
 from stockroom.database._postgresql._failures import is_broken
-from stockroom.database._postgresql._hosts import Hosts
 from stockroom.database.failures import mark_connect_failure
+from stockroom.database.hosts import Hosts
 from stockroom.settings import Settings
 
 __all__ = ["create_engine", "unusable_reason"]
@@ -57,7 +57,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
     def connect(dialect: Dialect, record: ConnectionPoolEntry, cargs: Any, cparams: Any) -> Any:
         if hosts is None:
             return _connect(dialect, record, cargs, cparams)
-        # Several hosts: one at a time, each with the whole connect timeout (_hosts.py).
+        # Several hosts: one at a time, each with the whole connect timeout (database/hosts.py).
         return hosts.connect_sync(
             lambda host, port: _connect(
                 dialect, record, cargs, {**cparams, "host": host, "port": port}

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import asyncpg
 import structlog
 
-from stockroom.database._postgresql._hosts import Hosts
+from stockroom.database.hosts import Hosts
 
 __all__ = ["listen"]
 
@@ -32,7 +32,7 @@ async def listen(
 ) -> None:
     """Call ``on_notify`` on each notification on ``channel``, and once on each (re)connect
     (anything committed while nobody listened); until cancelled. ``hosts``: the URL's
-    several hosts, tried one at a time (``_hosts.py``)."""
+    several hosts, tried one at a time (``database/hosts.py``)."""
 
     async def attempt(host: str | None = None, port: int | None = None) -> asyncpg.Connection:
         return await asyncpg.connect(

@@ -36,7 +36,7 @@ from asyncpg.transaction import Transaction
 from stockroom.database import PoolStatus
 from stockroom.database._postgresql import _pgbouncer as pgbouncer
 from stockroom.database._postgresql._failures import drop, is_broken
-from stockroom.database._postgresql._hosts import Hosts
+from stockroom.database.hosts import Hosts
 from stockroom.settings import Settings
 
 __all__ = ["Lease", "RequestPool", "TransactionLease"]
@@ -65,7 +65,7 @@ class RequestPool:
 
     async def open(self, dsn: str, hosts: Hosts | None = None) -> None:
         """``hosts``: the URL's several hosts, each tried with a timeout of its own
-        (``_hosts.py``); None: asyncpg connects by itself."""
+        (``database/hosts.py``); None: asyncpg connects by itself."""
         settings = self._settings
         connect = None
         if hosts is not None:

@@ -8,6 +8,9 @@ as the dead host stayed in the URL). Here each host has a timeout of its own, an
 that took writes last is tried first: after a failover, only the first new connection
 waits for the dead host.
 
+Used by the request pool, the SQLAlchemy engine, the LISTEN connection (``_postgresql/``)
+and the migrations (``migrations/env.py``).
+
 Which host takes writes is asyncpg's to say (``target_session_attrs=read-write``, in the
 URL): a host that answers but does not take writes (a standby) is passed over like one that
 does not answer.
