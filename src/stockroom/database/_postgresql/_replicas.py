@@ -372,7 +372,11 @@ class ReplicaSet:
             self.primary = primary = position
             self._history.add(asyncio.get_running_loop().time(), position.lsn)
         await asyncio.gather(
-            *(r.sample(primary, self._history, self._timeout) for r in self.replicas)
+            # Half the connect timeout for a replica's answer (a healthy one answers in
+            # milliseconds): one that stops answering is excluded before a read that met it
+            # has run for the connect timeout (Replica.watch_after), with a check interval
+            # of at most half of it.
+            *(r.sample(primary, self._history, self._timeout / 2) for r in self.replicas)
         )
 
     async def _sample_forever(self) -> None:
