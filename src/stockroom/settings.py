@@ -71,9 +71,10 @@ class Settings(BaseSettings):
 
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
-        description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB; "
-        "for failover, several hosts (postgresql+asyncpg://USER@H1:P1,H2:P2/DB: the one that "
-        "takes writes is used, see docs/operations.md, Failover).",
+        description="SQLAlchemy URL: sqlite+aiosqlite:///FILE or "
+        "postgresql+asyncpg://USER@HOST/DB; for failover, several hosts "
+        "(postgresql+asyncpg://USER@H1:P1,H2:P2/DB: the one that takes writes is used, see "
+        "docs/operations.md, Failover).",
     )
     # All of the pool kept open, no overflow: under a steady load above the pool size an
     # overflow connection is opened and closed again and again (a server process each time).
