@@ -158,9 +158,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     if settings.rate_limit:
         app.add_middleware(RateLimitHeadersMiddleware)
-    # Read-your-writes across replicas: only where there are replicas to read from.
-    if settings.database_replica_urls:
-        app.add_middleware(ConsistencyMiddleware)
+    # Read-your-writes across replicas (without them: only a malformed token's 400).
+    app.add_middleware(ConsistencyMiddleware, replicas=bool(settings.database_replica_urls))
     # Added last = outermost: the request id is set before anything else runs, and every
     # request is counted and logged with the status its client got.
     app.add_middleware(

@@ -31,6 +31,7 @@ __all__ = [
 
 REQUEST_ID_HEADER = b"x-request-id"
 _TOKEN_HEADER = TOKEN_HEADER.lower().encode()
+_CONSISTENT_PATHS = "/items"
 _SANE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._-]{1,128}")
 
 error_log = structlog.get_logger("stockroom.errors")
@@ -262,16 +263,19 @@ class RateLimitHeadersMiddleware:
 
 
 class ConsistencyMiddleware:
-    """Read-your-writes across replicas (``stockroom.database.consistency``): the request's
-    ``Consistency-Token`` (400 if it is not one) in the context for the database, and the
-    token of what the answer reflects in its own ``Consistency-Token``. Installed only where
-    replicas are configured: without them every read is the primary's."""
+    """Read-your-writes across replicas (``stockroom.database.consistency``) on the
+    ``/items`` operations (those the OpenAPI document declares the header on): a
+    ``Consistency-Token`` that is not one is a 400, replicas or not (the document's promise);
+    where replicas are configured, the token goes in the context for the database, and the
+    token of what the answer reflects into its own ``Consistency-Token``. Without replicas
+    every read is the primary's, and nothing else is done."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, replicas: bool) -> None:
         self.app = app
+        self.replicas = replicas
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not scope["path"].startswith(_CONSISTENT_PATHS):
             await self.app(scope, receive, send)
             return
         wanted = None
@@ -284,6 +288,9 @@ class ConsistencyMiddleware:
                     scope, receive, send
                 )
                 return
+        if not self.replicas:
+            await self.app(scope, receive, send)
+            return
         state = Consistency(wanted)
         reset = CONSISTENCY.set(state)
 

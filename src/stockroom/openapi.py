@@ -63,7 +63,7 @@ _TOKEN_PARAMETER = {
     "required": False,
     "description": "The greatest `Consistency-Token` this client has seen: the answer "
     "reflects at least that point (read-your-writes, monotonic reads across instances). A "
-    "value that is not a token is 400. Ignored without read replicas.",
+    "value that is not a token is 400; a token is ignored without read replicas.",
     "schema": {"type": "string", "pattern": _TOKEN_PATTERN},
 }
 
