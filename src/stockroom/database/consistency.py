@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = [
     "CONSISTENCY",
@@ -38,9 +38,9 @@ TOKEN_HEADER = "Consistency-Token"
 _TOKEN = re.compile(r"[0-9a-f]{40}")
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class Position:
-    """A point of one cluster's history (ordered by system, timeline, then LSN)."""
+class Position(NamedTuple):
+    """A point of one cluster's history (ordered by system, timeline, then LSN, as tuples
+    are: one is made on every read and write, so a plain tuple)."""
 
     system: int
     timeline: int

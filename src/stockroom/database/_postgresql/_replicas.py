@@ -31,7 +31,7 @@ import asyncio
 import collections
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import asyncpg
 import structlog
@@ -106,12 +106,9 @@ class Replica:
         # For the event stream's replay, which reads the log through SQLAlchemy (events/log.py).
         self.engine: AsyncEngine = create_engine(direct)
         self.wait = settings.database_replica_wait
-        # A read still running after the connect timeout goes on only while the sampler
-        # finds the replica well (checked every interval): a replica that stopped answering
-        # (not refusing: a frozen machine, dropped packets) ends it instead of the driver's
-        # command timeout, and the primary answers.
-        self.watch_after = settings.database_connect_timeout
-        self.watch_every = settings.database_replica_check_interval
+        # The reads running on it now, and those its exclusion ended (_end_reads).
+        self._reads: set[asyncio.Task[Any]] = set()
+        self._ended: set[asyncio.Task[Any]] = set()
         self.max_lag = settings.database_replica_max_lag
         self.position: Position | None = None  # replay position at the last sample
         self.lag: float | None = None
@@ -130,11 +127,12 @@ class Replica:
         await self.engine.dispose()
 
     def trip(self, why: str) -> None:
-        """Take no reads until the sampler sees it well again."""
+        """Take no reads until the sampler sees it well again; end those on it."""
         if self.serving:
             log.warning("replica excluded", replica=self.name, reason=why)
         self.reachable = False
         self.reason = why
+        self._end_reads()
 
     async def sample(self, primary: Position | None, history: _History, within: float) -> None:
         try:
@@ -175,26 +173,10 @@ class Replica:
         state: Consistency | None,
     ) -> T | Outcome:
         position = self.position
-        if position is None:
+        task = asyncio.current_task()
+        if position is None or task is None:
             return FAILED
-        watch = _Watch(self)
-        try:
-            return await self._read(query, wanted, state, position, watch)
-        except asyncio.CancelledError:
-            if not watch.ended():
-                raise
-            return FAILED  # ended by the watch while waiting for a connection
-        finally:
-            watch.stop()
-
-    async def _read(
-        self,
-        query: Callable[[asyncpg.Connection], Awaitable[T]],
-        wanted: Position | None,
-        state: Consistency | None,
-        position: Position,
-        watch: _Watch,
-    ) -> T | Outcome:
+        self._reads.add(task)
         try:
             async with Lease(self.pool) as connection:
                 try:
@@ -208,16 +190,35 @@ class Replica:
                         state.saw(Position(position.system, position.timeline, parse_lsn(replayed)))
                     return result
                 except asyncio.CancelledError:
-                    if not watch.ended():
-                        raise
-                    connection.terminate()  # mid-statement on a server that does not answer
-                    raise TimeoutError from None
+                    if task in self._ended:  # mid-statement on a server that does not answer
+                        connection.terminate()
+                    raise
+        except asyncio.CancelledError:
+            if task not in self._ended:
+                raise
+            self._ended.discard(task)
+            task.uncancel()
+            return FAILED  # ended by the replica's exclusion (_end_reads): the primary answers
         except _FAILURES as exc:
             if is_broken(exc) or isinstance(exc, OSError | TimeoutError):
                 self.trip(f"unreachable: {type(exc).__name__}")
             else:
                 log.info("replica read failed", replica=self.name, error=type(exc).__name__)
             return FAILED
+        finally:
+            self._reads.discard(task)
+
+    def _end_reads(self) -> None:
+        """The replica is unreachable: the reads still on it end (their connections are
+        dropped) and the primary answers them, instead of waiting for the driver's command
+        timeout on a server that may never answer (a frozen machine, dropped packets)."""
+        if not self._reads:
+            return
+        current = asyncio.current_task()
+        for task in self._reads:
+            if task is not current and task not in self._ended:
+                self._ended.add(task)
+                task.cancel()
 
     @contextlib.asynccontextmanager
     async def connection(self, wanted: Position | None) -> AsyncIterator[ReplicaLease | None]:
@@ -253,39 +254,6 @@ class Replica:
             if loop.time() >= deadline:
                 return False
             await asyncio.sleep(_CAUGHT_UP_POLL)
-
-
-class _Watch:
-    """Ends a replica's read that outlives the connect timeout once the sampler has
-    excluded the replica (see ``Replica.watch_after``): the read's task is cancelled, and
-    :meth:`ended` says the cancellation was this watch's."""
-
-    __slots__ = ("_fired", "_handle", "_loop", "_replica", "_task")
-
-    def __init__(self, replica: Replica) -> None:
-        self._replica = replica
-        self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
-        self._fired = False
-        self._handle = self._loop.call_later(replica.watch_after, self._check)
-
-    def _check(self) -> None:
-        if self._replica.serving:
-            self._handle = self._loop.call_later(self._replica.watch_every, self._check)
-        elif self._task is not None:
-            self._fired = True
-            self._task.cancel()
-
-    def ended(self) -> bool:
-        """Whether the watch cancelled the read (then the cancellation is taken back)."""
-        if self._fired and self._task is not None:
-            self._fired = False
-            self._task.uncancel()
-            return True
-        return False
-
-    def stop(self) -> None:
-        self._handle.cancel()
 
 
 class ReplicaLease:
@@ -373,9 +341,9 @@ class ReplicaSet:
             self._history.add(asyncio.get_running_loop().time(), position.lsn)
         await asyncio.gather(
             # Half the connect timeout for a replica's answer (a healthy one answers in
-            # milliseconds): one that stops answering is excluded before a read that met it
-            # has run for the connect timeout (Replica.watch_after), with a check interval
-            # of at most half of it.
+            # milliseconds): one that stops answering is excluded, and the reads on it ended
+            # (Replica._end_reads), within the connect timeout of its last answer, with a
+            # check interval of at most half of it.
             *(r.sample(primary, self._history, self._timeout / 2) for r in self.replicas)
         )
 
