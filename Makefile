@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run migrate test test-fast pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer ensure-chromium install install-test clean vendor bench-files bench-async bench bench-events bench-console bench-replicas
+.PHONY: run migrate test test-fast pytest schemathesis lint fmt docs ensure-postgres ensure-pgbouncer ensure-chromium install install-test clean vendor bench-files bench-async bench bench-events bench-console bench-replicas bench-scale
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Stockroom needs Python 3.11"'
@@ -143,6 +143,11 @@ bench-replicas: install-test
 	@command -v wrk >/dev/null || { apt-get update && apt-get install -y wrk; }
 	@test -x /usr/lib/postgresql/15/bin/pg_basebackup || { apt-get update && apt-get install -y postgresql-15; }
 	$(BIN)/python bench/replicas.py
+
+# Reads as the data grows (issue #25): databases of each size made once and kept
+# (stockroom_scale_<size>); BENCH_SCALE_SIZES=10000,1000000,5000000 for the largest.
+bench-scale: install-test ensure-postgres
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .import_linter_cache .hypothesis src/*.egg-info .coverage .coverage.*

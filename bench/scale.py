@@ -1,0 +1,361 @@
+"""make bench-scale: how Stockroom's reads grow with its data (issue #25, first part).
+
+For each size (BENCH_SCALE_SIZES, default 10,000 and 1,000,000 items; 5,000,000 is the
+issue's largest), a PostgreSQL database `stockroom_scale_<size>` is made once and reused by
+later runs while it still holds that many items at the current migration: migrated by
+`stockroom migrate`, seeded with set-based SQL (names of a colour, a thing and the item's
+number, so that `q` can match many, few or no items; every 10th item out of stock, every
+20th with a reorder point it is at; an `initial` ledger row per item in stock, and item 1
+with a 10,000-row history), then ANALYZEd. One `stockroom serve` on it, as shipped, on a free
+port; for each request below, WARMUP requests, then SEQUENTIAL requests one after the other
+(p50 / p99), then CONCURRENT workers of ROUNDS requests each (p50 / p99), all through httpx on
+127.0.0.1: what a client sees, HTTP included.
+
+Requests: GET by id (random ids); the first page and a deep cursor page (half-way through
+the table) of every sort; `q` matching many, few and no items; each filter alone and with
+`q`; `count=true` alone and with `q`; the ledger page of item 1 half-way down its 10,000
+rows; GET /items/summary; the export's first byte. The table printed shows each one's p50
+and p99 per size, and the ratio of the largest size's p99 to the smallest's (the issue's
+target: at most 3x, and p99 <= 50 ms sequential at 5,000,000).
+
+Not yet (issue #25): EXPLAIN of each request's statement, 5,000,000 by default, the c=16
+phase's own table, the SVG chart. `--smoke`: 2,000 items, 3 requests each.
+Results: bench/results/<UTC timestamp>-scale/ (results.md, results.json).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from stockroom.http import encode_cursor
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+SMOKE = "--smoke" in sys.argv[1:]
+SIZES = [
+    int(s)
+    for s in os.environ.get("BENCH_SCALE_SIZES", "2000" if SMOKE else "10000,1000000").split(",")
+]
+WARMUP = 1 if SMOKE else 3
+SEQUENTIAL = 3 if SMOKE else 20
+CONCURRENT = 16
+ROUNDS = 1 if SMOKE else 5
+LEDGER = 10_000
+SORTS = ["id", "-id", "name", "-name", "price", "-price", "created_at", "-updated_at"]
+COLOURS = ["red", "green", "blue", "black", "white", "grey", "oak", "pine", "steel", "brass"]
+
+SEED_SQL = """
+INSERT INTO items (id, sku, name, name_key, description, price_cents, quantity, version,
+                   created_at, updated_at, reorder_point)
+SELECT n,
+       'SKU-' || lpad(n::text, 8, '0'),
+       initcap(c.colour) || ' ' || t.thing || ' ' || n,
+       c.colour || ' ' || t.thing || ' ' || n,
+       NULL,
+       (n * 37) % 100000,
+       CASE WHEN n % 10 = 0 THEN 0 ELSE 1 + n % 100 END,
+       1,
+       timestamptz '2026-01-01 00:00:00+00' + n * interval '1 second',
+       timestamptz '2026-01-01 00:00:00+00' + n * interval '1 second',
+       CASE WHEN n % 20 = 0 THEN 5 END
+FROM generate_series(1, $1::int) n
+CROSS JOIN LATERAL (SELECT (ARRAY['red','green','blue','black','white','grey','oak','pine',
+                                  'steel','brass'])[1 + n % 10] AS colour) c
+CROSS JOIN LATERAL (SELECT (ARRAY['chair','table','shelf','lamp','rug','stool','desk',
+                                  'bench','mirror','cabinet','sofa','vase'])[1 + n % 12]
+                           AS thing) t;
+"""
+LEDGER_SQL = """
+INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
+SELECT id, quantity, 'initial', quantity, created_at FROM items WHERE quantity > 0 AND id <> 1;
+WITH d AS (
+  SELECT n, CASE WHEN n = 1 THEN 500 WHEN n % 25 = 0 THEN 120 ELSE -4 - n % 3 END AS delta
+  FROM generate_series(1, $1::int) n
+)
+INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
+SELECT 1, delta, CASE WHEN delta > 0 THEN 'delivery' ELSE 'sale' END,
+       sum(delta) OVER (ORDER BY n), now() - ($1::int - n) * interval '1 minute'
+FROM d ORDER BY n;
+UPDATE items SET
+  quantity = (SELECT quantity_after FROM adjustments WHERE item_id = 1 ORDER BY id DESC LIMIT 1),
+  version = $1::int
+WHERE id = 1;
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1)))]
+
+
+def env_for(url: str) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")},
+        "STOCKROOM_DATABASE_URL": url,
+        "STOCKROOM_LOG_LEVEL": "warning",
+    }
+
+
+def stockroom(*args: str, url: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "stockroom", *args],
+        env=env_for(url), check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return done.stdout.strip()
+
+
+async def prepare(size: int) -> tuple[str, bool]:
+    """The size's database, made and seeded unless a reusable one is there; (its URL,
+    whether it was reused)."""
+    name = f"stockroom_scale_{size}"
+    dsn = ADMIN_DSN.rsplit("/", 1)[0] + "/" + name
+    url = dsn.replace("postgresql://", "postgresql+asyncpg://")
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+    finally:
+        await admin.close()
+    if exists:
+        connection = await asyncpg.connect(dsn)
+        try:
+            count = await connection.fetchval("SELECT count(*) FROM items")
+            depth = await connection.fetchval("SELECT count(*) FROM adjustments WHERE item_id = 1")
+        except asyncpg.PostgresError:
+            count = depth = None
+        finally:
+            await connection.close()
+        if count == size and depth == LEDGER:
+            stockroom("migrate", url=url)  # a newer migration: applied to the kept data
+            return url, True
+        admin = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+    admin = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    stockroom("migrate", url=url)
+    connection = await asyncpg.connect(dsn)
+    try:
+        started = time.monotonic()
+        await connection.execute(SEED_SQL, size)
+        await connection.execute("SELECT setval(pg_get_serial_sequence('items', 'id'), $1)", size)
+        for statement in LEDGER_SQL.split(";"):
+            if statement.strip():
+                args = [LEDGER] if "$1" in statement else []
+                await connection.execute(statement, *args)
+        await connection.execute("ANALYZE")
+        print(f"  seeded {size:,} items in {time.monotonic() - started:.0f} s", flush=True)
+    finally:
+        await connection.close()
+    return url, False
+
+
+async def deep_cursors(url: str, size: int) -> dict[str, str]:
+    """A cursor half-way through the table for every sort, as the API makes them."""
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    columns = {"id": "id", "name": "name_key", "price": "price_cents",
+               "created_at": "created_at", "updated_at": "updated_at"}  # fmt: skip
+    cursors: dict[str, str] = {}
+    try:
+        for sort in SORTS:
+            key = sort.removeprefix("-")
+            direction = "DESC" if sort.startswith("-") else "ASC"
+            row = await connection.fetchrow(
+                f"SELECT {columns[key]} AS value, id FROM items "
+                f"ORDER BY {columns[key]} {direction}, id {direction} OFFSET $1 LIMIT 1",
+                size // 2,
+            )
+            value = row["value"]
+            if isinstance(value, dt.datetime):
+                value = value.isoformat()
+            cursors[sort] = encode_cursor([sort, value, row["id"]])
+        ledger = await connection.fetchval(
+            "SELECT id FROM adjustments WHERE item_id = 1 ORDER BY id DESC OFFSET $1 LIMIT 1",
+            LEDGER // 2,
+        )
+        cursors["ledger"] = encode_cursor(["-id", ledger])
+    finally:
+        await connection.close()
+    return cursors
+
+
+def requests_of(size: int, cursors: dict[str, str]) -> list[tuple[str, Any]]:
+    """(name, path or a function of a random generator giving one)."""
+    few = str(size // 2 + 4242 % max(size // 2, 1))  # an item number: a handful of names
+    listed: list[tuple[str, Any]] = [
+        ("GET /items/{id}", lambda rng: f"/items/{rng.randint(1, size)}"),
+    ]
+    for sort in SORTS:
+        listed.append((f"first page, sort={sort}", f"/items?sort={sort}"))
+        listed.append((f"deep page, sort={sort}", f"/items?sort={sort}&cursor={cursors[sort]}"))
+    listed += [
+        ("q many (a colour)", "/items?q=red"),
+        ("q few (a number)", f"/items?q={few}"),
+        ("q none", "/items?q=zzzz"),
+        ("in_stock=false", "/items?in_stock=false"),
+        ("low_stock=true", "/items?low_stock=true"),
+        ("price range", "/items?min_price=100&max_price=105"),
+        ("in_stock=false + q", "/items?in_stock=false&q=red"),
+        ("low_stock=true + q", "/items?low_stock=true&q=red"),
+        ("price range + q", "/items?min_price=100&max_price=105&q=red"),
+        ("count=true", "/items?count=true"),
+        ("count=true + q", "/items?count=true&q=red"),
+        ("ledger: deep page of item 1", f"/items/1/adjustments?cursor={cursors['ledger']}"),
+        ("GET /items/summary", "/items/summary"),
+        ("export: first byte", "EXPORT"),
+    ]
+    return listed
+
+
+async def one(http: httpx.AsyncClient, target: Any, rng: random.Random) -> float:
+    path = target(rng) if callable(target) else target
+    started = time.perf_counter()
+    if path == "EXPORT":
+        # A connection of its own: the answer is left unread after its first bytes.
+        async with (
+            httpx.AsyncClient(base_url=http.base_url, headers=http.headers, timeout=120) as own,
+            own.stream("GET", "/items/export") as answer,
+        ):
+            assert answer.status_code == 200, answer.status_code
+            async for _chunk in answer.aiter_raw():
+                break
+    else:
+        answer = await http.get(path)
+        assert answer.status_code == 200, (path, answer.status_code, answer.text[:200])
+    return (time.perf_counter() - started) * 1000
+
+
+async def measure(base: str, key: str, size: int, cursors: dict[str, str]) -> dict[str, Any]:
+    rng = random.Random(25)
+    found: dict[str, Any] = {}
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=120) as http:
+        for name, target in requests_of(size, cursors):
+            for _ in range(WARMUP):
+                await one(http, target, rng)
+            sequential = [await one(http, target, rng) for _ in range(SEQUENTIAL)]
+
+            async def worker(http: httpx.AsyncClient = http, target: Any = target) -> list[float]:
+                return [await one(http, target, rng) for _ in range(ROUNDS)]
+
+            concurrent = [t for ts in await asyncio.gather(*(worker() for _ in range(CONCURRENT)))
+                          for t in ts]  # fmt: skip
+            found[name] = {
+                "sequential_ms": sequential,
+                "concurrent_ms": concurrent,
+                "p50": statistics.median(sequential),
+                "p99": percentile(sequential, 99),
+                "c16_p50": statistics.median(concurrent),
+                "c16_p99": percentile(concurrent, 99),
+            }
+            row = found[name]
+            print(f"  {name}: p50 {row['p50']:.1f} ms, p99 {row['p99']:.1f} ms; "
+                  f"c={CONCURRENT} p50 {row['c16_p50']:.1f}, p99 {row['c16_p99']:.1f}",
+                  flush=True)  # fmt: skip
+    return found
+
+
+def serve(url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "stockroom", "serve", "--host", "127.0.0.1", "--port",
+             str(port)],
+            env=env_for(url), stdout=subprocess.DEVNULL, stderr=sink,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"stockroom serve exited: see {log}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                return server, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("stockroom serve did not start")
+
+
+def main() -> None:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = ROOT / "bench" / "results" / f"{stamp}-scale{'-smoke' if SMOKE else ''}"
+    out.mkdir(parents=True)
+    results: dict[str, Any] = {"sizes": {}}
+    for size in SIZES:
+        print(f"{size:,} items:", flush=True)
+        url, reused = asyncio.run(prepare(size))
+        cursors = asyncio.run(deep_cursors(url, size))
+        key = stockroom("apikey", "create", "--name", f"scale-{stamp}", "--scopes", "read",
+                        url=url)  # fmt: skip
+        server, base = serve(url, out / f"server-{size}.log")
+        try:
+            measured = asyncio.run(measure(base, key, size, cursors))
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+        results["sizes"][str(size)] = {"reused": reused, "requests": measured}
+
+    small, large = str(min(SIZES)), str(max(SIZES))
+    header = (
+        "| request | "
+        + " | ".join(f"{int(s):,}: p50 / p99 ms (c={CONCURRENT} p99)" for s in results["sizes"])
+        + f" | p99 {int(large):,} / {int(small):,} |"
+    )
+    lines = [header, "|---" * (len(results["sizes"]) + 2) + "|"]
+    names = list(results["sizes"][small]["requests"])
+    for name in names:
+        cells = []
+        for size_key in results["sizes"]:
+            row = results["sizes"][size_key]["requests"][name]
+            cells.append(f"{row['p50']:.1f} / {row['p99']:.1f} ({row['c16_p99']:.0f})")
+        ratio = (results["sizes"][large]["requests"][name]["p99"]
+                 / max(results["sizes"][small]["requests"][name]["p99"], 0.001))  # fmt: skip
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio:.1f}x |")
+    machine = (f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+               f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
+    text = "\n".join([
+        f"# bench-scale {stamp}" + (" (smoke: not a measurement)" if SMOKE else ""),
+        "",
+        machine,
+        f"Sequential: {SEQUENTIAL} requests each after {WARMUP} warm-up; c={CONCURRENT}: "
+        f"{CONCURRENT} workers x {ROUNDS}. Through one `stockroom serve`, httpx on 127.0.0.1. "
+        "Command: `make bench-scale`" + (" (BENCH_SCALE_SIZES=" + ",".join(map(str, SIZES))
+                                         + ")"),
+        "",
+        *lines,
+    ])  # fmt: skip
+    print("\n" + text)
+    (out / "results.md").write_text(text + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
