@@ -239,9 +239,13 @@ class PostgresItemStore:
                 await producer
             finally:
                 if not producer.done():
+                    # The client left mid-export: COPY is cut off. The server may still be
+                    # sending its rows, which would reach the connection's next user (asyncpg
+                    # then fails it mid-answer): the connection is closed, not given back.
                     producer.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await producer
+                    connection.terminate()
 
     def _list_statement(self, listing: Listing) -> tuple[str, list[Any]]:
         sql, names = _cached(self._lists, listing, lambda: listing.select())
