@@ -24,6 +24,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    tuple_,
 )
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -166,9 +167,12 @@ class Keyset:
         if self.key == "id":
             return Item.id < last_id if self.descending else Item.id > last_id
         value = bindparam("after_value", type_=column.type)
-        if self.descending:
-            return or_(column < value, and_(column == value, Item.id < last_id))
-        return or_(column > value, and_(column == value, Item.id > last_id))
+        # A row comparison, not `column > value OR (column = value AND id > last)`: both
+        # databases read it as a range of the (column, id) index that starts at the cursor.
+        # The OR form made PostgreSQL walk the index from its start and filter: a page half-way
+        # through 1,000,000 items sorted by name took 590 ms instead of a few (bench/scale.py).
+        row, after = tuple_(column, Item.id), tuple_(value, last_id)
+        return row < after if self.descending else row > after
 
     def after_params(self, payload: list[Any]) -> dict[str, Any]:
         """The bind parameters of a cursor's ``payload``; a foreign cursor is a 422."""
