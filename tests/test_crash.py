@@ -16,14 +16,19 @@ import asyncio
 import itertools
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.support.outages import (
+    LEDGER_TOTALS_SQL,
+    Recorder,
+    neither_success_nor_503,
+    why,
+)
 from tests.support.pgservers import PgServer, PgServers
-from tests.support.servers import Server, cli_create_key, start_server
+from tests.support.servers import cli_create_key, start_server
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.postgresql_only
@@ -35,35 +40,6 @@ DOWN_SECONDS = 1.0
 # Every key's cache entry expires this often: requests keep looking their key up in the
 # database, during the outage too.
 AUTH_CACHE_SECONDS = "0.2"
-
-
-@dataclass(frozen=True)
-class Answer:
-    what: str
-    at: float  # seconds since the load started
-    status: int
-    content_type: str
-    retry_after: str | None
-    request_id: str | None
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.started = time.monotonic()
-        self.answers: list[Answer] = []
-        self.acknowledged: list[int] = []  # ids of 201 adjustments
-
-    def note(self, what: str, response: httpx.Response) -> None:
-        self.answers.append(
-            Answer(
-                what,
-                time.monotonic() - self.started,
-                response.status_code,
-                response.headers.get("content-type", ""),
-                response.headers.get("retry-after"),
-                response.headers.get("x-request-id"),
-            )
-        )
 
 
 async def _load(http: httpx.AsyncClient, item_ids: list[int], until: float, rec: Recorder) -> None:
@@ -119,20 +95,6 @@ async def _crash(pg: PgServer, rec: Recorder) -> tuple[float, float]:
     return killed, time.monotonic() - rec.started
 
 
-def _why(server: Server, request_ids: set[str | None]) -> dict[str, int]:
-    """What the server logged about these requests: each exception (its last line and the
-    last frame of ours it went through) and how many requests it failed."""
-    causes: dict[str, int] = {}
-    for line in server.log_lines():
-        if line.get("request_id") not in request_ids or "exception" not in line:
-            continue
-        told = str(line["exception"]).strip().splitlines()
-        ours = [frame.strip() for frame in told if "/stockroom/" in frame and "File" in frame]
-        cause = f"{told[-1][:200]} (at {ours[-1] if ours else '?'})"
-        causes[cause] = causes.get(cause, 0) + 1
-    return causes
-
-
 async def test_kill_9_of_postgresql_under_load(pg_servers: PgServers, tmp_path: Path) -> None:
     pg = await asyncio.to_thread(pg_servers.start, "crash")
     url = await asyncio.to_thread(pg.create_database, "stockroom")
@@ -171,21 +133,11 @@ async def test_kill_9_of_postgresql_under_load(pg_servers: PgServers, tmp_path: 
         assert server.process.poll() is None
 
         # Every answer was a success or a 503 problem with Retry-After: never a 500.
-        expected = {"POST": 201, "GET": 200}
-        wrong = [
-            a
-            for a in rec.answers
-            if a.status != expected[a.what.split()[0]]
-            and not (
-                a.status == 503
-                and a.content_type.startswith("application/problem+json")
-                and a.retry_after is not None
-            )
-        ]
+        wrong = neither_success_nor_503(rec.answers)
         assert not wrong, (
             f"{len(wrong)} of {len(rec.answers)} answers neither a success nor a 503 problem: "
             f"{sorted({(a.what, a.status) for a in wrong})}; the server logged: "
-            f"{_why(server, {a.request_id for a in wrong})}"
+            f"{why(server, {a.request_id for a in wrong})}"
         )
         refused = [a for a in rec.answers if a.status == 503]
         assert refused, "nothing was refused: the database did not go away"
@@ -202,8 +154,7 @@ async def test_kill_9_of_postgresql_under_load(pg_servers: PgServers, tmp_path: 
         lost = set(rec.acknowledged) - set(ledger)
         assert not lost, f"{len(lost)} acknowledged adjustments are not in the ledger"
         sums = await pg.fetch(
-            "SELECT i.id, i.quantity, COALESCE(SUM(a.delta), 0) AS total FROM items i "
-            "LEFT JOIN adjustments a ON a.item_id = i.id GROUP BY i.id, i.quantity",
+            LEDGER_TOTALS_SQL,
             database=db,
         )
         assert all(row["quantity"] == row["total"] for row in sums), [

@@ -36,6 +36,12 @@ import pytest
 
 from stockroom.migrations import upgrade_async
 from tests.support.apps import client_for, make_settings, start_app
+from tests.support.outages import (
+    LEDGER_TOTALS_SQL,
+    Recorder,
+    neither_success_nor_503,
+    why,
+)
 from tests.support.pgservers import PgServer, PgServers
 from tests.support.servers import Server, cli_create_key, start_server
 from tests.support.waiting import wait_until
@@ -53,36 +59,6 @@ REQUEST_TIMEOUT = 10.0
 # database, during the outage too.
 AUTH_CACHE_SECONDS = "0.2"
 DATABASE = "stockroom"
-
-
-@dataclass(frozen=True)
-class Answer:
-    what: str
-    at: float  # seconds since the load started
-    status: int
-    content_type: str
-    retry_after: str | None
-    request_id: str | None
-
-
-@dataclass
-class Recorder:
-    started: float = field(default_factory=time.monotonic)
-    answers: list[Answer] = field(default_factory=list)
-    acknowledged: list[int] = field(default_factory=list)  # ids of 201 adjustments
-    hangs: list[tuple[str, float]] = field(default_factory=list)  # client timeouts
-
-    def note(self, what: str, response: httpx.Response) -> None:
-        self.answers.append(
-            Answer(
-                what,
-                time.monotonic() - self.started,
-                response.status_code,
-                response.headers.get("content-type", ""),
-                response.headers.get("retry-after"),
-                response.headers.get("x-request-id"),
-            )
-        )
 
 
 @dataclass
@@ -208,20 +184,6 @@ async def _fail_over(
     return killed, time.monotonic() - rec.started
 
 
-def _why(server: Server, request_ids: set[str | None]) -> dict[str, int]:
-    """What the server logged about these requests: each exception's last line and the last
-    frame of ours it went through, and how many requests it failed."""
-    causes: dict[str, int] = {}
-    for line in server.log_lines():
-        if line.get("request_id") not in request_ids or "exception" not in line:
-            continue
-        told = str(line["exception"]).strip().splitlines()
-        ours = [frame.strip() for frame in told if "/stockroom/" in frame and "File" in frame]
-        cause = f"{told[-1][:200]} (at {ours[-1] if ours else '?'})"
-        causes[cause] = causes.get(cause, 0) + 1
-    return causes
-
-
 def _warnings(server: Server) -> dict[str, int]:
     """The server's warnings and errors, by event, with how many times each was logged."""
     told: Counter[str] = Counter()
@@ -321,21 +283,11 @@ async def _run(
 
     # No request hung, and every answer was a success or a 503 problem with Retry-After.
     assert not rec.hangs, f"{len(rec.hangs)} requests got no answer in time: {rec.hangs[:5]}"
-    expected = {"POST": 201, "GET": 200}
-    wrong = [
-        a
-        for a in rec.answers
-        if a.status != expected[a.what.split()[0]]
-        and not (
-            a.status == 503
-            and a.content_type.startswith("application/problem+json")
-            and a.retry_after is not None
-        )
-    ]
+    wrong = neither_success_nor_503(rec.answers)
     assert not wrong, (
         f"{len(wrong)} of {len(rec.answers)} answers neither a success nor a 503 problem: "
         f"{sorted({(a.what, a.status) for a in wrong})}; the server logged: "
-        f"{_why(server, {a.request_id for a in wrong})}"
+        f"{why(server, {a.request_id for a in wrong})}"
     )
     # The database's absence is expected: warnings, never an error with a traceback.
     errors = [line for line in server.log_lines() if line.get("level") in ("error", "critical")]
@@ -361,8 +313,7 @@ async def _run(
     lost = set(rec.acknowledged) - set(ledger)
     assert not lost, f"{len(lost)} of {len(rec.acknowledged)} acknowledged adjustments lost"
     sums = await standby.fetch(
-        "SELECT i.id, i.quantity, COALESCE(SUM(a.delta), 0) AS total FROM items i "
-        "LEFT JOIN adjustments a ON a.item_id = i.id GROUP BY i.id, i.quantity",
+        LEDGER_TOTALS_SQL,
         database=DATABASE,
     )
     assert all(row["quantity"] == row["total"] for row in sums), [

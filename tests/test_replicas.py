@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,45 +15,34 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from stockroom.migrations import upgrade_async
-from tests.events.test_stream import listening
-from tests.support.apps import client_for, create_key, make_settings, start_app
-from tests.support.pgservers import PgServer, PgServers
+from tests.support.apps import client_for, create_key
+from tests.support.pgservers import PgServers
 from tests.support.problems import problem
+from tests.support.replicas import (
+    TOKEN,
+    Cluster,
+    caught_up,
+    make_cluster,
+    open_app,
+    reads,
+    replica_serving,
+    served_by_replica,
+)
 from tests.support.servers import cli_create_key, start_server
+from tests.support.stream import listening
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.postgresql_only
 
-TOKEN = "Consistency-Token"
-
-
-@dataclass
-class Cluster:
-    primary: PgServer
-    standby: PgServer
-    url: str
-    replica_url: str
-
 
 @pytest.fixture
 async def cluster(pg_servers: PgServers) -> Cluster:
-    primary = await asyncio.to_thread(pg_servers.start)
-    url = await asyncio.to_thread(primary.create_database, "stockroom")
-    await upgrade_async(url)
-    standby = await asyncio.to_thread(primary.make_standby)
-    return Cluster(primary, standby, url, standby.url_for("stockroom"))
+    return await make_cluster(pg_servers)
 
 
 @pytest.fixture
 async def app(cluster: Cluster) -> AsyncIterator[FastAPI]:
-    settings = make_settings(
-        cluster.url,
-        database_pool_size=4,
-        database_replica_urls=cluster.replica_url,
-        database_replica_check_interval=0.05,
-    )
-    application, lifespan = await start_app(settings)
+    application, lifespan = await open_app(cluster.url, cluster.replica_url)
     try:
         yield application
     finally:
@@ -68,16 +56,6 @@ async def http(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def replica_serving(app: FastAPI) -> bool:
-    async with client_for(app) as client:
-        body = (await client.get("/readyz")).json()
-    return bool(body["replicas"][0]["serving"])
-
-
-def reads(app: FastAPI) -> dict[tuple[str, str], int]:
-    return dict(app.state.resources.stores.database.read_routes())
-
-
 async def test_a_token_reads_its_write_while_a_read_without_one_is_stale(
     app: FastAPI, http: httpx.AsyncClient, cluster: Cluster
 ) -> None:
@@ -86,7 +64,7 @@ async def test_a_token_reads_its_write_while_a_read_without_one_is_stale(
     assert created.status_code == 201, created.text
     item: dict[str, Any] = created.json()
     first = created.headers[TOKEN]
-    await asyncio.to_thread(cluster.standby.wait_replayed, cluster.primary.current_lsn())
+    await caught_up(cluster)
     await asyncio.to_thread(cluster.standby.pause_replay)
     try:
         changed = await http.patch(f"/items/{item['id']}", json={"name": "After"})
@@ -111,9 +89,9 @@ async def test_a_token_reads_its_write_while_a_read_without_one_is_stale(
         await asyncio.to_thread(cluster.standby.resume_replay)
 
     # Replayed: the same token's read comes from the replica now.
-    await asyncio.to_thread(cluster.standby.wait_replayed, cluster.primary.current_lsn())
-    caught_up = await http.get(f"/items/{item['id']}", headers={TOKEN: written})
-    assert caught_up.json()["name"] == "After"
+    await caught_up(cluster)
+    replayed = await http.get(f"/items/{item['id']}", headers={TOKEN: written})
+    assert replayed.json()["name"] == "After"
     assert reads(app).get(("replica", "caught up"), 0) >= 1
     assert reads(app).get(("primary", "behind"), 0) == 2  # the list above, and no more
 
@@ -211,7 +189,7 @@ async def test_the_export_reads_a_replica_and_goes_on_from_the_primary_when_it_s
         f" 100, 0, 1, now(), now() FROM generate_series(1, {items}) AS n",
         "stockroom",
     )
-    await asyncio.to_thread(cluster.standby.wait_replayed, cluster.primary.current_lsn())
+    await caught_up(cluster)
     env = {
         "STOCKROOM_DATABASE_REPLICA_URLS": cluster.replica_url,
         "STOCKROOM_DATABASE_REPLICA_CHECK_INTERVAL": "0.05",
@@ -236,7 +214,7 @@ async def test_the_export_reads_a_replica_and_goes_on_from_the_primary_when_it_s
                 assert "LATE" in fresh.text  # the primary answered: the replica was behind
             finally:
                 await asyncio.to_thread(cluster.standby.resume_replay)
-            await asyncio.to_thread(cluster.standby.wait_replayed, cluster.primary.current_lsn())
+            await caught_up(cluster)
 
             body = bytearray()
             async with http.stream("GET", "/items/export", params={"format": "ndjson"}) as answer:
@@ -253,11 +231,6 @@ async def test_the_export_reads_a_replica_and_goes_on_from_the_primary_when_it_s
             assert 'stockroom_db_reads_total{reason="replica failed",target="primary"}' in metrics
     finally:
         await asyncio.to_thread(server.stop)
-
-
-async def served_by_replica(http: httpx.AsyncClient) -> bool:
-    ready = (await http.get("/readyz")).json()
-    return bool(ready["replicas"][0]["serving"])
 
 
 async def test_the_streams_replay_reads_a_replica_and_the_primary_the_rest(
@@ -280,7 +253,7 @@ async def test_the_streams_replay_reads_a_replica_and_the_primary_the_rest(
                     await post(http, f"S-{n}")
                 await wait_until(lambda: len(first.messages) == 10)
             resume_after = first.messages[2].id  # the client saw 3 of them
-            await asyncio.to_thread(cluster.standby.wait_replayed, cluster.primary.current_lsn())
+            await caught_up(cluster)
             await asyncio.to_thread(cluster.standby.pause_replay)
             try:
                 for n in range(11, 16):  # on the primary only

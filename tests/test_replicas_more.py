@@ -25,60 +25,29 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
-from stockroom.migrations import upgrade_async
-from tests.support.apps import client_for, create_key, make_settings, start_app
+from tests.support.apps import client_for, create_key
 from tests.support.databases import IN_CI
 from tests.support.pgbouncer import start_pgbouncer
 from tests.support.pgservers import PgServer, PgServers
+from tests.support.replicas import (
+    TOKEN,
+    Cluster,
+    caught_up,
+    make_cluster,
+    open_app,
+    reads,
+    replica_serving,
+)
 from tests.support.waiting import not_a_hang, wait_until
 
 pytestmark = pytest.mark.postgresql_only
 
-TOKEN = "Consistency-Token"
 _TOKEN_FORM = re.compile(r"[0-9a-f]{40}")
-
-
-@dataclass
-class Cluster:
-    primary: PgServer
-    standby: PgServer
-    url: str
-    replica_url: str
 
 
 @pytest.fixture
 async def cluster(pg_servers: PgServers) -> Cluster:
-    primary = await asyncio.to_thread(pg_servers.start)
-    url = await asyncio.to_thread(primary.create_database, "stockroom")
-    await upgrade_async(url)
-    standby = await asyncio.to_thread(primary.make_standby)
-    return Cluster(primary, standby, url, standby.url_for("stockroom"))
-
-
-async def open_app(url: str, replica_url: str, **overrides: Any) -> tuple[FastAPI, Any]:
-    values: dict[str, Any] = {
-        "database_pool_size": 4,
-        "database_replica_urls": replica_url,
-        "database_replica_check_interval": 0.05,
-        **overrides,
-    }
-    return await start_app(make_settings(url, **values))
-
-
-async def replica_serving(app: FastAPI) -> bool:
-    async with client_for(app) as client:
-        body = (await client.get("/readyz")).json()
-    return bool(body["replicas"][0]["serving"])
-
-
-def reads(app: FastAPI) -> dict[tuple[str, str], int]:
-    return dict(app.state.resources.stores.database.read_routes())
-
-
-async def caught_up(cluster: Cluster) -> None:
-    """The standby has replayed everything the primary has written so far."""
-    lsn = await asyncio.to_thread(cluster.primary.current_lsn)
-    await asyncio.to_thread(cluster.standby.wait_replayed, lsn)
+    return await make_cluster(pg_servers)
 
 
 # --- 1. the property: read-your-writes and monotonic reads across two apps -----------------

@@ -4,11 +4,9 @@ heartbeats, several instances, and the bound on a slow subscriber."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -27,6 +25,7 @@ from stockroom.events.router import _messages
 from tests.support.event_log import logged
 from tests.support.problems import problem
 from tests.support.servers import Server, cli_create_key, start_server
+from tests.support.stream import Message, Stream, listening
 from tests.support.waiting import wait_until
 
 FAST = {
@@ -34,72 +33,6 @@ FAST = {
     "STOCKROOM_EVENTS_HEARTBEAT_SECONDS": "1",
     "STOCKROOM_EVENTS_RETRY_SECONDS": "0.25",  # the stream begins with `retry: 250`
 }
-
-
-@dataclass
-class Message:
-    id: str
-    event: str
-    data: dict[str, object]
-
-
-@dataclass
-class Stream:
-    """What one client has read from GET /events so far."""
-
-    messages: list[Message] = field(default_factory=list)
-    comments: int = 0
-    status: int | None = None
-    retry: list[tuple[int, str]] = field(default_factory=list)  # (messages before it, value)
-
-    @property
-    def ids(self) -> list[str]:
-        return [m.id for m in self.messages]
-
-
-@contextlib.asynccontextmanager
-async def listening(
-    base_url: str, key: str, query: str = "", headers: dict[str, str] | None = None
-) -> AsyncIterator[Stream]:
-    """Read the stream in the background for the duration of the block."""
-    stream = Stream()
-    connected = asyncio.Event()
-
-    async def read() -> None:
-        async with (
-            httpx.AsyncClient(base_url=base_url, timeout=30) as http,
-            http.stream(
-                "GET",
-                "/events" + query,
-                headers={"Authorization": f"Bearer {key}", **(headers or {})},
-            ) as response,
-        ):
-            stream.status = response.status_code
-            connected.set()
-            fields: dict[str, str] = {}
-            async for line in response.aiter_lines():
-                if line.startswith(":"):
-                    stream.comments += 1
-                elif line == "":
-                    if "retry" in fields:
-                        stream.retry.append((len(stream.messages), fields.pop("retry")))
-                    if fields:
-                        data = orjson.loads(fields["data"])
-                        stream.messages.append(Message(fields["id"], fields["event"], data))
-                    fields = {}
-                else:
-                    name, _, value = line.partition(":")
-                    fields[name] = value.removeprefix(" ")
-
-    task = asyncio.create_task(read())
-    await asyncio.wait({task, asyncio.ensure_future(connected.wait())}, timeout=10,
-                       return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-    try:
-        yield stream
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @pytest.fixture(scope="module")
