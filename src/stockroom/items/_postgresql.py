@@ -25,6 +25,7 @@ from sqlalchemy import literal_column
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
 from stockroom.database._postgresql import PostgresDatabase
+from stockroom.database._postgresql._replicas import REPLICA_FAILURES
 from stockroom.database.consistency import REPLAYED
 from stockroom.errors import DuplicateError
 from stockroom.events._postgresql import UTC_TEXT, PostgresEventStore
@@ -49,8 +50,6 @@ _COLUMNS = ", ".join(ITEM_COLUMNS)
 _ADJ_COLUMNS = ", ".join(ADJUSTMENT_COLUMNS)
 
 _GET = f"SELECT {_COLUMNS} FROM items WHERE id = $1"
-# What a replica's long read can fail with (its connection, a statement the standby cancelled).
-_REPLICA_FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 # With replicas: the replay position beside the row (NULL on the primary), the answer's token
 # without a statement of its own (database/consistency.py, REPLAYED).
 _GET_REPLAYED = f"SELECT {_COLUMNS}, pg_last_wal_replay_lsn()::text FROM items WHERE id = $1"
@@ -198,7 +197,7 @@ class PostgresItemStore:
                             last = page[-1]
                             yield page
                     return
-                except _REPLICA_FAILURES as exc:
+                except REPLICA_FAILURES as exc:
                     self._db.replica_failed(held, exc)
         if last is not None:
             listing = dataclasses.replace(listing, after=listing.keyset.cursor_payload(last))

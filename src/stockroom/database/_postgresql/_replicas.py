@@ -45,7 +45,15 @@ from stockroom.database._postgresql._pool import Lease, RequestPool
 from stockroom.database.consistency import REPLAYED, Consistency, Position, parse_lsn
 from stockroom.settings import Settings
 
-__all__ = ["BEHIND", "FAILED", "Outcome", "Replica", "ReplicaLease", "ReplicaSet"]
+__all__ = [
+    "BEHIND",
+    "FAILED",
+    "REPLICA_FAILURES",
+    "Outcome",
+    "Replica",
+    "ReplicaLease",
+    "ReplicaSet",
+]
 
 log = structlog.get_logger("stockroom.database")
 
@@ -77,7 +85,7 @@ SELECT pg_is_in_recovery(),
 # What a replica's statement may fail with: the server's errors, and the connection's (an
 # idle connection the server ended, e.g. at its shutdown, can fail its next statement with
 # asyncpg's InternalClientError "cannot switch to state 12", no InterfaceError).
-_FAILURES = (
+REPLICA_FAILURES = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
@@ -138,7 +146,7 @@ class Replica:
         try:
             async with asyncio.timeout(within), Lease(self.pool) as connection:
                 in_recovery, replayed, timeline, system = await connection.fetchrow(_STANDBY)
-        except _FAILURES as exc:
+        except REPLICA_FAILURES as exc:
             self.trip(f"unreachable: {type(exc).__name__}")
             self.lag = None
             return
@@ -199,14 +207,19 @@ class Replica:
             self._ended.discard(task)
             task.uncancel()
             return FAILED  # ended by the replica's exclusion (_end_reads): the primary answers
-        except _FAILURES as exc:
-            if is_broken(exc) or isinstance(exc, OSError | TimeoutError):
-                self.trip(f"unreachable: {type(exc).__name__}")
-            else:
-                log.info("replica read failed", replica=self.name, error=type(exc).__name__)
+        except REPLICA_FAILURES as exc:
+            self.failed(exc)
             return FAILED
         finally:
             self._reads.discard(task)
+
+    def failed(self, exc: BaseException) -> None:
+        """A read on it failed: a broken or unanswered connection excludes the replica; a
+        statement it refused or cancelled (a conflict with recovery) only fails that read."""
+        if is_broken(exc) or isinstance(exc, OSError | TimeoutError):
+            self.trip(f"unreachable: {type(exc).__name__}")
+        else:
+            log.info("replica read failed", replica=self.name, error=type(exc).__name__)
 
     def _end_reads(self) -> None:
         """The replica is unreachable: the reads still on it end (their connections are
@@ -229,7 +242,7 @@ class Replica:
         lease = Lease(self.pool)
         try:
             connection = await lease.__aenter__()
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except REPLICA_FAILURES as exc:
             self.trip(f"unreachable: {type(exc).__name__}")
             yield None
             return
@@ -268,10 +281,7 @@ class ReplicaLease:
 
     def failed(self, exc: BaseException) -> None:
         self.failure = exc
-        if is_broken(exc) or isinstance(exc, OSError | TimeoutError):
-            self.replica.trip(f"unreachable: {type(exc).__name__}")
-        else:
-            log.info("replica read failed", replica=self.replica.name, error=type(exc).__name__)
+        self.replica.failed(exc)
 
 
 class _History:
