@@ -106,6 +106,7 @@ docs: install
 # Import and export 1,000,000 rows on PostgreSQL against psql's COPY (a few minutes).
 bench-files: install-test ensure-postgres
 	@command -v psql >/dev/null || { apt-get update && apt-get install -y postgresql-client; }
+	$(BIN)/pip install --quiet -r requirements-bench.txt
 	$(BIN)/python bench/files.py --rows $${ROWS:-1000000}
 
 # 50 ms of I/O as async, def and blocking, and a DB query async vs sync, at c=200 (~1 min).
@@ -147,6 +148,7 @@ bench-replicas: install-test
 # Reads as the data grows (issue #25): databases of each size made once and kept
 # (stockroom_scale_<size>); BENCH_SCALE_SIZES=10000,1000000,5000000 for the largest.
 bench-scale: install-test ensure-postgres
+	$(BIN)/pip install --quiet -r requirements-bench.txt
 	$(BIN)/python bench/scale.py
 
 clean:
