@@ -1,7 +1,8 @@
 """make bench-async: each way of doing 50 ms of I/O under the same load (wrk, c=200, 10 s),
 one uvicorn worker (uvloop, httptools) pinned to one core, on this machine.
 
-Writes bench/results/<UTC timestamp>/async.md and .json, and prints the table.
+Writes bench/results/<UTC timestamp>/async.md and .json, and chart.svg (bench/charts.py; also
+docs/charts/async.svg), and prints the table.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
-from wrkrun import free_port, run_wrk
+from wrkrun import free_port, run_wrk, write_chart
 
 ROOT = Path(__file__).resolve().parent.parent
 ENDPOINTS = ["/io/async", "/io/def", "/io/blocking", "/db/async", "/db/def"]
@@ -108,6 +109,7 @@ def main() -> None:
     (out_dir / "async.json").write_text(json.dumps(results, indent=2))
     print()
     print(text)
+    write_chart(out_dir, publish=True)  # and docs/charts/async.svg
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ to its figure, met or not.
 `--smoke` (or BENCH_SMOKE=1): every phase about 2 s, 1,000 items, one round, pools of 4: a
 check that everything answers and writes what it should, not a measurement.
 
-Writes results.md and results.json under bench/results/<UTC timestamp>/ and prints the table.
+Writes results.md, results.json and chart.svg (bench/charts.py; also docs/charts/bench.svg
+unless a smoke or partial run) under bench/results/<UTC timestamp>/ and prints the table.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from typing import Any
 
 import httpx
 import psutil
-from wrkrun import free_port, run_wrk
+from wrkrun import free_port, run_wrk, write_chart
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -1015,6 +1016,7 @@ def main() -> None:
     print()
     print(text)
     print(f"written to {out_dir}")
+    write_chart(out_dir, publish=not SMOKE and not ONLY)  # docs/charts/bench.svg: full runs
 
 
 if __name__ == "__main__":

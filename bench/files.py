@@ -12,7 +12,8 @@ Two references for the import, in the same run:
   columns with two indexes.
 The export is against `COPY (SELECT * FROM items ORDER BY id) TO` /dev/null.
 
-Writes results.md and results.json under bench/results/<UTC timestamp>/ and prints the table.
+Writes results.md, results.json and chart.svg (bench/charts.py; also docs/charts/files.svg
+from 100,000 rows up) under bench/results/<UTC timestamp>/ and prints the table.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import httpx
 import psutil
-from wrkrun import free_port, wait_healthy
+from wrkrun import free_port, wait_healthy, write_chart
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -305,6 +306,7 @@ def main() -> None:
     print()
     print(text)
     print(f"written to {out_dir}")
+    write_chart(out_dir, publish=rows >= 100_000)  # docs/charts/files.svg: not a smoke run
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ and p99 per size, and the ratio of the largest size's p99 to the smallest's (the
 target: at most 3x, and p99 <= 50 ms sequential at 5,000,000).
 
 Not yet (issue #25): EXPLAIN of each request's statement, 5,000,000 by default, the c=16
-phase's own table, the SVG chart. `--smoke`: 2,000 items, 3 requests each.
-Results: bench/results/<UTC timestamp>-scale/ (results.md, results.json).
+phase's own table. `--smoke`: 2,000 items, 3 requests each.
+Results: bench/results/<UTC timestamp>-scale/ (results.md, results.json, chart.svg from
+bench/charts.py; also docs/charts/scale.svg unless a smoke run).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+from wrkrun import write_chart
 
 from stockroom.http import encode_cursor
 
@@ -355,6 +357,7 @@ def main() -> None:
     (out / "results.md").write_text(text + "\n")
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(f"\nwritten to {out}")
+    write_chart(out, publish=not SMOKE)  # docs/charts/scale.svg: not a smoke run
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: a free local port, and wrk's output read into numbers."""
+"""Shared by the benchmarks: a free local port, wrk's output read into numbers, and the
+run's chart (bench/charts.py) at the end."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import re
 import socket
 import subprocess
 import time
+from pathlib import Path
 
-__all__ = ["free_port", "run_wrk"]
+__all__ = ["free_port", "run_wrk", "write_chart"]
 
 
 def free_port() -> int:
@@ -55,3 +57,15 @@ def run_wrk(command: list[str]) -> dict[str, float]:
     if sent := re.search(r"^requests sent: (\d+)$", out, re.MULTILINE):
         result["sent"] = int(sent.group(1))
     return result
+
+
+def write_chart(out_dir: Path, *, publish: bool) -> None:
+    """The run's chart (bench/charts.py) beside its results, and with ``publish`` in
+    docs/charts/ too. Any failure (matplotlib missing included) is one line: the results,
+    written before, stand."""
+    try:
+        from charts import render_run
+
+        render_run(out_dir, publish=publish)
+    except Exception as error:
+        print(f"chart not written ({type(error).__name__}: {error})", flush=True)
