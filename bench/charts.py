@@ -95,7 +95,8 @@ def _title(fig: Figure, title: str, note: str) -> None:
              color="#444444", wrap=True)  # fmt: skip
     engine = fig.get_layout_engine()
     if isinstance(engine, ConstrainedLayoutEngine):
-        engine.set(rect=(0, 0, 1, 1 - 0.72 / height))
+        lines = math.ceil(len(note) / (fig.get_figwidth() * 14))  # about 14 characters an inch
+        engine.set(rect=(0, 0, 1, 1 - (0.5 + 0.16 * lines) / height))
 
 
 def _log_axis(axis: Any, low: float, high: float) -> None:
