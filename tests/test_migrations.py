@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
 from typing import Any
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import inspect, make_url, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from stockroom.migrations import alembic_config, upgrade_async
+from stockroom.migrations import alembic_config, include_object, upgrade_async
 from stockroom.models import Base
 from tests.support.databases import create_pg_database, drop_pg_database
 
 
 def _diff(connection: Connection) -> list[Any]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_object": include_object}
+    )
     return list(compare_metadata(context, Base.metadata))
 
 
@@ -196,3 +203,83 @@ async def test_downgrade_from_bigint_ids(backend: str, tmp_path: Any) -> None:
     finally:
         if backend == "postgresql":
             await drop_pg_database(url)
+
+
+# --- 0008: trigram indexes and the catalogue's totals (PostgreSQL) ----------------------------
+
+_TOTALS = [
+    "SELECT sum(items), sum(units), sum(value_cents), sum(out_of_stock), sum(low_stock) "
+    "FROM item_totals",
+    "SELECT count(*), sum(quantity), sum(price_cents * quantity), "
+    "count(*) FILTER (WHERE quantity = 0), count(*) FILTER (WHERE quantity <= reorder_point) "
+    "FROM items",
+]
+_SEARCH_INDEXES = (
+    "SELECT indexname FROM pg_indexes WHERE tablename = 'items' AND indexdef LIKE '%gin_trgm_ops%' "
+    "ORDER BY indexname"
+)
+
+
+async def test_totals_and_search_indexes_start_from_the_rows_there(tmp_path: Any) -> None:
+    url = await _new_database("postgresql", tmp_path)
+    try:
+        await upgrade_async(url, "0007")
+        await _execute(url, _SEED)
+        await upgrade_async(url, "0008")
+        totals, counted = await _execute(url, _TOTALS)
+        assert totals == counted == [(2, 5, 9995, 1, 0)]
+        indexes = await _execute(url, [_SEARCH_INDEXES])
+        assert indexes == [[("ix_items_name_key_trgm",), ("ix_items_sku_trgm",)]]
+        assert await _schema_diff(url) == []
+        # A write after the migration: the triggers carry the totals on.
+        await _execute(url, ["UPDATE items SET quantity = 0, reorder_point = 3 WHERE id = 1"])
+        totals, counted = await _execute(url, _TOTALS)
+        assert totals == counted == [(2, 0, 0, 2, 1)]
+
+        await _run(command.downgrade, alembic_config(url), "0007")
+        assert "item_totals" not in await _table_names(url)
+        assert await _execute(url, [_SEARCH_INDEXES]) == [[]]
+    finally:
+        await drop_pg_database(url)
+
+
+def _migrate_as(url: str, cwd: Any) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STOCKROOM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "stockroom", "migrate"],
+        env={**env, "STOCKROOM_DATABASE_URL": url, "STOCKROOM_LOG_LEVEL": "warning"},
+        cwd=cwd, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+async def test_a_role_that_may_not_create_pg_trgm_is_told_what_to_do(tmp_path: Any) -> None:
+    """The extension needs CREATE on the database: without it, `stockroom migrate` fails
+    with one line saying what the database's owner must run, and changes nothing."""
+    url = await _new_database("postgresql", tmp_path)
+    database = make_url(url).database
+    role = f"stockroom_limited_{uuid.uuid4().hex[:8]}"
+    setup = [
+        f'CREATE ROLE "{role}" LOGIN',
+        f'GRANT CONNECT ON DATABASE "{database}" TO "{role}"',
+        f'GRANT USAGE, CREATE ON SCHEMA public TO "{role}"',
+    ]
+    as_role = make_url(url).set(username=role).render_as_string(hide_password=False)
+    try:
+        await _execute(url, setup)
+        done = await asyncio.to_thread(_migrate_as, as_role, tmp_path)
+        assert done.returncode != 0
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1, done.stderr
+        assert "pg_trgm" in lines[0]
+        assert "CREATE EXTENSION pg_trgm;" in lines[0]
+        assert "Traceback" not in done.stderr
+        # The migrations run in one transaction: nothing was left behind.
+        assert await _table_names(url) == set()
+        # The owner creates the extension; the same role's migration then goes through.
+        await _execute(url, ["CREATE EXTENSION pg_trgm"])
+        again = await asyncio.to_thread(_migrate_as, as_role, tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "item_totals" in await _table_names(url)
+    finally:
+        await drop_pg_database(url)
+        await _execute(url.rsplit("/", 1)[0] + "/postgres", [f'DROP ROLE IF EXISTS "{role}"'])

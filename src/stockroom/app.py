@@ -16,7 +16,7 @@ from stockroom import __version__
 from stockroom.auth.deps import security_schemes
 from stockroom.auth.router import current_key_router, stream_tokens_router
 from stockroom.auth.router import router as auth_router
-from stockroom.background import event_services, purge_periodically
+from stockroom.background import event_services, purge_periodically, repeat
 from stockroom.console import CONSOLE_PATH, console_app
 from stockroom.console import router as console_router
 from stockroom.edge import CorsMiddleware, HeadMiddleware, UnreadBodyMiddleware, api_methods
@@ -44,6 +44,7 @@ from stockroom.webhooks.router import router as webhooks_router
 __all__ = ["create_app"]
 
 log = structlog.get_logger("stockroom.app")
+_FOLD_SECONDS = 5.0
 
 DESCRIPTION = """\
 An async inventory service: items and their stock.
@@ -91,6 +92,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ),
                 name="idempotency-purge",
             )
+            # The catalogue's totals (PostgreSQL) folded into one row every few seconds, so
+            # that the summary and counts read a handful of rows (items/_totals.py).
+            folder = asyncio.create_task(
+                repeat("item totals", resources.stores.items.fold_totals, _FOLD_SECONDS),
+                name="totals-fold",
+            )
 
             def sample_database() -> None:
                 metrics.sample_pool(database.pool_status())
@@ -112,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 ):
                     yield
             finally:
-                for task in (purger, watcher):
+                for task in (purger, folder, watcher):
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task

@@ -21,7 +21,7 @@ from stockroom.resources import Resources
 from stockroom.webhooks.dispatcher import dispatching
 from stockroom.webhooks.queue import backlog
 
-__all__ = ["event_services", "purge_periodically"]
+__all__ = ["event_services", "purge_periodically", "repeat"]
 
 log = structlog.get_logger("stockroom.background")
 
@@ -53,6 +53,21 @@ async def purge_periodically(
             else:  # the database is away (a crash, a failover): no traceback, no error
                 log.warning("purge failed; will retry", what=what, error=str(exc).split("\n")[0])
         await asyncio.sleep(interval)
+
+
+async def repeat(what: str, job: Callable[[], Awaitable[None]], interval: float) -> None:
+    """Run ``job`` every ``interval`` seconds; a failure is logged and tried again later."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await job()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                log.exception("periodic work failed; will retry", what=what)
+            else:
+                log.warning(
+                    "periodic work failed; will retry", what=what, error=str(exc).split("\n")[0]
+                )
 
 
 async def _refresh_backlog(

@@ -145,7 +145,13 @@ def _database(settings: Settings, *, connecting: bool = False) -> Iterator[None]
     connection, an unknown host, a timeout."""
     from sqlalchemy import exc as sa_exc
 
-    failures: tuple[type[BaseException], ...] = (sa_exc.DBAPIError, sa_exc.TimeoutError)
+    from stockroom.migrations import MigrationRefusedError
+
+    failures: tuple[type[BaseException], ...] = (
+        sa_exc.DBAPIError,
+        sa_exc.TimeoutError,
+        MigrationRefusedError,
+    )
     if connecting:
         failures = (*failures, OSError)
     try:

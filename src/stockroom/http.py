@@ -64,11 +64,21 @@ REPLAYED_DOC: dict[str, Any] = {
 }
 
 
-def page_response(data: bytes, next_cursor: str | None, total: int | None = None) -> Response:
+def page_response(
+    data: bytes, next_cursor: str | None, total: int | None = None, *, exact: bool = True
+) -> Response:
     """The list envelope of every list (the wire form of :class:`Page`), written once: ``data``
     is the page's rows as a JSON array, already serialised (by the serializer each domain
     builds once at import); nothing is validated or encoded a second time."""
-    tail = b"" if total is None else b',"total":%d' % total
+    tail = (
+        b""
+        if total is None
+        else b',"total":%d,"total_exact":%s'
+        % (
+            total,
+            b"true" if exact else b"false",
+        )
+    )
     return Response(
         b'{"data":%s,"next_cursor":%s%s}' % (data, orjson.dumps(next_cursor), tail),
         media_type="application/json",
@@ -142,5 +152,12 @@ class Page(BaseModel, Generic[T]):
         None,
         exclude_if=_absent,
         json_schema_extra=_no_default,
-        description="Number of matches; present only when `count=true` was asked.",
+        description="Number of matches; present only when `count=true` or `count=exact` was asked.",
+    )
+    total_exact: bool | SkipJsonSchema[None] = Field(
+        None,
+        exclude_if=_absent,
+        json_schema_extra=_no_default,
+        description="With `total`: false when `total` is an estimate (`count=true` on a "
+        "large catalogue where more than 1,000 items match), true when it is exact.",
     )

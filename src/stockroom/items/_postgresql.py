@@ -29,16 +29,26 @@ from stockroom.database._postgresql._replicas import REPLICA_FAILURES
 from stockroom.database.consistency import REPLAYED
 from stockroom.errors import DuplicateError
 from stockroom.events._postgresql import UTC_TEXT, PostgresEventStore
+from stockroom.items._totals import (
+    CUSTOM_PLANS,
+    FOLD,
+    TOTALS,
+    count_from_totals,
+    estimate,
+    sample_percent,
+    summary_of,
+)
 from stockroom.items.event_types import ITEM_CREATED, ITEM_UPDATED, STOCK_ADJUSTED, STOCK_LOW
 from stockroom.items.models import (
     ADJUSTMENT_COLUMNS,
     ITEM_COLUMNS,
     AdjustmentRow,
+    Count,
     Item,
     ItemRow,
     Summary,
 )
-from stockroom.items.repository import SUMMARY_SQL, SUMMARY_VALUE_SPLIT, Listing, Shape
+from stockroom.items.repository import COUNT_CAP, ItemFilter, Listing, Shape
 from stockroom.items.schemas import ADJUSTMENT_FIELDS, ITEM_FIELDS, MAX_QUANTITY
 from stockroom.items.store import BatchCounts, NewItem, ValidRow
 
@@ -115,6 +125,8 @@ class PostgresItemStore:
         self._events = events
         self._lists: dict[Shape, tuple[str, tuple[str, ...]]] = {}
         self._counts: dict[Shape, tuple[str, tuple[str, ...]]] = {}
+        self._capped_counts: dict[Shape, tuple[str, tuple[str, ...]]] = {}
+        self._sampled_counts: dict[Shape, tuple[str, tuple[str, ...]]] = {}
         self._updates: dict[tuple[str, ...], str] = {}
 
     # --- reads ----------------------------------------------------------------------------
@@ -132,28 +144,49 @@ class PostgresItemStore:
         sql, args = self._list_statement(listing)
 
         async def query(connection: asyncpg.Connection) -> list[ItemRow]:
-            return [ItemRow(*record) for record in await connection.fetch(sql, *args)]
+            async with _planned(connection, listing.where):
+                return [ItemRow(*record) for record in await connection.fetch(sql, *args)]
 
         return await self._db.read_caught_up(query)
 
-    async def count(self, listing: Listing) -> int:
-        sql, names = _cached(self._counts, listing, lambda: listing.count())
-        params = listing.where.params()
+    async def count(self, listing: Listing, *, exact: bool = False) -> Count:
+        where = listing.where
+        params = where.params()
+        if exact:
+            sql, names = _cached(self._counts, listing, listing.count)
+        else:
+            sql, names = _cached(self._capped_counts, listing, listing.capped_count)
         args = [params[name] for name in names]
 
-        async def query(connection: asyncpg.Connection) -> int:
-            return int(await connection.fetchval(sql, *args))
+        async def query(connection: asyncpg.Connection) -> Count:
+            if exact:
+                async with _planned(connection, where):
+                    return Count(int(await connection.fetchval(sql, *args)), True)
+            totals = summary_of(await connection.fetchrow(TOTALS))
+            known = count_from_totals(where, totals)
+            if known is not None:
+                return Count(known, True)
+            async with _planned(connection, where):
+                capped = int(await connection.fetchval(sql, *args))
+                if capped <= COUNT_CAP:
+                    return Count(capped, True)
+                sample, names = _cached(self._sampled_counts, listing, listing.sampled_count)
+                values = params | {"percent": sample_percent(totals.items)}
+                matches, sampled = await connection.fetchrow(sample, *[values[n] for n in names])
+            return estimate(matches, sampled, totals.items)
 
         return await self._db.read_caught_up(query)
 
     async def summary(self) -> Summary:
         async def query(connection: asyncpg.Connection) -> Summary:
-            items, units, value_high, value_low, out, low = await connection.fetchrow(SUMMARY_SQL)
-            # sum() of bigint is numeric: Decimals, whole.
-            value_cents = int(value_high) * SUMMARY_VALUE_SPLIT + int(value_low)
-            return Summary(items, int(units), value_cents, out, low)
+            return summary_of(await connection.fetchrow(TOTALS))
 
         return await self._db.read_caught_up(query)
+
+    async def fold_totals(self) -> None:
+        """The totals' rows folded into one (the primary; see items._totals)."""
+        async with self._db.transaction() as connection:
+            await connection.execute(FOLD)
 
     async def adjustments(
         self, item_id: int, before_id: int | None, limit: int
@@ -358,6 +391,22 @@ _RETRIES_ON_RACE = 3
 
 def _duplicate(sku: str) -> DuplicateError:
     return DuplicateError(f"An item with sku {sku!r} already exists.")
+
+
+def _planned(connection: asyncpg.Connection, where: ItemFilter) -> Any:
+    """Where the best plan depends on the values: a transaction that asks PostgreSQL to plan
+    the statement for them (a prepared statement may otherwise keep one generic plan: a walk
+    of the whole table for a `q` that matches nothing, say)."""
+    if not where.plan_depends_on_values:
+        return contextlib.nullcontext()
+    return _custom_plans(connection)
+
+
+@contextlib.asynccontextmanager
+async def _custom_plans(connection: asyncpg.Connection) -> AsyncIterator[None]:
+    async with connection.transaction():
+        await connection.execute(CUSTOM_PLANS)
+        yield
 
 
 def _cached(

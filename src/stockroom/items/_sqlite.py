@@ -38,7 +38,7 @@ from stockroom.events._sqlite import SqliteEventStore
 from stockroom.events.log import event_row
 from stockroom.items.common import crossed_low
 from stockroom.items.event_types import ITEM_CREATED, ITEM_UPDATED, STOCK_ADJUSTED, STOCK_LOW
-from stockroom.items.models import Adjustment, AdjustmentRow, Item, ItemRow, Summary
+from stockroom.items.models import Adjustment, AdjustmentRow, Count, Item, ItemRow, Summary
 from stockroom.items.repository import (
     ITEM_TABLE_COLUMNS,
     SUMMARY_SQL,
@@ -100,10 +100,11 @@ class SqliteItemStore:
 
         return await self._db.read_caught_up(query)
 
-    async def count(self, listing: Listing) -> int:
-        async def query(connection: AsyncConnection) -> int:
+    async def count(self, listing: Listing, *, exact: bool = False) -> Count:
+        # Always exact: SQLite is the embedded database of small catalogues (docs/scaling.md).
+        async def query(connection: AsyncConnection) -> Count:
             result = await connection.execute(listing.count(), listing.where.params())
-            return int(result.scalar_one())
+            return Count(int(result.scalar_one()), True)
 
         return await self._db.read_caught_up(query)
 
@@ -115,6 +116,9 @@ class SqliteItemStore:
             return Summary(items, units, value_high * SUMMARY_VALUE_SPLIT + value_low, out, low)
 
         return await self._db.read_caught_up(query)
+
+    async def fold_totals(self) -> None:
+        """Nothing: SQLite sums the table (docs/scaling.md)."""
 
     async def adjustments(
         self, item_id: int, before_id: int | None, limit: int

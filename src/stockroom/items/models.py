@@ -19,6 +19,7 @@ __all__ = [
     "LOW_STOCK_SQL",
     "Adjustment",
     "AdjustmentRow",
+    "Count",
     "Item",
     "ItemRow",
     "Summary",
@@ -128,6 +129,13 @@ class AdjustmentRow(NamedTuple):
     reason: str | None
     quantity_after: int
     created_at: dt.datetime
+
+
+class Count(NamedTuple):
+    """A list's number of matches (``count=true``), and whether it is exact or an estimate."""
+
+    total: int
+    exact: bool
 
 
 class Summary(NamedTuple):

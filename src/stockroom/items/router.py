@@ -25,6 +25,7 @@ from stockroom.items.common import etag_of
 from stockroom.items.deps import ItemFilterDep
 from stockroom.items.models import ItemRow
 from stockroom.items.schemas import (
+    CountMode,
     ItemCreate,
     ItemId,
     ItemPublic,
@@ -114,7 +115,7 @@ async def list_items(
     limit: Limit = 50,
     cursor: Cursor = None,
     sort: SortKey = "id",
-    count: bool = False,
+    count: CountMode = False,
 ) -> Response:
     page = await service.list_items(
         resources_of(request).stores.items,
@@ -124,7 +125,11 @@ async def list_items(
         limit=limit,
         count=count,
     )
-    return page_response(items_json(page.items), page.next_cursor, page.total)
+    if page.total is None:
+        return page_response(items_json(page.items), page.next_cursor)
+    return page_response(
+        items_json(page.items), page.next_cursor, page.total.total, exact=page.total.exact
+    )
 
 
 @router.get(

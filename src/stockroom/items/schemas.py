@@ -11,7 +11,7 @@ from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import Path
+from fastapi import Path, Query
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -38,6 +38,7 @@ __all__ = [
     "SEARCH_PATTERN",
     "SORT_KEYS",
     "AdjustmentPublic",
+    "CountMode",
     "Description",
     "ItemCreate",
     "ItemId",
@@ -66,6 +67,18 @@ SortKey = Literal[
     "id", "-id", "name", "-name", "price", "-price",
     "created_at", "-created_at", "updated_at", "-updated_at",
 ]  # fmt: skip
+
+# `count`: true (a number of matches, exact where that is cheap, else an estimate the
+# envelope marks with "total_exact": false), exact (every match counted), false (none).
+CountMode = Annotated[
+    bool | Literal["exact"],
+    Query(
+        description="true: add `total`, the number of matches, and `total_exact`. The number "
+        "is exact up to 1,000 matches and for filters of stock alone; above that on "
+        "PostgreSQL an estimate from a sample (`total_exact`: false). `exact`: always count "
+        "every match (slower on large catalogues)."
+    ),
+]
 
 _MONEY_PATTERN = r"^\d{1,10}\.\d{2}$"
 _MONEY_TEXT = re.compile(r"\d{1,10}(\.\d{1,2})?", re.ASCII)

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from stockroom.database import Database
 from stockroom.http import decode_cursor, encode_cursor
 from stockroom.idempotency.service import StoredAnswer, UnitOfWork
 from stockroom.items.common import not_found
-from stockroom.items.models import ItemRow, Summary
+from stockroom.items.models import Count, ItemRow, Summary
 from stockroom.items.repository import ItemFilter, Keyset, Listing
 from stockroom.items.schemas import ItemCreate
 from stockroom.items.store import ItemStore
@@ -36,7 +36,7 @@ C = TypeVar("C")
 class ItemPage:
     items: Sequence[ItemRow]
     next_cursor: str | None
-    total: int | None
+    total: Count | None
 
 
 async def get_item(store: ItemStore[Any], item_id: int) -> ItemRow:
@@ -53,7 +53,7 @@ async def list_items(
     sort: str,
     cursor: str | None,
     limit: int,
-    count: bool,
+    count: bool | Literal["exact"],
 ) -> ItemPage:
     keyset = Keyset(sort)
     after = decode_cursor(cursor) if cursor is not None else None
@@ -61,7 +61,7 @@ async def list_items(
     rows = await store.page(listing)
     items, more = rows[:limit], len(rows) > limit
     next_cursor = encode_cursor(keyset.cursor_payload(items[-1])) if more else None
-    total = await store.count(listing) if count else None
+    total = await store.count(listing, exact=count == "exact") if count else None
     return ItemPage(items, next_cursor, total)
 
 

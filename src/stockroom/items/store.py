@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol, TypeVar
 
-from stockroom.items.models import AdjustmentRow, ItemRow, Summary
+from stockroom.items.models import AdjustmentRow, Count, ItemRow, Summary
 from stockroom.items.repository import Listing
 
 __all__ = ["BatchCounts", "ItemStore", "NewItem", "ValidRow"]
@@ -66,10 +66,16 @@ class ItemStore(Protocol[C]):
 
     async def page(self, listing: Listing) -> Sequence[ItemRow]: ...
 
-    async def count(self, listing: Listing) -> int: ...
+    async def count(self, listing: Listing, *, exact: bool = False) -> Count:
+        """The number of matches: exact with ``exact``, else exact where that is cheap and
+        an estimate (``Count.exact`` false) where it is not."""
 
     async def summary(self) -> Summary:
         """The catalogue's counts, in one statement."""
+
+    async def fold_totals(self) -> None:
+        """Keep the catalogue's totals quick to read (PostgreSQL: their rows folded into one;
+        SQLite: nothing to do), every few seconds from the app's background work."""
 
     async def adjustments(
         self, item_id: int, before_id: int | None, limit: int

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from stockroom.database.hosts import Hosts
 from stockroom.db import PGBOUNCER_CONNECT_ARGS
+from stockroom.migrations import include_object
 from stockroom.models import Base  # every table, registered
 from stockroom.settings import SettingsError, load_settings, normalise_database_url
 
@@ -33,6 +34,7 @@ def _configure(connection: Connection | None = None, url: str | None = None) -> 
         # SQLite cannot ALTER most things in place; batch mode copies the table instead.
         render_as_batch=dialect.startswith("sqlite"),
         compare_type=True,
+        include_object=include_object,
         literal_binds=connection is None,
     )
 
