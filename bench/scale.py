@@ -1,27 +1,28 @@
-"""make bench-scale: how Stockroom's reads grow with its data (issue #25, first part).
+"""make bench-scale: how Stockroom's reads grow with its data (issue #25).
 
-For each size (BENCH_SCALE_SIZES, default 10,000 and 1,000,000 items; 5,000,000 is the
-issue's largest), a PostgreSQL database `stockroom_scale_<size>` is made once and reused by
-later runs while it still holds that many items at the current migration: migrated by
-`stockroom migrate`, seeded with set-based SQL (names of a colour, a thing and the item's
-number, so that `q` can match many, few or no items; every 10th item out of stock, every
-20th with a reorder point it is at; an `initial` ledger row per item in stock, and item 1
-with a 10,000-row history), then ANALYZEd. One `stockroom serve` on it, as shipped, on a free
-port; for each request below, WARMUP requests, then SEQUENTIAL requests one after the other
-(p50 / p99), then CONCURRENT workers of ROUNDS requests each (p50 / p99), all through httpx on
-127.0.0.1: what a client sees, HTTP included.
+For each size (BENCH_SCALE_SIZES, default 10,000, 1,000,000 and 5,000,000 items), a
+PostgreSQL database `stockroom_scale_<size>` is made once and reused by later runs while it
+still holds that many items at the current migration: migrated by `stockroom migrate`,
+seeded with set-based SQL (names of a colour, a thing and the item's number, so that `q` can
+match many, few or no items; every 10th item out of stock, every 20th with a reorder point it
+is at; an `initial` ledger row per item in stock, and item 1 with a 10,000-row history), then
+ANALYZEd. One `stockroom serve` on it, as shipped, on a free port; for each request below,
+WARMUP requests, then SEQUENTIAL requests one after the other (p50 / p99), then CONCURRENT
+workers of ROUNDS requests each (p50 / p99), all through httpx on 127.0.0.1: what a client
+sees, HTTP included.
 
 Requests: GET by id (random ids); the first page and a deep cursor page (half-way through
 the table) of every sort; `q` matching many, few and no items; each filter alone and with
-`q`; `count=true` alone and with `q`; the ledger page of item 1 half-way down its 10,000
-rows; GET /items/summary; the export's first byte. The table printed shows each one's p50
-and p99 per size, and the ratio of the largest size's p99 to the smallest's (the issue's
-target: at most 3x, and p99 <= 50 ms sequential at 5,000,000).
+`q`; `count=true` alone, with a stock filter and with `q`; the ledger page of item 1 half-way
+down its 10,000 rows; GET /items/summary; the export's first byte. The table printed shows
+each one's p50 and p99 per size, and the ratio of the largest size's p99 to the smallest's
+(the issue's target: at most 3x, and p99 <= 50 ms sequential at 5,000,000).
 
-Not yet (issue #25): EXPLAIN of each request's statement, 5,000,000 by default, the c=16
-phase's own table. `--smoke`: 2,000 items, 3 requests each.
-Results: bench/results/<UTC timestamp>-scale/ (results.md, results.json, chart.svg from
-bench/charts.py; also docs/charts/scale.svg unless a smoke run).
+Also: each list request's statements EXPLAINed as the app runs them (custom plans), with a
+verdict (an index finds the rows, or a scan bounded by a LIMIT, or a SCAN of the table); and
+each `count=true` answer next to `count=exact`'s number (how close the estimates are).
+`--smoke`: 2,000 items, 3 requests each. Results: bench/results/<UTC timestamp>-scale/
+(results.md, results.json, chart.svg).
 """
 
 from __future__ import annotations
@@ -45,14 +46,17 @@ import asyncpg
 import httpx
 from wrkrun import write_chart
 
-from stockroom.http import encode_cursor
+from stockroom.http import decode_cursor, encode_cursor
+from stockroom.items.repository import ItemFilter, Keyset, Listing
 
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_DSN = os.environ.get("BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 SMOKE = "--smoke" in sys.argv[1:]
 SIZES = [
     int(s)
-    for s in os.environ.get("BENCH_SCALE_SIZES", "2000" if SMOKE else "10000,1000000").split(",")
+    for s in os.environ.get(
+        "BENCH_SCALE_SIZES", "2000" if SMOKE else "10000,1000000,5000000"
+    ).split(",")
 ]
 WARMUP = 1 if SMOKE else 3
 SEQUENTIAL = 3 if SMOKE else 20
@@ -226,8 +230,13 @@ def requests_of(size: int, cursors: dict[str, str]) -> list[tuple[str, Any]]:
         ("in_stock=false + q", "/items?in_stock=false&q=red"),
         ("low_stock=true + q", "/items?low_stock=true&q=red"),
         ("price range + q", "/items?min_price=100&max_price=105&q=red"),
+        ("q many, sort=name", "/items?q=red&sort=name"),
+        ("q few, sort=-price", f"/items?q={few}&sort=-price"),
         ("count=true", "/items?count=true"),
+        ("count=true + in_stock=false", "/items?count=true&in_stock=false"),
         ("count=true + q", "/items?count=true&q=red"),
+        ("count=true + q few", f"/items?count=true&q={few}"),
+        ("count=true + price range + q", "/items?count=true&min_price=100&max_price=500&q=oak"),
         ("ledger: deep page of item 1", f"/items/1/adjustments?cursor={cursors['ledger']}"),
         ("GET /items/summary", "/items/summary"),
         ("export: first byte", "EXPORT"),
@@ -283,6 +292,104 @@ async def measure(base: str, key: str, size: int, cursors: dict[str, str]) -> di
     return found
 
 
+# --- plans: each list request's statements, as the app runs them, EXPLAINed --------------------
+
+
+_INDEX_NODES = {"Index Scan", "Index Only Scan", "Bitmap Index Scan"}
+_BLOCKING = {"Sort", "Incremental Sort", "Hash", "Aggregate", "Materialize", "Gather Merge"}
+
+
+def _listing_of(path: str) -> tuple[Listing, str | None] | None:
+    """The Listing a list request's query makes (as items.service does), and its `count`."""
+    if not path.startswith("/items?") and path != "/items":
+        return None
+    query = dict(httpx.QueryParams(path.partition("?")[2]))
+    cents = {k: round(float(query[k]) * 100) for k in ("min_price", "max_price") if k in query}
+    where = ItemFilter(
+        q=query.get("q"),
+        min_price_cents=cents.get("min_price"),
+        max_price_cents=cents.get("max_price"),
+        in_stock=None if "in_stock" not in query else query["in_stock"] == "true",
+        low_stock=None if "low_stock" not in query else query["low_stock"] == "true",
+    )
+    cursor = query.get("cursor")
+    listing = Listing(
+        where, Keyset(query.get("sort", "id")), decode_cursor(cursor) if cursor else None, 50
+    )
+    return listing, query.get("count")
+
+
+def _nodes(plan: dict[str, Any], under_limit: bool = False) -> list[tuple[str, str, bool]]:
+    """(node type, index or relation, whether a Limit is above it), depth first."""
+    here = (plan["Node Type"], plan.get("Index Name") or plan.get("Relation Name") or "",
+            under_limit)  # fmt: skip
+    # A node that must read all its input first (a sort) ends what the LIMIT above bounds.
+    below = plan["Node Type"] == "Limit" or (under_limit and plan["Node Type"] not in _BLOCKING)
+    return [here, *(n for child in plan.get("Plans", []) for n in _nodes(child, below))]
+
+
+def _verdict(nodes: list[tuple[str, str, bool]]) -> str:
+    """'index' when an index finds the rows and nothing reads the whole table; 'bounded scan'
+    when a table scan stops at a LIMIT (the capped count); 'sample'; else 'SCAN'."""
+    scans = [n for n in nodes if n[0] == "Seq Scan" and n[1] == "items"]
+    if any(n[0] == "Sample Scan" for n in nodes):
+        return "sample"
+    if scans:
+        return "bounded scan" if all(limited for _, _, limited in scans) else "SCAN"
+    return "index" if any(n[0] in _INDEX_NODES for n in nodes) else "other"
+
+
+async def explain_all(url: str, requests: list[tuple[str, Any]]) -> dict[str, list[str]]:
+    """For each list request, its statements' plans (the page's and, with count=true and a
+    filter the totals do not answer, the capped count's), custom-planned as the app has them."""
+    from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+
+    dialect = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    found: dict[str, list[str]] = {}
+    try:
+        await connection.execute("SET plan_cache_mode = force_custom_plan")
+        for name, target in requests:
+            made = _listing_of(target) if isinstance(target, str) else None
+            if made is None:
+                continue
+            listing, count = made
+            statements = [listing.select()]
+            totals_answer = not listing.where.plan_depends_on_values and (
+                listing.where.in_stock is None or listing.where.low_stock is None
+            )
+            if count == "true" and not totals_answer:
+                statements.append(listing.capped_count())
+            params = listing.params()
+            verdicts = []
+            for statement in statements:
+                compiled = statement.compile(dialect=dialect)
+                args = [params[n] for n in compiled.positiontup or ()]
+                plan = await connection.fetchval("EXPLAIN (FORMAT JSON) " + compiled.string, *args)
+                nodes = _nodes(json.loads(plan)[0]["Plan"])
+                shown = " > ".join(f"{t}({what})" if what else t for t, what, _ in nodes)
+                verdicts.append(f"{_verdict(nodes)}: {shown}")
+            found[name] = verdicts
+    finally:
+        await connection.close()
+    return found
+
+
+async def counted(base: str, key: str, requests: list[tuple[str, Any]]) -> dict[str, Any]:
+    """For each count=true request: its total and total_exact, and count=exact's number."""
+    found: dict[str, Any] = {}
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=600) as http:
+        for name, target in requests:
+            if not isinstance(target, str) or "count=true" not in target:
+                continue
+            answer = (await http.get(target)).json()
+            exact = (await http.get(target.replace("count=true", "count=exact"))).json()
+            found[name] = {"total": answer["total"], "total_exact": answer["total_exact"],
+                           "exact": exact["total"]}  # fmt: skip
+    return found
+
+
 def serve(url: str, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -316,13 +423,16 @@ def main() -> None:
         cursors = asyncio.run(deep_cursors(url, size))
         key = stockroom("apikey", "create", "--name", f"scale-{stamp}", "--scopes", "read",
                         url=url)  # fmt: skip
+        plans = asyncio.run(explain_all(url, requests_of(size, cursors)))
         server, base = serve(url, out / f"server-{size}.log")
         try:
             measured = asyncio.run(measure(base, key, size, cursors))
+            counts = asyncio.run(counted(base, key, requests_of(size, cursors)))
         finally:
             server.send_signal(signal.SIGTERM)
             server.wait(timeout=30)
-        results["sizes"][str(size)] = {"reused": reused, "requests": measured}
+        results["sizes"][str(size)] = {"reused": reused, "requests": measured, "plans": plans,
+                                       "counts": counts}  # fmt: skip
 
     small, large = str(min(SIZES)), str(max(SIZES))
     header = (
@@ -340,6 +450,19 @@ def main() -> None:
         ratio = (results["sizes"][large]["requests"][name]["p99"]
                  / max(results["sizes"][small]["requests"][name]["p99"], 0.001))  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {ratio:.1f}x |")
+    plan_lines = [f"| request | plan at {int(large):,} items |", "|---|---|"]
+    for name, verdicts in results["sizes"][large]["plans"].items():
+        plan_lines.append(f"| {name} | " + "<br>".join(verdicts) + " |")
+    count_lines = ["| request | " + " | ".join(
+        f"{int(s):,}: total (exact?) / count=exact" for s in results["sizes"]) + " |",
+        "|---" * (len(results["sizes"]) + 1) + "|"]  # fmt: skip
+    for name in results["sizes"][small]["counts"]:
+        cells = []
+        for size_key in results["sizes"]:
+            c = results["sizes"][size_key]["counts"][name]
+            cells.append(f"{c['total']:,} ({'exact' if c['total_exact'] else 'estimate'}) / "
+                         f"{c['exact']:,}")  # fmt: skip
+        count_lines.append(f"| {name} | " + " | ".join(cells) + " |")
     machine = (f"{os.cpu_count()} cores, Python {platform.python_version()}, "
                f"load average {os.getloadavg()[0]:.1f}")  # fmt: skip
     text = "\n".join([
@@ -352,6 +475,15 @@ def main() -> None:
                                          + ")"),
         "",
         *lines,
+        "",
+        "Plans (EXPLAIN of each list request's statements as the app runs them, custom-planned;",
+        "'index': an index finds the rows; 'bounded scan': a table scan that stops at a LIMIT):",
+        "",
+        *plan_lines,
+        "",
+        "Counts (count=true's answer against count=exact's):",
+        "",
+        *count_lines,
     ])  # fmt: skip
     print("\n" + text)
     (out / "results.md").write_text(text + "\n")
