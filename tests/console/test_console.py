@@ -287,6 +287,32 @@ def definition(page: Page, text: str) -> Locator:
     return page.get_by_role("definition").filter(has_text=re.compile(rf"^{re.escape(text)}$"))
 
 
+async def test_a_large_match_count_is_shown_as_an_estimate_where_it_is_one(
+    app: FastAPI,
+    server: Server,
+    tab: tuple[Page, BrowserErrors],
+    api_of: Callable[[str], httpx.AsyncClient],
+    backend: str,
+) -> None:
+    """More than 1,000 matches of a search: PostgreSQL estimates the number (the envelope
+    says so) and the page says "About"; SQLite counts. Stock filters alone are exact."""
+    page, _errors = tab
+    _, admin = await new_key(app, ["admin"])
+    lines = ["sku,name,price,quantity"] + [f"MANY-{n:04d},Many {n},1.00,1" for n in range(1100)]
+    imported = await api_of(admin).post(
+        "/items/import", content="\n".join(lines) + "\n", headers={"Content-Type": "text/csv"}
+    )
+    assert imported.status_code == 200, imported.text
+    _, key = await new_key(app, ["read"])
+    await sign_in(page, server, key)
+    await expect(page.get_by_text("1,100 items match.", exact=True)).to_be_visible()
+    search = page.get_by_role("searchbox", name="Search")
+    await search.fill("many")
+    await search.press("Enter")
+    shown = "1,100 items match." if backend == "sqlite" else "About 1,100 items match."
+    await expect(page.get_by_text(shown, exact=True)).to_be_visible()
+
+
 async def test_sign_in_find_items_by_search_and_filter_and_back_keeps_the_filters(
     app: FastAPI,
     server: Server,

@@ -235,7 +235,11 @@ export function ItemsPage({ params, me }) {
     <${Filters} filters=${filters} errors=${queryErrors(error)} />
     <${Alert}>${error && !Object.keys(queryErrors(error)).length ? error.detail : null}<//>
     <p class="summary" aria-live="polite">
-      ${total === null ? "\u00a0" : `${formatInteger(total)} ${total === 1 ? "item" : "items"} match.`}
+      ${total === null
+        ? "\u00a0"
+        : `${page.total_exact === false ? "About " : ""}${formatInteger(total)} ${
+            total === 1 ? "item" : "items"
+          } match.`}
     </p>
     <div class="table-wrap" aria-busy=${loading ? "true" : "false"}>
       <table>
