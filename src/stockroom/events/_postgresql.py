@@ -1,6 +1,5 @@
 """Events on PostgreSQL: written with asyncpg on the transaction's connection (``txid``
-comes from the column's default, ``pg_current_xact_id()``), or made by the server in a
-set-based statement (:meth:`PostgresEventStore.insert_select`)."""
+comes from the column's default, ``pg_current_xact_id()``)."""
 
 from __future__ import annotations
 
@@ -43,18 +42,3 @@ class PostgresEventStore:
         else:
             columns = ([row[name] for row in rows] for name in _COLUMNS)
             await connection.execute(_INSERT_MANY, *columns)
-
-    @staticmethod
-    def insert_select(kind: str, source: str, payload: str, at: str) -> str:
-        """SQL that writes one ``kind`` event per row of the query ``source`` (aliased
-        ``e``), whose ``data`` is the JSON expression ``payload`` over ``e`` and whose time
-        is the column ``at`` of ``e``: the same body as ``events.log.event_row`` makes."""
-        body = (
-            f"jsonb_build_object('id', e.event_id, 'type', '{kind}', "
-            f"'created_at', {UTC_TEXT.format(c=at)}, 'data', {payload})::text"
-        )
-        return (
-            "INSERT INTO events (id, type, body, created_at) "
-            f"SELECT e.event_id, '{kind}', {body}, {at} "
-            f"FROM (SELECT gen_random_uuid()::text AS event_id, s.* FROM ({source}) s) e"
-        )

@@ -42,7 +42,7 @@ from stockroom.items.common import to_cents
 from stockroom.items.models import ItemRow, fold_name
 from stockroom.items.repository import Listing
 from stockroom.items.schemas import item_json, item_wire
-from stockroom.items.store import BatchCounts, ItemStore, ValidRow
+from stockroom.items.store import BatchCounts, ImportBatch, ItemStore, ValidRow
 from stockroom.items.writer import ItemWriter
 
 __all__ = [
@@ -291,7 +291,9 @@ class _Import(Generic[C]):
         rows_read = 0
         apply = True
         queue: asyncio.Queue[_Batch | None] = asyncio.Queue(maxsize=1)
-        producer = asyncio.create_task(_read_batches(chunks, self.reader, BATCH_ROWS, queue))
+        producer = asyncio.create_task(
+            _read_batches(chunks, self.reader, BATCH_ROWS, queue, self.writer.prepare_import_batch)
+        )
         try:
             while (batch := await queue.get()) is not None:
                 for error in batch.errors:
@@ -301,8 +303,8 @@ class _Import(Generic[C]):
                     self.progress(rows_read)
                 if self.atomic and report.failed and not self.dry_run:
                     apply = False  # read on to report every bad row, but write nothing more
-                if batch.rows and apply:
-                    await self._write(batch.rows)
+                if batch.ready is not None and apply:
+                    await self._write(batch.ready)
             await producer  # raises what the reading or parsing raised
         except FileError as exc:
             report.fail(exc.line, exc.message, exc.field)
@@ -314,13 +316,13 @@ class _Import(Generic[C]):
                 with contextlib.suppress(asyncio.CancelledError):
                     await producer
 
-    async def _write(self, rows: list[ValidRow]) -> None:
+    async def _write(self, batch: ImportBatch) -> None:
         connection = self.connection
         if self.one_transaction:
-            counts = await self.writer.import_batch(connection, rows, utcnow())
+            counts = await self.writer.import_batch(connection, batch)
         else:
             async with self.database.write(connection):
-                counts = await self.writer.import_batch(connection, rows, utcnow())
+                counts = await self.writer.import_batch(connection, batch)
         _count(self.report, counts)
 
 
@@ -329,6 +331,8 @@ class _Batch:
     rows: list[ValidRow] = field(default_factory=list)
     # Problems found while reading the rows of this batch (their lines come before its end).
     errors: list[RecordError] = field(default_factory=list)
+    # The rows as the writer takes them (made by _read_batches before the batch is queued).
+    ready: ImportBatch | None = None
 
 
 async def _read_batches(
@@ -336,10 +340,19 @@ async def _read_batches(
     reader: Reader,
     batch_rows: int,
     queue: asyncio.Queue[_Batch | None],
+    prepare: Callable[[list[ValidRow], dt.datetime], ImportBatch],
 ) -> None:
     """Read and parse (in a worker thread) the next batch while the previous one is written:
     the database and the parser work at the same time, and memory holds at most three
-    batches (one written, one waiting in the queue, one being read). Ends with None."""
+    batches (one written, one waiting in the queue, one being read). Each batch is made
+    ready for the writer (``prepare``, in a worker thread too) before it is queued: its
+    changes take the time it was made ready at. Ends with None."""
+
+    async def ready(batch: _Batch) -> _Batch:
+        if batch.rows:
+            batch.ready = await asyncio.to_thread(prepare, batch.rows, utcnow())
+        return batch
+
     batch = _Batch()
     try:
         final = False
@@ -356,12 +369,13 @@ async def _read_batches(
             while len(batch.rows) >= batch_rows:
                 full = _Batch(batch.rows[:batch_rows], batch.errors)
                 batch = _Batch(batch.rows[batch_rows:])
-                await queue.put(full)
+                await queue.put(await ready(full))
     except FileError:
-        await queue.put(batch)  # problems reported before the file turned out unreadable
+        # Problems reported before the file turned out unreadable.
+        await queue.put(await ready(batch))
         raise
     else:
-        await queue.put(batch)
+        await queue.put(await ready(batch))
     finally:
         # The end, for the writer; unless the writer is gone and cancelled us.
         task = asyncio.current_task()

@@ -5,9 +5,10 @@ only its parameters (not through PgBouncer, see ``database/_postgresql/_pgbounce
 statements depend on which filters are present: each shape is compiled from
 ``items.repository`` once, on first use, and kept.
 
-Imports: each batch is COPied into a temporary table, then a few set-based statements
-upsert it, write the ledger rows and make the events in the server, from the same field
-table as the API's JSON (``items.schemas.ITEM_FIELDS``).
+Imports: each batch is COPied into a temporary table, with most of its events' bodies made
+ahead by the same code as the API's (``prepare_batch``, in a worker thread), then a few
+set-based statements upsert it, write the ledger rows and the events (the database puts in
+only the ids it assigns).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import AsyncIterator, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from sqlalchemy import literal_column
@@ -29,6 +30,7 @@ from stockroom.database._postgresql._replicas import REPLICA_FAILURES
 from stockroom.database.consistency import REPLAYED
 from stockroom.errors import DuplicateError
 from stockroom.events._postgresql import UTC_TEXT, PostgresEventStore
+from stockroom.events.log import event_body_parts, event_row
 from stockroom.items._totals import (
     CUSTOM_PLANS,
     FOLD,
@@ -38,6 +40,7 @@ from stockroom.items._totals import (
     sample_percent,
     summary_of,
 )
+from stockroom.items.common import crossed_low
 from stockroom.items.event_types import ITEM_CREATED, ITEM_UPDATED, STOCK_ADJUSTED, STOCK_LOW
 from stockroom.items.models import (
     ADJUSTMENT_COLUMNS,
@@ -49,8 +52,14 @@ from stockroom.items.models import (
     Summary,
 )
 from stockroom.items.repository import COUNT_CAP, ItemFilter, Listing, Shape
-from stockroom.items.schemas import ADJUSTMENT_FIELDS, ITEM_FIELDS, MAX_QUANTITY
-from stockroom.items.store import BatchCounts, NewItem, ValidRow
+from stockroom.items.schemas import (
+    ADJUSTMENT_FIELDS,
+    ITEM_FIELDS,
+    MAX_QUANTITY,
+    adjustment_json,
+    item_json,
+)
+from stockroom.items.store import BatchCounts, ImportBatch, NewItem, ValidRow
 
 __all__ = ["PostgresItemStore"]
 
@@ -355,24 +364,61 @@ class PostgresItemStore:
             "DROP TABLE IF EXISTS stockroom_import_rows, stockroom_import_skus"
         )
 
-    async def upsert_batch(
-        self, connection: asyncpg.Connection, rows: Sequence[ValidRow], now: dt.datetime
-    ) -> BatchCounts:
+    def prepare_batch(self, rows: Sequence[ValidRow], now: dt.datetime) -> ImportBatch:
+        """The rows of the batch table: each row with the bodies of the events it writes if
+        it creates its item, but for what only the database knows (the event's id, the
+        item's id, its ledger row's id: :data:`_INSERT_BATCH` puts them in). Made by the
+        same code as the API's events (``item_json``, ``adjustment_json``, ``event_row``'s
+        body), here rather than in SQL: the database has the most work of an import, and
+        this runs in a worker thread beside it."""
+        created_end = event_body_parts(ITEM_CREATED, now)[2]
+        stock_end = event_body_parts(STOCK_ADJUSTED, now)[2]
+        stock_tails: dict[int, str] = {}  # by quantity: the same for every item of one
+        records = []
+        for row in rows:
+            quantity = row.quantity or 0
+            item = ItemRow(
+                0, row.sku, row.name, row.name_key, row.description, row.price_cents,
+                quantity, 1, now, now, row.reorder_point,
+            )  # fmt: skip
+            stock_tail = None
+            if quantity > 0:
+                stock_tail = stock_tails.get(quantity)
+                if stock_tail is None:
+                    ledger = AdjustmentRow(0, 0, quantity, REASON_IMPORT, quantity, now)
+                    stock_tail = stock_tails[quantity] = (
+                        _after_ids(adjustment_json(ledger)) + stock_end
+                    )
+            records.append((*row, _after_ids(item_json(item)) + created_end, stock_tail))
+        return ImportBatch(rows, now, records)
+
+    async def upsert_batch(self, connection: asyncpg.Connection, batch: ImportBatch) -> BatchCounts:
+        rows, now = batch.rows, batch.now
         await connection.execute("TRUNCATE stockroom_import_rows")
         await connection.copy_records_to_table(
-            "stockroom_import_rows", columns=ValidRow._fields, records=rows
+            "stockroom_import_rows", columns=_BATCH_COLUMNS, records=batch.prepared
         )
         repeated = sorted(tuple(r) for r in await connection.fetch(_DUPLICATES))
         counts = BatchCounts(repeated=[(line, sku, first) for line, sku, first in repeated])
         expected = len(rows) - len(repeated)
+        created_parts = event_body_parts(ITEM_CREATED, now)
+        stock_parts = event_body_parts(STOCK_ADJUSTED, now)
         # A savepoint: another request may create one of these skus between the two
         # statements; then the batch is applied again from the start.
         for _attempt in range(_RETRIES_ON_RACE):
             async with connection.transaction():
-                created = await connection.fetchval(_INSERT_BATCH, now, REASON_IMPORT)
+                created = await connection.fetchval(
+                    _INSERT_BATCH,
+                    now,
+                    REASON_IMPORT,
+                    created_parts[0],
+                    created_parts[1] + _DATA_HEAD,
+                    stock_parts[0],
+                    stock_parts[1] + _DATA_HEAD,
+                )
                 matched = changed = 0
                 if created < expected:  # some exist
-                    matched, changed = await connection.fetchrow(_UPDATE_BATCH, now, REASON_IMPORT)
+                    matched, changed = await self._update_batch(connection, now)
                 if matched + created == expected:
                     counts.created, counts.updated = created, changed
                     counts.unchanged = matched - changed
@@ -380,6 +426,41 @@ class PostgresItemStore:
                 # Another request deleted one of these items meanwhile: undo, try again.
                 raise _RaceError
         raise RuntimeError("unreachable")  # pragma: no cover
+
+    async def _update_batch(
+        self, connection: asyncpg.Connection, now: dt.datetime
+    ) -> tuple[int, int]:
+        """Update the items of the batch's rows that exist, and write their ledger rows and
+        events (as items.writer and the SQLite store do); how many rows found their item,
+        and how many of those changed it."""
+        records = await connection.fetch(_UPDATE_BATCH, now, REASON_IMPORT)
+        matched, changed = records[0][0], 0
+        updated: list[dict[str, Any]] = []
+        stock: list[AdjustmentRow] = []
+        low: list[dict[str, Any]] = []  # after the others, as the API writes them
+        for record in records:
+            if record[1] is None:  # no item changed: the one row of the counts
+                continue
+            changed += 1
+            item = ItemRow(*record[1 : 1 + _ITEM_WIDTH])
+            old = _Before(*record[1 + _ITEM_WIDTH :])
+            payload = item_json(item).decode()
+            if (item.name, item.description, item.price_cents, item.reorder_point) != (
+                old.name, old.description, old.price_cents, old.reorder_point,
+            ):  # fmt: skip
+                updated.append(event_row(ITEM_UPDATED, payload, now))
+            if old.ledger_id is not None:
+                delta = item.quantity - old.quantity
+                stock.append(
+                    AdjustmentRow(old.ledger_id, item.id, delta, REASON_IMPORT, item.quantity, now)
+                )
+            before = item._replace(quantity=old.quantity, reorder_point=old.reorder_point)
+            if crossed_low(before, item):
+                low.append(event_row(STOCK_LOW, payload, now))
+        stock.sort()  # in the ledger's order
+        stock_events = [event_row(STOCK_ADJUSTED, adjustment_json(a).decode(), now) for a in stock]
+        await self._events.append(connection, updated + stock_events + low)
+        return matched, changed
 
 
 class _RaceError(Exception):
@@ -419,29 +500,13 @@ def _cached(
     return found
 
 
-# --- the wire form in SQL, from the same field table as the API's JSON ------------------------
+# --- the export's CSV cells in SQL, as the API writes the values ----------------------------
 
 _ITEM_SQL = {
     "price": "to_char({r}.price_cents / 100.0, 'FM9999999990.00')",
     "created_at": UTC_TEXT.format(c="{r}.created_at"),
     "updated_at": UTC_TEXT.format(c="{r}.updated_at"),
 }
-_ADJUSTMENT_SQL = {"created_at": UTC_TEXT.format(c="{r}.created_at")}
-
-
-def _json(fields: Sequence[str], special: dict[str, str], row: str) -> str:
-    """``jsonb_build_object`` of the wire fields over the row alias ``row``; a field with
-    no SQL of its own is the column of the same name."""
-    parts = [f"'{name}', " + special.get(name, "{r}." + name).format(r=row) for name in fields]
-    return f"jsonb_build_object({', '.join(parts)})"
-
-
-def _item_json(row: str) -> str:
-    return _json(ITEM_FIELDS, _ITEM_SQL, row)
-
-
-def _adjustment_json(row: str) -> str:
-    return _json(ADJUSTMENT_FIELDS, _ADJUSTMENT_SQL, row)
 
 
 def _protected(column: str) -> Any:
@@ -473,47 +538,15 @@ _CREATE_BATCH_TABLE = """
 CREATE TEMPORARY TABLE stockroom_import_rows (
     line integer NOT NULL, sku varchar(64) NOT NULL, name varchar(200) NOT NULL,
     name_key text COLLATE "C" NOT NULL, description text, price_cents bigint NOT NULL,
-    quantity integer, reorder_point integer, has_reorder_point boolean NOT NULL
+    quantity integer, reorder_point integer, has_reorder_point boolean NOT NULL,
+    created_tail text NOT NULL, stock_tail text
 )"""
+_BATCH_COLUMNS = (*ValidRow._fields, "created_tail", "stock_tail")
 
 # Every statement below reaches items and the sku table through their indexes, row by row
 # (a LATERAL lookup, ON CONFLICT): the planner would otherwise hash-join a 5,000-row batch
 # against a full scan of a million-row table, once per batch, and an import would slow down
 # as the table grows.
-
-_event_sql = PostgresEventStore.insert_select
-_STOCK_EVENTS = _event_sql(
-    STOCK_ADJUSTED, "SELECT l.* FROM ledger l ORDER BY l.id", _adjustment_json("e"), "e.created_at"
-)
-_CREATED_EVENTS = _event_sql(
-    ITEM_CREATED, "SELECT c.* FROM created c ORDER BY c.id", _item_json("e"), "e.updated_at"
-)
-# A new item's starting stock: its event after the item's own, as POST /items writes them
-# (the statement's data-modifying parts run in an order of the server's choosing: reading
-# created_events' RETURNING first makes it finish before this one inserts a row).
-_INITIAL_STOCK_EVENTS = _event_sql(
-    STOCK_ADJUSTED,
-    "SELECT l.* FROM ledger l WHERE (SELECT count(*) FROM created_events) >= 0 ORDER BY l.id",
-    _adjustment_json("e"),
-    "e.created_at",
-)
-_FIELDS_CHANGED = (
-    "SELECT ch.* FROM changed ch JOIN current c ON c.id = ch.id "
-    "WHERE (ch.name, ch.description, ch.price_cents, ch.reorder_point) IS DISTINCT FROM "
-    "(c.old_name, c.old_description, c.old_price_cents, c.old_reorder_point) ORDER BY ch.id"
-)
-# Items the row took from above their reorder point (or none) to at or below it
-# (items.common.crossed_low). Their events come after the batch's others: the statement's
-# data-modifying parts run in an order of the server's choosing, so this one reads the
-# others' RETURNING first (the counts are a dependency, never false), and they are done
-# before it inserts a row.
-_BECAME_LOW = (
-    "SELECT ch.* FROM changed ch JOIN current c ON c.id = ch.id "
-    "WHERE ch.quantity <= ch.reorder_point "
-    "AND NOT coalesce(c.old_quantity <= c.old_reorder_point, false) "
-    "AND (SELECT count(*) FROM updated_events) + (SELECT count(*) FROM stock_events) >= 0 "
-    "ORDER BY ch.id"
-)
 
 _DUPLICATES = """
 WITH first AS (
@@ -529,6 +562,24 @@ RETURNING r.line, r.sku, coalesce(
     (SELECT f.line FROM first f WHERE f.sku = r.sku)
 )"""
 
+# The batch's events: each body is put together from its parts (events.log.event_body_parts;
+# $3-$6 of _INSERT_BATCH, the same for the whole batch), the ids that only the database knows
+# and the rest of its data, made ahead by prepare_batch (the batch table's created_tail and
+# stock_tail). item_json of an item and adjustment_json of a ledger row start with their ids.
+_DATA_HEAD = '{"id":'
+_ITEM_HEAD = b'{"id":0'
+_LEDGER_HEAD = b'{"id":0,"item_id":0'
+_ITEM_ID = ',"item_id":'
+if ITEM_FIELDS[:1] != ("id",) or ADJUSTMENT_FIELDS[:2] != ("id", "item_id"):
+    raise RuntimeError("the import's events expect the ids first")  # pragma: no cover
+
+
+def _after_ids(data: bytes) -> str:
+    """The JSON of an item or a ledger row made with its ids 0, after them."""
+    head = _LEDGER_HEAD if data.startswith(_LEDGER_HEAD) else _ITEM_HEAD
+    return data[len(head) :].decode()
+
+
 _INSERT_BATCH = f"""
 WITH created AS (
     INSERT INTO items (sku, name, name_key, description, price_cents, quantity, version,
@@ -538,20 +589,43 @@ WITH created AS (
     FROM stockroom_import_rows r
     ORDER BY r.line
     ON CONFLICT (sku) DO NOTHING
-    RETURNING *
+    RETURNING id, sku, quantity
+), made AS (
+    SELECT c.id, r.created_tail, r.stock_tail
+    FROM created c JOIN stockroom_import_rows r ON r.sku = c.sku
 ), ledger AS (
     INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
     SELECT id, quantity, $2, quantity, $1 FROM created WHERE quantity > 0 ORDER BY id
-    RETURNING *
+    RETURNING id, item_id
 ), created_events AS (
-    {_CREATED_EVENTS} RETURNING 1
+    INSERT INTO events (id, type, body, created_at)
+    SELECT e.event_id, '{ITEM_CREATED}',
+           $3::text || e.event_id || $4::text || e.id || e.created_tail, $1
+    FROM (SELECT gen_random_uuid()::text AS event_id, m.* FROM made m ORDER BY m.id) e
+    RETURNING 1
 ), stock_events AS (
-    {_INITIAL_STOCK_EVENTS}
+    -- A new item's starting stock: its event after the item's own, as POST /items writes
+    -- them (the statement's data-modifying parts run in an order of the server's choosing:
+    -- reading created_events' RETURNING first makes it finish before this one inserts a row).
+    INSERT INTO events (id, type, body, created_at)
+    SELECT e.event_id, '{STOCK_ADJUSTED}',
+           $5::text || e.event_id || $6::text || e.id || '{_ITEM_ID}' || e.item_id
+               || e.stock_tail,
+           $1
+    FROM (
+        SELECT gen_random_uuid()::text AS event_id, l.id, l.item_id, m.stock_tail
+        FROM ledger l JOIN made m ON m.id = l.item_id
+        WHERE (SELECT count(*) FROM created_events) >= 0
+        ORDER BY l.id
+    ) e
 ), done AS (
     DELETE FROM stockroom_import_rows r USING created c WHERE r.sku = c.sku
 )
 SELECT count(*) FROM created"""
 
+# The items changed, each with what it was before and its ledger row's id (if its quantity
+# changed); or, if none changed, one row of NULLs. The first column: how many rows found
+# their item. The events are made from these rows (_update_batch).
 _UPDATE_BATCH = f"""
 WITH current AS (
     SELECT i.id, i.quantity AS old_quantity, i.name AS old_name,
@@ -581,12 +655,24 @@ WITH current AS (
     FROM changed ch JOIN current c ON c.id = ch.id
     WHERE ch.quantity <> c.old_quantity
     ORDER BY ch.id
-    RETURNING *
-), updated_events AS (
-    {_event_sql(ITEM_UPDATED, _FIELDS_CHANGED, _item_json("e"), "e.updated_at")} RETURNING 1
-), stock_events AS (
-    {_STOCK_EVENTS} RETURNING 1
-), low_events AS (
-    {_event_sql(STOCK_LOW, _BECAME_LOW, _item_json("e"), "e.updated_at")}
+    RETURNING id, item_id
 )
-SELECT (SELECT count(*) FROM current), (SELECT count(*) FROM changed)"""
+SELECT m.matched, {", ".join("ch." + c for c in ITEM_COLUMNS)},
+       c.old_name, c.old_description, c.old_price_cents, c.old_quantity, c.old_reorder_point,
+       l.id
+FROM (SELECT count(*) AS matched FROM current) m
+LEFT JOIN (changed ch JOIN current c ON c.id = ch.id LEFT JOIN ledger l ON l.item_id = ch.id)
+    ON true
+ORDER BY ch.id"""
+
+
+class _Before(NamedTuple):
+    """An updated item's fields before the batch, and its ledger row's id (None: its
+    quantity did not change)."""
+
+    name: str
+    description: str | None
+    price_cents: int
+    quantity: int
+    reorder_point: int | None
+    ledger_id: int | None

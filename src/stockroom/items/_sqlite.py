@@ -46,7 +46,7 @@ from stockroom.items.repository import (
     Listing,
 )
 from stockroom.items.schemas import MAX_QUANTITY, adjustment_json, item_json
-from stockroom.items.store import BatchCounts, NewItem, ValidRow
+from stockroom.items.store import BatchCounts, ImportBatch, NewItem, ValidRow
 
 __all__ = ["SqliteItemStore"]
 
@@ -237,9 +237,11 @@ class SqliteItemStore:
     async def end_import(self, connection: AsyncConnection) -> None:
         await connection.run_sync(lambda sync: _seen.drop(sync, checkfirst=True))
 
-    async def upsert_batch(
-        self, connection: AsyncConnection, rows: Sequence[ValidRow], now: dt.datetime
-    ) -> BatchCounts:
+    def prepare_batch(self, rows: Sequence[ValidRow], now: dt.datetime) -> ImportBatch:
+        return ImportBatch(rows, now)
+
+    async def upsert_batch(self, connection: AsyncConnection, batch: ImportBatch) -> BatchCounts:
+        rows, now = batch.rows, batch.now
         counts = BatchCounts(repeated=[])
         unique = await _first_time_seen(connection, rows, counts)
         if unique:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 from stockroom.items.models import AdjustmentRow, Count, ItemRow, Summary
 from stockroom.items.repository import Listing
 
-__all__ = ["BatchCounts", "ItemStore", "NewItem", "ValidRow"]
+__all__ = ["BatchCounts", "ImportBatch", "ItemStore", "NewItem", "ValidRow"]
 
 # The connection type of the store's database (asyncpg's, or SQLAlchemy's AsyncConnection).
 C = TypeVar("C", contravariant=True)
@@ -49,6 +49,18 @@ class ValidRow(NamedTuple):
     # Whether the row names a reorder point (None above may be "clear it" or "not given":
     # a row without one leaves an existing item's as it is).
     has_reorder_point: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ImportBatch:
+    """A batch of an import's valid rows, ready to write (``ItemStore.prepare_batch``)."""
+
+    rows: Sequence[ValidRow]
+    # The time of every change the batch makes (the items', the ledger's, the events').
+    now: dt.datetime
+    # What the store made of the rows ahead of writing them, if anything (PostgreSQL: the
+    # rows of its COPY, with the events' bodies but for what the database assigns).
+    prepared: Any = None
 
 
 @dataclass
@@ -126,8 +138,11 @@ class ItemStore(Protocol[C]):
 
     async def end_import(self, connection: C) -> None: ...
 
-    async def upsert_batch(
-        self, connection: C, rows: Sequence[ValidRow], now: dt.datetime
-    ) -> BatchCounts:
+    def prepare_batch(self, rows: Sequence[ValidRow], now: dt.datetime) -> ImportBatch:
+        """The batch as :meth:`upsert_batch` takes it, with whatever the store can make of
+        it before writing. Plain CPU work, no I/O: the import calls it in a worker thread
+        while the previous batch is written."""
+
+    async def upsert_batch(self, connection: C, batch: ImportBatch) -> BatchCounts:
         """Drop rows whose sku came earlier in the file, then upsert the rest by sku, with
         their ledger rows and events (the rules of ``items.writer``)."""

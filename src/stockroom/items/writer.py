@@ -36,7 +36,7 @@ from stockroom.items.event_types import (
 )
 from stockroom.items.models import AdjustmentRow, ItemRow, fold_name
 from stockroom.items.schemas import MAX_QUANTITY, ItemCreate, adjustment_json, item_json
-from stockroom.items.store import BatchCounts, ItemStore, NewItem, ValidRow
+from stockroom.items.store import BatchCounts, ImportBatch, ItemStore, NewItem, ValidRow
 
 __all__ = [
     "REASON_INITIAL",
@@ -166,12 +166,15 @@ class ItemWriter(Generic[C]):
     async def end_import(self, connection: C) -> None:
         await self._store.end_import(connection)
 
-    async def import_batch(
-        self, connection: C, rows: Sequence[ValidRow], now: dt.datetime
-    ) -> BatchCounts:
+    def prepare_import_batch(self, rows: Sequence[ValidRow], now: dt.datetime) -> ImportBatch:
+        """A batch of an import, ready for :meth:`import_batch`, its changes made at ``now``
+        (CPU only: the import calls it in a worker thread, while it writes the batch before)."""
+        return self._store.prepare_batch(rows, now)
+
+    async def import_batch(self, connection: C, batch: ImportBatch) -> BatchCounts:
         """Upsert a batch of an import by sku (rows whose sku came earlier in the file are
         dropped and named in ``repeated``)."""
-        return await self._store.upsert_batch(connection, rows, now)
+        return await self._store.upsert_batch(connection, batch)
 
     async def _locked(self, connection: C, item_id: int, if_match: str | None) -> ItemRow:
         """The item, locked for this transaction, after checking ``If-Match``."""
