@@ -100,7 +100,9 @@ def upgrade() -> None:
         return
     _create_extension()
     for name, column in _TRIGRAM_INDEXES.items():
-        op.execute(f"CREATE INDEX {name} ON items USING gin ({column})")
+        # IF NOT EXISTS: an operator may have built them beforehand, CONCURRENTLY, without
+        # holding writes back (docs/operations.md, "Migration 0008").
+        op.execute(f"CREATE INDEX IF NOT EXISTS {name} ON items USING gin ({column})")
     # Statistics of lower(sku), the new index's expression: without them PostgreSQL guesses
     # that a search matches 0.8% of the items and walks the id index through the whole
     # table for a `q` that matches none (5 s at 5,000,000 items, until autovacuum analyses).
