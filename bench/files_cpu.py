@@ -140,26 +140,29 @@ async def explain_one_batch() -> list[str]:
     """The plan of one more batch of new rows, in a transaction that is rolled back."""
     from stockroom.files.service import BATCH_ROWS
     from stockroom.items import _postgresql as items
+    from stockroom.items.store import ValidRow
 
     connection = await asyncpg.connect(ADMIN_DSN.rsplit("/", 1)[0] + "/" + DATABASE)
     try:
         await connection.execute(items._CREATE_SEEN_TABLE)
         await connection.execute(items._CREATE_BATCH_TABLE)
+        now = dt.datetime.now(dt.UTC)
         rows = [
-            (n, f"P{n:09d}", f"Profile item {n}", f"profile item {n}", f"Number {n}", n, n % 50)
+            ValidRow(n, f"P{n:09d}", f"Profile item {n}", f"profile item {n}", f"Number {n}", n,
+                     n % 50)
             for n in range(BATCH_ROWS)
-        ]
-        columns = ["line", "sku", "name", "name_key", "description", "price_cents", "quantity"]
+        ]  # fmt: skip
         await connection.copy_records_to_table(
-            "stockroom_import_rows", records=rows, columns=columns
+            "stockroom_import_rows",
+            records=items.batch_records(rows, now),
+            columns=items._BATCH_COLUMNS,
         )
         transaction = connection.transaction()
         await transaction.start()
         try:
             plan = await connection.fetch(
                 "EXPLAIN (ANALYZE, BUFFERS) " + items._INSERT_BATCH,
-                dt.datetime.now(dt.UTC),
-                "import",
+                *items.insert_batch_args(now, len(rows)),
             )
         finally:
             await transaction.rollback()

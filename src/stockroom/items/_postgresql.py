@@ -365,32 +365,7 @@ class PostgresItemStore:
         )
 
     def prepare_batch(self, rows: Sequence[ValidRow], now: dt.datetime) -> ImportBatch:
-        """The rows of the batch table: each row with the bodies of the events it writes if
-        it creates its item, but for what only the database knows (the event's id, the
-        item's id, its ledger row's id: :data:`_INSERT_BATCH` puts them in). Made by the
-        same code as the API's events (``item_json``, ``adjustment_json``, ``event_row``'s
-        body), here rather than in SQL: the database has the most work of an import, and
-        this runs in a worker thread beside it."""
-        created_end = event_body_parts(ITEM_CREATED, now)[2]
-        stock_end = event_body_parts(STOCK_ADJUSTED, now)[2]
-        stock_tails: dict[int, str] = {}  # by quantity: the same for every item of one
-        records = []
-        for row in rows:
-            quantity = row.quantity or 0
-            item = ItemRow(
-                0, row.sku, row.name, row.name_key, row.description, row.price_cents,
-                quantity, 1, now, now, row.reorder_point,
-            )  # fmt: skip
-            stock_tail = None
-            if quantity > 0:
-                stock_tail = stock_tails.get(quantity)
-                if stock_tail is None:
-                    ledger = AdjustmentRow(0, 0, quantity, REASON_IMPORT, quantity, now)
-                    stock_tail = stock_tails[quantity] = (
-                        _after_ids(adjustment_json(ledger)) + stock_end
-                    )
-            records.append((*row, _after_ids(item_json(item)) + created_end, stock_tail))
-        return ImportBatch(rows, now, records)
+        return ImportBatch(rows, now, batch_records(rows, now))
 
     async def upsert_batch(self, connection: asyncpg.Connection, batch: ImportBatch) -> BatchCounts:
         rows, now = batch.rows, batch.now
@@ -401,20 +376,12 @@ class PostgresItemStore:
         repeated = sorted(tuple(r) for r in await connection.fetch(_DUPLICATES))
         counts = BatchCounts(repeated=[(line, sku, first) for line, sku, first in repeated])
         expected = len(rows) - len(repeated)
-        created_parts = event_body_parts(ITEM_CREATED, now)
-        stock_parts = event_body_parts(STOCK_ADJUSTED, now)
         # A savepoint: another request may create one of these skus between the two
         # statements; then the batch is applied again from the start.
         for _attempt in range(_RETRIES_ON_RACE):
             async with connection.transaction():
                 created = await connection.fetchval(
-                    _INSERT_BATCH,
-                    now,
-                    REASON_IMPORT,
-                    created_parts[0],
-                    created_parts[1] + _DATA_HEAD,
-                    stock_parts[0],
-                    stock_parts[1] + _DATA_HEAD,
+                    _INSERT_BATCH, *insert_batch_args(now, expected)
                 )
                 matched = changed = 0
                 if created < expected:  # some exist
@@ -584,23 +551,76 @@ def _after_ids(data: bytes) -> str:
     return data[len(head) :].decode()
 
 
+def batch_records(rows: Sequence[ValidRow], now: dt.datetime) -> list[tuple[Any, ...]]:
+    """The rows of the batch table: each row with the bodies of the events it writes if
+    it creates its item, but for what only the database knows (the event's id, the
+    item's id, its ledger row's id: :data:`_INSERT_BATCH` puts them in). Made by the
+    same code as the API's events (``item_json``, ``adjustment_json``, ``event_row``'s
+    body), here rather than in SQL: the database has the most work of an import, and
+    this runs in a worker thread beside it."""
+    created_end = event_body_parts(ITEM_CREATED, now)[2]
+    stock_end = event_body_parts(STOCK_ADJUSTED, now)[2]
+    stock_tails: dict[int, str] = {}  # by quantity: the same for every item of one
+    records = []
+    for row in rows:
+        quantity = row.quantity or 0
+        item = ItemRow(
+            0, row.sku, row.name, row.name_key, row.description, row.price_cents,
+            quantity, 1, now, now, row.reorder_point,
+        )  # fmt: skip
+        stock_tail = None
+        if quantity > 0:
+            stock_tail = stock_tails.get(quantity)
+            if stock_tail is None:
+                ledger = AdjustmentRow(0, 0, quantity, REASON_IMPORT, quantity, now)
+                stock_tail = stock_tails[quantity] = _after_ids(adjustment_json(ledger)) + stock_end
+        records.append((*row, _after_ids(item_json(item)) + created_end, stock_tail))
+    return records
+
+
+def insert_batch_args(now: dt.datetime, rows: int) -> tuple[Any, ...]:
+    """The parameters of :data:`_INSERT_BATCH` for a batch of ``rows`` made at ``now``."""
+    created = event_body_parts(ITEM_CREATED, now)
+    stock = event_body_parts(STOCK_ADJUSTED, now)
+    return (
+        now,
+        REASON_IMPORT,
+        created[0],
+        created[1] + _DATA_HEAD,
+        stock[0],
+        stock[1] + _DATA_HEAD,
+        rows,
+    )
+
+
+# Each row takes its item's id from the sequence before the insert (as the column's default
+# would, in file order), and its ledger row's id if it has stock: the events are made from
+# the batch's own rows, with no join on what the inserts return. A row whose sku turns out
+# to exist uses its ids up (as the column's default does). `made`: the rows that created
+# their item (all of them, unless some sku existed: $7 is the batch's size). The rows the
+# insert did not take stay in the batch table for _UPDATE_BATCH; only then are the others
+# deleted from it.
 _INSERT_BATCH = f"""
-WITH created AS (
-    INSERT INTO items (sku, name, name_key, description, price_cents, quantity, version,
+WITH batch AS (
+    SELECT nextval('items_id_seq') AS id,
+           CASE WHEN r.quantity > 0 THEN nextval('adjustments_id_seq') END AS ledger_id, r.*
+    FROM (SELECT * FROM stockroom_import_rows ORDER BY line) r
+), created AS (
+    INSERT INTO items (id, sku, name, name_key, description, price_cents, quantity, version,
                        created_at, updated_at, reorder_point)
-    SELECT r.sku, r.name, r.name_key, r.description, r.price_cents, coalesce(r.quantity, 0), 1,
-           $1, $1, r.reorder_point
-    FROM stockroom_import_rows r
-    ORDER BY r.line
+    SELECT b.id, b.sku, b.name, b.name_key, b.description, b.price_cents,
+           coalesce(b.quantity, 0), 1, $1, $1, b.reorder_point
+    FROM batch b
+    ORDER BY b.id
     ON CONFLICT (sku) DO NOTHING
-    RETURNING id, sku, quantity
+    RETURNING id, sku
 ), made AS (
-    SELECT c.id, r.created_tail, r.stock_tail
-    FROM created c JOIN stockroom_import_rows r ON r.sku = c.sku
+    SELECT b.* FROM batch b
+    WHERE (SELECT count(*) FROM created) = $7 OR b.id IN (SELECT id FROM created)
 ), ledger AS (
-    INSERT INTO adjustments (item_id, delta, reason, quantity_after, created_at)
-    SELECT id, quantity, $2, quantity, $1 FROM created WHERE quantity > 0 ORDER BY id
-    RETURNING id, item_id
+    INSERT INTO adjustments (id, item_id, delta, reason, quantity_after, created_at)
+    SELECT m.ledger_id, m.id, m.quantity, $2, m.quantity, $1
+    FROM made m WHERE m.ledger_id IS NOT NULL ORDER BY m.ledger_id
 ), created_events AS (
     INSERT INTO events (id, type, body, created_at)
     SELECT e.event_id, '{ITEM_CREATED}',
@@ -613,17 +633,17 @@ WITH created AS (
     -- reading created_events' RETURNING first makes it finish before this one inserts a row).
     INSERT INTO events (id, type, body, created_at)
     SELECT e.event_id, '{STOCK_ADJUSTED}',
-           $5::text || e.event_id || $6::text || e.id || '{_ITEM_ID}' || e.item_id
+           $5::text || e.event_id || $6::text || e.ledger_id || '{_ITEM_ID}' || e.id
                || e.stock_tail,
            $1
     FROM (
-        SELECT gen_random_uuid()::text AS event_id, l.id, l.item_id, m.stock_tail
-        FROM ledger l JOIN made m ON m.id = l.item_id
-        WHERE (SELECT count(*) FROM created_events) >= 0
-        ORDER BY l.id
+        SELECT gen_random_uuid()::text AS event_id, m.* FROM made m
+        WHERE m.ledger_id IS NOT NULL AND (SELECT count(*) FROM created_events) >= 0
+        ORDER BY m.ledger_id
     ) e
 ), done AS (
-    DELETE FROM stockroom_import_rows r USING created c WHERE r.sku = c.sku
+    DELETE FROM stockroom_import_rows r USING created c
+    WHERE r.sku = c.sku AND (SELECT count(*) FROM created) < $7
 )
 SELECT count(*) FROM created"""
 
