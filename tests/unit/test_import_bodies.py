@@ -48,24 +48,28 @@ def test_the_parts_make_event_rows_bodies(
     row: ValidRow, now: dt.datetime, item_id: int, ledger_id: int
 ) -> None:
     [record] = items.batch_records([row], now)
-    created_tail, stock_tail = record[-2:]
+    created_id, created_tail, stock_id, stock_tail = record[-4:]
     _, _, created_head, created_middle, stock_head, stock_middle, _ = items.insert_batch_args(
         now, 1
     )
-    event_id = str(uuid.uuid4())
     quantity = row.quantity or 0
     item = ItemRow(
         item_id, row.sku, row.name, row.name_key, row.description, row.price_cents, quantity,
         1, now, now, row.reorder_point,
     )  # fmt: skip
-    created = created_head + event_id + created_middle + str(item_id) + created_tail
-    assert created == made_by_event_row(event_id, "item.created", item_json(item), now)
+    assert uuid.UUID(created_id).version == 4
+    assert str(uuid.UUID(created_id)) == created_id
+    created = created_head + created_id + created_middle + str(item_id) + created_tail
+    assert created == made_by_event_row(created_id, "item.created", item_json(item), now)
     if quantity == 0:
+        assert stock_id is None
         assert stock_tail is None
         return
+    assert uuid.UUID(stock_id).version == 4
+    assert stock_id != created_id
     ledger = AdjustmentRow(ledger_id, item_id, quantity, "import", quantity, now)
     stock = (
-        stock_head + event_id + stock_middle + str(ledger_id) + items._ITEM_ID + str(item_id)
+        stock_head + stock_id + stock_middle + str(ledger_id) + items._ITEM_ID + str(item_id)
         + stock_tail
     )  # fmt: skip
-    assert stock == made_by_event_row(event_id, "stock.adjusted", adjustment_json(ledger), now)
+    assert stock == made_by_event_row(stock_id, "stock.adjusted", adjustment_json(ledger), now)

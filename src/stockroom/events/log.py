@@ -31,6 +31,7 @@ cursor clients see (``id:`` of the stream).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 import uuid
 from collections.abc import Sequence
@@ -68,6 +69,7 @@ __all__ = [
     "between_params",
     "event_body_parts",
     "event_exists",
+    "event_ids",
     "event_row",
     "format_time",
     "latest_position",
@@ -136,6 +138,20 @@ def event_row(event_type: str, payload: str, at: dt.datetime) -> dict[str, Any]:
     event_id = str(uuid.uuid4())
     body = _body(event_id, event_type, format_time(at), payload)
     return {"id": event_id, "type": event_type, "body": body, "created_at": at}
+
+
+def event_ids(count: int) -> list[str]:
+    """``count`` new event ids, random UUIDs (version 4) as :func:`event_row` makes them, but
+    from one read of the system's random source: several times faster than one by one."""
+    random = bytearray(os.urandom(16 * count))
+    random[6::16] = bytes(byte & 0x0F | 0x40 for byte in random[6::16])  # version 4
+    random[8::16] = bytes(byte & 0x3F | 0x80 for byte in random[8::16])  # variant RFC 4122
+    h = random.hex()
+    return [
+        f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-{h[i + 16 : i + 20]}-"
+        f"{h[i + 20 : i + 32]}"
+        for i in range(0, 32 * count, 32)
+    ]
 
 
 def event_body_parts(event_type: str, at: dt.datetime) -> tuple[str, str, str]:

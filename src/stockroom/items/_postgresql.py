@@ -30,7 +30,7 @@ from stockroom.database._postgresql._replicas import REPLICA_FAILURES
 from stockroom.database.consistency import REPLAYED
 from stockroom.errors import DuplicateError
 from stockroom.events._postgresql import UTC_TEXT, PostgresEventStore
-from stockroom.events.log import event_body_parts, event_row
+from stockroom.events.log import event_body_parts, event_ids, event_row
 from stockroom.items._totals import (
     CUSTOM_PLANS,
     FOLD,
@@ -510,9 +510,9 @@ CREATE TEMPORARY TABLE stockroom_import_rows (
     line integer NOT NULL, sku varchar(64) NOT NULL, name varchar(200) NOT NULL,
     name_key text COLLATE "C" NOT NULL, description text, price_cents bigint NOT NULL,
     quantity integer, reorder_point integer, has_reorder_point boolean NOT NULL,
-    created_tail text NOT NULL, stock_tail text
+    created_event text NOT NULL, created_tail text NOT NULL, stock_event text, stock_tail text
 )"""
-_BATCH_COLUMNS = (*ValidRow._fields, "created_tail", "stock_tail")
+_BATCH_COLUMNS = (*ValidRow._fields, "created_event", "created_tail", "stock_event", "stock_tail")
 
 # Every statement below reaches items and the sku table through their indexes, row by row
 # (a LATERAL lookup, ON CONFLICT): the planner would otherwise hash-join a 5,000-row batch
@@ -552,17 +552,18 @@ def _after_ids(data: bytes) -> str:
 
 
 def batch_records(rows: Sequence[ValidRow], now: dt.datetime) -> list[tuple[Any, ...]]:
-    """The rows of the batch table: each row with the bodies of the events it writes if
-    it creates its item, but for what only the database knows (the event's id, the
-    item's id, its ledger row's id: :data:`_INSERT_BATCH` puts them in). Made by the
-    same code as the API's events (``item_json``, ``adjustment_json``, ``event_row``'s
-    body), here rather than in SQL: the database has the most work of an import, and
-    this runs in a worker thread beside it."""
+    """The rows of the batch table: each row with the ids and bodies of the events it
+    writes if it creates its item, but for what only the database knows (the item's id,
+    its ledger row's id: :data:`_INSERT_BATCH` puts them in). Made by the same code as the
+    API's events (``item_json``, ``adjustment_json``, ``event_row``'s body and ids), here
+    rather than in SQL: the database has the most work of an import, and this runs in a
+    worker thread beside it."""
     created_end = event_body_parts(ITEM_CREATED, now)[2]
     stock_end = event_body_parts(STOCK_ADJUSTED, now)[2]
     stock_tails: dict[int, str] = {}  # by quantity: the same for every item of one
     records = []
-    for row in rows:
+    ids = event_ids(2 * len(rows))
+    for n, row in enumerate(rows):
         quantity = row.quantity or 0
         item = ItemRow(
             0, row.sku, row.name, row.name_key, row.description, row.price_cents,
@@ -574,7 +575,15 @@ def batch_records(rows: Sequence[ValidRow], now: dt.datetime) -> list[tuple[Any,
             if stock_tail is None:
                 ledger = AdjustmentRow(0, 0, quantity, REASON_IMPORT, quantity, now)
                 stock_tail = stock_tails[quantity] = _after_ids(adjustment_json(ledger)) + stock_end
-        records.append((*row, _after_ids(item_json(item)) + created_end, stock_tail))
+        records.append(
+            (
+                *row,
+                ids[2 * n],
+                _after_ids(item_json(item)) + created_end,
+                None if stock_tail is None else ids[2 * n + 1],
+                stock_tail,
+            )
+        )
     return records
 
 
@@ -623,24 +632,22 @@ WITH batch AS (
     FROM made m WHERE m.ledger_id IS NOT NULL ORDER BY m.ledger_id
 ), created_events AS (
     INSERT INTO events (id, type, body, created_at)
-    SELECT e.event_id, '{ITEM_CREATED}',
-           $3::text || e.event_id || $4::text || e.id || e.created_tail, $1
-    FROM (SELECT gen_random_uuid()::text AS event_id, m.* FROM made m ORDER BY m.id) e
+    SELECT m.created_event, '{ITEM_CREATED}',
+           $3::text || m.created_event || $4::text || m.id || m.created_tail, $1
+    FROM made m ORDER BY m.id
     RETURNING 1
 ), stock_events AS (
     -- A new item's starting stock: its event after the item's own, as POST /items writes
     -- them (the statement's data-modifying parts run in an order of the server's choosing:
     -- reading created_events' RETURNING first makes it finish before this one inserts a row).
     INSERT INTO events (id, type, body, created_at)
-    SELECT e.event_id, '{STOCK_ADJUSTED}',
-           $5::text || e.event_id || $6::text || e.ledger_id || '{_ITEM_ID}' || e.id
-               || e.stock_tail,
+    SELECT m.stock_event, '{STOCK_ADJUSTED}',
+           $5::text || m.stock_event || $6::text || m.ledger_id || '{_ITEM_ID}' || m.id
+               || m.stock_tail,
            $1
-    FROM (
-        SELECT gen_random_uuid()::text AS event_id, m.* FROM made m
-        WHERE m.ledger_id IS NOT NULL AND (SELECT count(*) FROM created_events) >= 0
-        ORDER BY m.ledger_id
-    ) e
+    FROM made m
+    WHERE m.ledger_id IS NOT NULL AND (SELECT count(*) FROM created_events) >= 0
+    ORDER BY m.ledger_id
 ), done AS (
     DELETE FROM stockroom_import_rows r USING created c
     WHERE r.sku = c.sku AND (SELECT count(*) FROM created) < $7
