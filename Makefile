@@ -146,7 +146,7 @@ bench-replicas: install-test
 	$(BIN)/python bench/replicas.py
 
 # Reads as the data grows (issue #25): databases of each size made once and kept
-# (stockroom_scale_<size>); BENCH_SCALE_SIZES=10000,1000000,5000000 for the largest.
+# (stockroom_scale_<size>): 10,000, 1,000,000 and 5,000,000 items (BENCH_SCALE_SIZES to choose).
 bench-scale: install-test ensure-postgres
 	$(BIN)/pip install --quiet -r requirements-bench.txt
 	$(BIN)/python bench/scale.py
