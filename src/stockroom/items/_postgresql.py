@@ -624,7 +624,9 @@ WITH batch AS (
     ON CONFLICT (sku) DO NOTHING
     RETURNING id, sku
 ), made AS (
-    SELECT b.* FROM batch b
+    SELECT b.id, b.ledger_id, b.quantity, b.created_event, b.created_tail, b.stock_event,
+           b.stock_tail
+    FROM batch b
     WHERE (SELECT count(*) FROM created) = $7 OR b.id IN (SELECT id FROM created)
 ), ledger AS (
     INSERT INTO adjustments (id, item_id, delta, reason, quantity_after, created_at)
