@@ -110,23 +110,30 @@ def test_etag_matches(header: str, weak: bool, matches: bool) -> None:
 def test_the_list_envelope_leaves_total_out_unless_counted() -> None:
     page = Page[int](data=[1, 2], next_cursor=None)
     assert orjson.loads(page.model_dump_json()) == {"data": [1, 2], "next_cursor": None}
-    counted = Page[int](data=[], next_cursor="abc", total=0)
+    counted = Page[int](data=[], next_cursor="abc", total=0, total_exact=True)
     assert orjson.loads(counted.model_dump_json()) == {
         "data": [],
         "next_cursor": "abc",
         "total": 0,
+        "total_exact": True,
     }
 
 
+@pytest.mark.parametrize("exact", [True, False])
 @pytest.mark.parametrize("total", [None, 0, 7])
 @pytest.mark.parametrize("next_cursor", [None, "WyJpZCIsIDFd"])
 def test_page_response_writes_the_envelope_the_page_schema_describes(
-    next_cursor: str | None, total: int | None
+    next_cursor: str | None, total: int | None, exact: bool
 ) -> None:
     rows = [{"id": 1, "name": 'Åsa \u2028 "quoted"'}, {"id": 2, "name": ""}]
-    response = page_response(orjson.dumps(rows), next_cursor, total)
+    response = page_response(orjson.dumps(rows), next_cursor, total, exact=exact)
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
-    described = Page[dict[str, Any]](data=rows, next_cursor=next_cursor, total=total)
+    described = Page[dict[str, Any]](
+        data=rows,
+        next_cursor=next_cursor,
+        total=total,
+        total_exact=None if total is None else exact,
+    )
     assert orjson.loads(response.body) == orjson.loads(described.model_dump_json())
     assert ("total" in orjson.loads(response.body)) == (total is not None)
