@@ -38,7 +38,10 @@ from starlette.routing import Route
 DSN = os.environ.get("BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/stockroom_bench")
 POOL_SIZE = int(os.environ.get("BENCH_POOL_SIZE", "20"))  # Stockroom: 10 + 10 overflow
 MAX_QUANTITY = 2_147_483_647
-COLUMNS = "id, sku, name, description, price_cents, quantity, version, created_at, updated_at"
+COLUMNS = (
+    "id, sku, name, description, price_cents, quantity, version, created_at, updated_at, "
+    "reorder_point"
+)
 GET_SQL = f"SELECT {COLUMNS} FROM items WHERE id = $1"
 LIST_SQL = f"SELECT {COLUMNS} FROM items WHERE id > $1 ORDER BY id LIMIT $2"
 ADJUST_SQL = (
@@ -93,6 +96,7 @@ def public(row: asyncpg.Record | dict[str, object]) -> dict[str, object]:
         "version": row["version"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
+        "reorder_point": row["reorder_point"],
     }
 
 
@@ -198,6 +202,7 @@ async def write_item(
         "version": 1,
         "created_at": now,
         "updated_at": now,
+        "reorder_point": None,
     }
     answer = public(item)
     created = event("item.created", answer, now)
