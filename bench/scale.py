@@ -47,6 +47,7 @@ import httpx
 from wrkrun import write_chart
 
 from stockroom.http import decode_cursor, encode_cursor
+from stockroom.items._totals import totals_answer
 from stockroom.items.repository import ItemFilter, Keyset, Listing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -359,10 +360,7 @@ async def explain_all(url: str, requests: list[tuple[str, Any]]) -> dict[str, li
                 continue
             listing, count = made
             statements = [listing.select()]
-            totals_answer = not listing.where.plan_depends_on_values and (
-                listing.where.in_stock is None or listing.where.low_stock is None
-            )
-            if count == "true" and not totals_answer:
+            if count == "true" and not totals_answer(listing.where):
                 statements.append(listing.capped_count())
             params = listing.params()
             verdicts = []

@@ -48,11 +48,15 @@ async def purge_periodically(
             if deleted:
                 log.info("purged", what=what, count=deleted)
         except Exception as exc:
-            if not is_unavailable(exc):
-                log.exception("purge failed; will retry", what=what)
-            else:  # the database is away (a crash, a failover): no traceback, no error
-                log.warning("purge failed; will retry", what=what, error=str(exc).split("\n")[0])
+            _failed("purge failed; will retry", what, exc)
         await asyncio.sleep(interval)
+
+
+def _failed(message: str, what: str, exc: Exception) -> None:
+    if not is_unavailable(exc):
+        log.exception(message, what=what)
+    else:  # the database is away (a crash, a failover): no traceback, no error
+        log.warning(message, what=what, error=str(exc).split("\n")[0])
 
 
 async def repeat(what: str, job: Callable[[], Awaitable[None]], interval: float) -> None:
@@ -62,12 +66,7 @@ async def repeat(what: str, job: Callable[[], Awaitable[None]], interval: float)
         try:
             await job()
         except Exception as exc:
-            if not is_unavailable(exc):
-                log.exception("periodic work failed; will retry", what=what)
-            else:
-                log.warning(
-                    "periodic work failed; will retry", what=what, error=str(exc).split("\n")[0]
-                )
+            _failed("periodic work failed; will retry", what, exc)
 
 
 async def _refresh_backlog(

@@ -35,10 +35,11 @@ from stockroom.items._totals import (
     CUSTOM_PLANS,
     FOLD,
     TOTALS,
-    count_from_totals,
     estimate,
+    matches_in_totals,
     sample_percent,
     summary_of,
+    totals_answer,
 )
 from stockroom.items.common import crossed_low
 from stockroom.items.event_types import ITEM_CREATED, ITEM_UPDATED, STOCK_ADJUSTED, STOCK_LOW
@@ -171,14 +172,15 @@ class PostgresItemStore:
             if exact:
                 async with _planned(connection, where):
                     return Count(int(await connection.fetchval(sql, *args)), True)
-            totals = summary_of(await connection.fetchrow(TOTALS))
-            known = count_from_totals(where, totals)
-            if known is not None:
-                return Count(known, True)
+            if totals_answer(where):
+                totals = summary_of(await connection.fetchrow(TOTALS))
+                return Count(matches_in_totals(where, totals), True)
             async with _planned(connection, where):
                 capped = int(await connection.fetchval(sql, *args))
                 if capped <= COUNT_CAP:
                     return Count(capped, True)
+                # Only now the table's size (the sample's share and scale).
+                totals = summary_of(await connection.fetchrow(TOTALS))
                 sample, names = _cached(self._sampled_counts, listing, listing.sampled_count)
                 values = params | {"percent": sample_percent(totals.items)}
                 matches, sampled = await connection.fetchrow(sample, *[values[n] for n in names])
@@ -441,17 +443,14 @@ def _duplicate(sku: str) -> DuplicateError:
     return DuplicateError(f"An item with sku {sku!r} already exists.")
 
 
-def _planned(connection: asyncpg.Connection, where: ItemFilter) -> Any:
+@contextlib.asynccontextmanager
+async def _planned(connection: asyncpg.Connection, where: ItemFilter) -> AsyncIterator[None]:
     """Where the best plan depends on the values: a transaction that asks PostgreSQL to plan
     the statement for them (a prepared statement may otherwise keep one generic plan: a walk
     of the whole table for a `q` that matches nothing, say)."""
     if not where.plan_depends_on_values:
-        return contextlib.nullcontext()
-    return _custom_plans(connection)
-
-
-@contextlib.asynccontextmanager
-async def _custom_plans(connection: asyncpg.Connection) -> AsyncIterator[None]:
+        yield
+        return
     async with connection.transaction():
         await connection.execute(CUSTOM_PLANS)
         yield

@@ -23,8 +23,10 @@ __all__ = [
     "TOTALS",
     "count_from_totals",
     "estimate",
+    "matches_in_totals",
     "sample_percent",
     "summary_of",
+    "totals_answer",
 ]
 
 TOTALS = (
@@ -49,12 +51,18 @@ def summary_of(record: Any) -> Summary:
     return Summary(items, units, int(value_cents), out, low)
 
 
+def totals_answer(where: ItemFilter) -> bool:
+    """Whether the totals know the number of matches (no filter, or one stock filter)."""
+    return not where.plan_depends_on_values and (where.in_stock is None or where.low_stock is None)
+
+
 def count_from_totals(where: ItemFilter, totals: Summary) -> int | None:
-    """The number of matches if the totals know it (filters of stock only, one of them)."""
-    if where.plan_depends_on_values:
-        return None
-    if where.in_stock is not None and where.low_stock is not None:
-        return None
+    """The number of matches if the totals know it (:func:`totals_answer`), else None."""
+    return matches_in_totals(where, totals) if totals_answer(where) else None
+
+
+def matches_in_totals(where: ItemFilter, totals: Summary) -> int:
+    """The number of matches of a filter the totals answer (:func:`totals_answer`)."""
     if where.in_stock is not None:
         return totals.items - totals.out_of_stock if where.in_stock else totals.out_of_stock
     if where.low_stock is not None:
