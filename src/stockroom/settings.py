@@ -159,6 +159,13 @@ class Settings(BaseSettings):
         description="How often each replica's lag and health are sampled; an excluded "
         "(unreachable) replica is tried again only this often.",
     )
+    export_stall_timeout: Seconds = Field(
+        60.0,
+        description="PostgreSQL: seconds a GET /items/export waits for a client that has "
+        "stopped reading; then the export ends (cut short) and the database connection it "
+        "held is freed. The export has no statement timeout: it lasts as long as its client "
+        "reads.",
+    )
     shutdown_timeout: Seconds = Field(
         30.0,
         description="Seconds in-flight requests get to finish after SIGTERM; any still "

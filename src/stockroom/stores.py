@@ -70,7 +70,7 @@ def _postgresql_stores(
 ) -> Stores[asyncpg.Connection]:
     database = PostgresDatabase(settings, on_commit=on_commit)
     events = PostgresEventStore()
-    items = PostgresItemStore(database, events)
+    items = PostgresItemStore(database, events, export_stall=settings.export_stall_timeout)
     return Stores(
         database, items, events, PostgresKeyStore(), ItemWriter(items, events),
         PostgresDeliveryStore(),

@@ -178,6 +178,84 @@ def test_a_client_leaving_mid_export_releases_the_cursor(
             assert http.get("/items", params={"limit": 1}).status_code == 200
 
 
+# Rows whose export keeps PostgreSQL's COPY busy longer than IMPATIENT_SECONDS (here: about
+# 0.4 s of COPY for 60,000 rows of a 400-character description).
+IMPATIENT_ROWS = 60_000
+IMPATIENT_SECONDS = "0.15"
+
+
+@pytest.fixture
+async def impatient(
+    database_url: str, tmp_path: Path, app: FastAPI, client: httpx.AsyncClient
+) -> AsyncIterator[tuple[Server, str]]:
+    """A server whose statements may each run 0.15 s and whose exports wait 1 s for a client
+    that stops reading, on IMPATIENT_ROWS items (imported by a server without those limits)."""
+    data = tmp_path / "rows.csv"
+    with data.open("w") as out:
+        out.write("sku,name,description,price,quantity\n")
+        for n in range(IMPATIENT_ROWS):
+            out.write(f"M{n:07d},Item number {n},{'d' * 400},{n % 10_000}.00,{n % 1000}\n")
+    answer = await client.post(
+        "/items/import", content=data.read_bytes(), headers={"content-type": "text/csv"}
+    )
+    assert answer.status_code == 200, answer.text
+    key = await create_key(app, f"files-{uuid.uuid4().hex[:8]}", ["read"])
+    limits = {
+        "STOCKROOM_DATABASE_STATEMENT_TIMEOUT": IMPATIENT_SECONDS,
+        "STOCKROOM_EXPORT_STALL_TIMEOUT": "1",
+    }
+    server = start_server(database_url, tmp_path, env_extra=limits)
+    try:
+        yield server, key
+    finally:
+        server.stop()
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.pgbouncer
+def test_an_export_that_outlasts_the_statement_timeout_arrives_whole(
+    impatient: tuple[Server, str], database_url: str
+) -> None:
+    # The export's COPY lasts as long as it takes: an export that kept PostgreSQL busy
+    # longer than the statement timeout (a catalogue of millions) was cut off, a 200 cut
+    # short.
+    server, key = impatient
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=server.url, headers=auth, timeout=120) as http:
+        for fmt in ("csv", "ndjson"):
+            with http.stream("GET", "/items/export", params={"format": fmt}) as response:
+                assert response.status_code == 200
+                lines = [line for line in response.iter_lines() if line]
+            assert len(lines) == IMPATIENT_ROWS + (fmt == "csv")
+            assert f"M{IMPATIENT_ROWS - 1:07d}" in lines[-1]
+    # A client that stops reading (but stays connected) for longer than the stall timeout
+    # ends the export: its database connection is freed.
+    port = int(server.url.rsplit(":", 1)[1])
+    stalled = socket.socket()
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.connect(("127.0.0.1", port))
+    stalled.sendall(
+        f"GET /items/export HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+    )
+    try:
+        assert stalled.recv(1024).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 10
+        while _busy_connections(database_url) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _busy_connections(database_url) >= 1  # the export's COPY waits for it
+        deadline = time.monotonic() + 15
+        while _busy_connections(database_url) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _busy_connections(database_url) == 0
+    finally:
+        stalled.close()
+    with httpx.Client(base_url=server.url, headers=auth, timeout=120) as http:
+        with http.stream("GET", "/items/export") as response:
+            assert response.status_code == 200
+            assert sum(1 for line in response.iter_lines() if line) == IMPATIENT_ROWS + 1
+        assert http.get("/items", params={"limit": 1}).status_code == 200
+
+
 def _busy_connections(database_url: str) -> int:
     """Stockroom's connections to this database running the export's COPY (its cursor).
     Only those: the event log's readers also use the pool for a moment now and then."""

@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import asyncpg
+import structlog
 from sqlalchemy import literal_column
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
@@ -63,6 +64,8 @@ from stockroom.items.schemas import (
 from stockroom.items.store import BatchCounts, ImportBatch, NewItem, ValidRow
 
 __all__ = ["PostgresItemStore"]
+
+log = structlog.get_logger("stockroom.files")
 
 REASON_IMPORT = "import"
 _DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
@@ -130,9 +133,12 @@ async def _get_noting_replay(item_id: int, connection: asyncpg.Connection) -> It
 
 
 class PostgresItemStore:
-    def __init__(self, database: PostgresDatabase, events: PostgresEventStore) -> None:
+    def __init__(
+        self, database: PostgresDatabase, events: PostgresEventStore, *, export_stall: float
+    ) -> None:
         self._db = database
         self._events = events
+        self._export_stall = export_stall
         self._lists: dict[Shape, tuple[str, tuple[str, ...]]] = {}
         self._counts: dict[Shape, tuple[str, tuple[str, ...]]] = {}
         self._capped_counts: dict[Shape, tuple[str, tuple[str, ...]]] = {}
@@ -263,32 +269,48 @@ class PostgresItemStore:
         compiled = stmt.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
         params = listing.params()
         args = [params[name] for name in compiled.positiontup or ()]
-        # A small queue between COPY and the response: COPY waits while the client is slow.
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
-        async with self._db.connection() as connection:
+        # COPY runs in a task of its own, which holds the connection; a few chunks wait
+        # between it and the response (COPY waits while the client is slow).
+        chunks = _ExportChunks(self._export_stall)
+        producer = asyncio.create_task(self._copy_out(compiled.string, args, chunks))
+        try:
+            while (chunk := await chunks.get()) is not None:
+                yield chunk
+            await producer  # a failed COPY fails the response: cut short, never ended as whole
+        finally:
+            if not producer.done():  # the client left mid-export
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await producer
 
-            async def copy() -> None:
+    async def _copy_out(self, sql: str, args: list[Any], chunks: _ExportChunks) -> None:
+        # COPY lasts as long as the client reads, so the statement timeout does not bound it
+        # (an export that kept PostgreSQL busy longer was cut off, a 200 cut short); a client
+        # that reads nothing for the export's stall timeout ends it instead.
+        try:
+            async with self._db.connection() as connection:
                 try:
+                    await connection.execute(_EXPORT_BEGIN)
                     await connection.copy_from_query(
-                        compiled.string, *args, output=queue.put, format="csv", header=True
+                        sql,
+                        *args,
+                        output=chunks.put,
+                        format="csv",
+                        header=True,
+                        timeout=_NO_CLIENT_TIMEOUT,
                     )
-                finally:
-                    await queue.put(None)
-
-            producer = asyncio.create_task(copy())
-            try:
-                while (chunk := await queue.get()) is not None:
-                    yield bytes(chunk)  # asyncpg hands out bytearrays
-                await producer
-            finally:
-                if not producer.done():
-                    # The client left mid-export: COPY is cut off. The server may still be
-                    # sending its rows, which would reach the connection's next user (asyncpg
-                    # then fails it mid-answer): the connection is closed, not given back.
-                    producer.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await producer
+                    await connection.execute("COMMIT")
+                except BaseException:
+                    # Cut off (the client left or stopped reading) or failed. The server may
+                    # still be sending rows, which would reach the connection's next user
+                    # (asyncpg then fails it mid-answer): closed, not given back.
                     connection.terminate()
+                    raise
+        except _ClientStalledError:
+            log.warning("export ended: its client read nothing", seconds=self._export_stall)
+            raise
+        finally:
+            chunks.end()
 
     def _list_statement(self, listing: Listing) -> tuple[str, list[Any]]:
         sql, names = _cached(self._lists, listing, lambda: listing.select())
@@ -464,6 +486,49 @@ def _cached(
         compiled = build().compile(dialect=_DIALECT)
         found = cache[listing.shape] = (compiled.string, tuple(compiled.positiontup or ()))
     return found
+
+
+# --- the export -------------------------------------------------------------------------
+
+# The export's transaction: no statement timeout (COPY runs as long as the client reads) and
+# no JIT (the connection's default too; here for PgBouncer, which takes no startup setting).
+_EXPORT_BEGIN = "BEGIN; SET LOCAL statement_timeout = 0; SET LOCAL jit = off"
+# asyncpg bounds a whole COPY by one timeout (the pool's command timeout by default).
+_NO_CLIENT_TIMEOUT = 10.0 * 365 * 24 * 3600
+_EXPORT_CHUNKS_WAITING = 8
+
+
+class _ClientStalledError(Exception):
+    """The export's client read nothing for the stall timeout."""
+
+
+class _ExportChunks:
+    """COPY's chunks on their way to the response: at most a few waiting (COPY waits while
+    the client is slow, up to ``stall`` seconds: a client that reads nothing for that long
+    fails the export), and an end that always gets through."""
+
+    def __init__(self, stall: float) -> None:
+        self._stall = stall
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._room = asyncio.Semaphore(_EXPORT_CHUNKS_WAITING)
+
+    async def put(self, chunk: bytes) -> None:
+        if self._room.locked():
+            try:
+                await asyncio.wait_for(self._room.acquire(), self._stall)
+            except TimeoutError:
+                raise _ClientStalledError from None
+        else:
+            await self._room.acquire()
+        self._queue.put_nowait(bytes(chunk))  # asyncpg hands out bytearrays
+
+    def end(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def get(self) -> bytes | None:
+        chunk = await self._queue.get()
+        self._room.release()
+        return chunk
 
 
 # --- the export's CSV cells in SQL, as the API writes the values ----------------------------
