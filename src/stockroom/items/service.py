@@ -61,7 +61,11 @@ async def list_items(
     rows = await store.page(listing)
     items, more = rows[:limit], len(rows) > limit
     next_cursor = encode_cursor(keyset.cursor_payload(items[-1])) if more else None
-    total = await store.count(listing, exact=count == "exact") if count else None
+    total = None
+    if count and after is None and not more:
+        total = Count(len(items), True)  # the first page holds every match: that is the count
+    elif count:
+        total = await store.count(listing, exact=count == "exact")
     return ItemPage(items, next_cursor, total)
 
 
