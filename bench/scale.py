@@ -6,8 +6,9 @@ still holds that many items at the current migration: migrated by `stockroom mig
 seeded with set-based SQL (names of a colour, a thing and the item's number, so that `q` can
 match many, few or no items; every 10th item out of stock, every 20th with a reorder point it
 is at; an `initial` ledger row per item in stock, and item 1 with a 10,000-row history), then
-VACUUMed and ANALYZEd. One `stockroom serve` on it, as shipped, on a free port; for each request below,
-WARMUP requests, then SEQUENTIAL requests one after the other (p50 / p99), then CONCURRENT
+VACUUMed and ANALYZEd. One `stockroom serve` on it, as shipped, on a free port; for each
+request below, WARMUP requests, then SEQUENTIAL requests one after the other (p50 / p99), then
+CONCURRENT
 workers of ROUNDS requests each (p50 / p99), all through httpx on 127.0.0.1: what a client
 sees, HTTP included.
 
@@ -351,7 +352,11 @@ async def explain_all(url: str, requests: list[tuple[str, Any]]) -> dict[str, li
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     found: dict[str, list[str]] = {}
     try:
-        await connection.execute("SET plan_cache_mode = force_custom_plan")
+        # As the app plans them (items._totals.CUSTOM_SERIAL_PLANS, and JIT off).
+        await connection.execute(
+            "SET plan_cache_mode = force_custom_plan; SET max_parallel_workers_per_gather = 0; "
+            "SET jit = off"
+        )
         for name, target in requests:
             made = _listing_of(target) if isinstance(target, str) else None
             if made is None:

@@ -34,6 +34,7 @@ from stockroom.events._postgresql import UTC_TEXT, PostgresEventStore
 from stockroom.events.log import event_body_parts, event_ids, event_row
 from stockroom.items._totals import (
     CUSTOM_PLANS,
+    CUSTOM_SERIAL_PLANS,
     FOLD,
     TOTALS,
     estimate,
@@ -176,7 +177,7 @@ class PostgresItemStore:
 
         async def query(connection: asyncpg.Connection) -> Count:
             if exact:
-                async with _planned(connection, where):
+                async with _planned(connection, where, parallel=True):
                     return Count(int(await connection.fetchval(sql, *args)), True)
             if totals_answer(where):
                 totals = summary_of(await connection.fetchrow(TOTALS))
@@ -466,15 +467,18 @@ def _duplicate(sku: str) -> DuplicateError:
 
 
 @contextlib.asynccontextmanager
-async def _planned(connection: asyncpg.Connection, where: ItemFilter) -> AsyncIterator[None]:
+async def _planned(
+    connection: asyncpg.Connection, where: ItemFilter, *, parallel: bool = False
+) -> AsyncIterator[None]:
     """Where the best plan depends on the values: a transaction that asks PostgreSQL to plan
     the statement for them (a prepared statement may otherwise keep one generic plan: a walk
-    of the whole table for a `q` that matches nothing, say)."""
+    of the whole table for a `q` that matches nothing, say), without parallel workers unless
+    ``parallel`` (items._totals.CUSTOM_SERIAL_PLANS says why)."""
     if not where.plan_depends_on_values:
         yield
         return
     async with connection.transaction():
-        await connection.execute(CUSTOM_PLANS)
+        await connection.execute(CUSTOM_PLANS if parallel else CUSTOM_SERIAL_PLANS)
         yield
 
 
