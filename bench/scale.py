@@ -8,9 +8,8 @@ match many, few or no items; every 10th item out of stock, every 20th with a reo
 is at; an `initial` ledger row per item in stock, and item 1 with a 10,000-row history), then
 VACUUMed and ANALYZEd. One `stockroom serve` on it, as shipped, on a free port; for each
 request below, WARMUP requests, then SEQUENTIAL requests one after the other (p50 / p99), then
-CONCURRENT
-workers of ROUNDS requests each (p50 / p99), all through httpx on 127.0.0.1: what a client
-sees, HTTP included.
+CONCURRENT workers of ROUNDS requests each (p50 / p99), all through httpx on 127.0.0.1: what
+a client sees, HTTP included.
 
 Requests: GET by id (random ids); the first page and a deep cursor page (half-way through
 the table) of every sort; `q` matching many, few and no items; each filter alone and with
