@@ -259,7 +259,7 @@ async def test_search_reads_one_index_on_the_sku_and_the_name(tmp_path: Any) -> 
         # The app's own statement can use the index: its expression is the index's, to the
         # character (else every search reads the whole table).
         listing = Listing(ItemFilter(q="Gadg"), Keyset("id"), None, 50)
-        compiled = listing.select().compile(dialect=postgresql.dialect())
+        compiled = listing.select().compile(dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
         params = listing.params() | {"limit": 51}
         statement = compiled.string % {
             name: repr(params[name]) for name in compiled.params

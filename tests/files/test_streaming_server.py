@@ -229,26 +229,28 @@ def test_an_export_that_outlasts_the_statement_timeout_arrives_whole(
             assert len(lines) == IMPATIENT_ROWS + (fmt == "csv")
             assert f"M{IMPATIENT_ROWS - 1:07d}" in lines[-1]
     # A client that stops reading (but stays connected) for longer than the stall timeout
-    # ends the export: its database connection is freed.
+    # ends the export: its database connection is freed (CSV: a COPY; NDJSON: a cursor).
     port = int(server.url.rsplit(":", 1)[1])
-    stalled = socket.socket()
-    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.connect(("127.0.0.1", port))
-    stalled.sendall(
-        f"GET /items/export HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
-    )
-    try:
-        assert stalled.recv(1024).startswith(b"HTTP/1.1 200")
-        deadline = time.monotonic() + 10
-        while _busy_connections(database_url) == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _busy_connections(database_url) >= 1  # the export's COPY waits for it
-        deadline = time.monotonic() + 15
-        while _busy_connections(database_url) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert _busy_connections(database_url) == 0
-    finally:
-        stalled.close()
+    for fmt, statement in (("csv", "COPY %"), ("ndjson", "SELECT items.id%")):
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", port))
+        stalled.sendall(
+            f"GET /items/export?format={fmt} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {key}\r\n\r\n".encode()
+        )
+        try:
+            assert stalled.recv(1024).startswith(b"HTTP/1.1 200")
+            deadline = time.monotonic() + 10
+            while not _busy_connections(database_url, statement) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _busy_connections(database_url, statement) >= 1, fmt  # held for the client
+            deadline = time.monotonic() + 15
+            while _busy_connections(database_url, statement) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _busy_connections(database_url, statement) == 0, fmt
+        finally:
+            stalled.close()
     with httpx.Client(base_url=server.url, headers=auth, timeout=120) as http:
         with http.stream("GET", "/items/export") as response:
             assert response.status_code == 200
@@ -256,9 +258,10 @@ def test_an_export_that_outlasts_the_statement_timeout_arrives_whole(
         assert http.get("/items", params={"limit": 1}).status_code == 200
 
 
-def _busy_connections(database_url: str) -> int:
-    """Stockroom's connections to this database running the export's COPY (its cursor).
-    Only those: the event log's readers also use the pool for a moment now and then."""
+def _busy_connections(database_url: str, statement: str = "COPY %") -> int:
+    """Stockroom's connections to this database in the export's statement (its COPY, or the
+    cursor's SELECT), running or in its transaction. Only those: the event log's readers
+    also use the pool for a moment now and then."""
 
     async def count() -> int:
         admin = await asyncpg.connect(PG_ADMIN_URL)
@@ -266,8 +269,9 @@ def _busy_connections(database_url: str) -> int:
             busy: int = await admin.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 "
                 "AND application_name = 'stockroom' AND state <> 'idle' "
-                "AND query LIKE 'COPY %'",
+                "AND query LIKE $2",
                 make_url(database_url).database,
+                statement,
             )
             return busy
         finally:

@@ -17,9 +17,9 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import asyncpg
 import structlog
@@ -67,6 +67,7 @@ from stockroom.items.store import BatchCounts, ImportBatch, NewItem, ValidRow
 __all__ = ["PostgresItemStore"]
 
 log = structlog.get_logger("stockroom.files")
+T = TypeVar("T")
 
 REASON_IMPORT = "import"
 _DIALECT = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
@@ -232,7 +233,12 @@ class PostgresItemStore:
 
         return await self._db.read_caught_up(query)
 
-    async def export_rows(self, listing: Listing, chunk: int) -> AsyncIterator[Sequence[ItemRow]]:
+    def export_rows(self, listing: Listing, chunk: int) -> AsyncIterator[Sequence[ItemRow]]:
+        # The cursor is read in a task of its own, which holds the connection: a client that
+        # stops reading frees it after the stall timeout (_handed_over).
+        return _handed_over(partial(_pump, self._rows(listing, chunk)), self._export_stall)
+
+    async def _rows(self, listing: Listing, chunk: int) -> AsyncGenerator[Sequence[ItemRow], None]:
         # On a replica where one is caught up; if the standby cancels it part way (a conflict
         # with recovery) or goes away, the rest comes from the primary, after the last row
         # sent (the keyset, as a next page would).
@@ -265,53 +271,35 @@ class PostgresItemStore:
             return None
         return self._export_csv(listing)
 
-    async def _export_csv(self, listing: Listing) -> AsyncIterator[bytes]:
+    def _export_csv(self, listing: Listing) -> AsyncIterator[bytes]:
         stmt = listing.select(_EXPORT_CELLS)
         compiled = stmt.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
         params = listing.params()
         args = [params[name] for name in compiled.positiontup or ()]
-        # COPY runs in a task of its own, which holds the connection; a few chunks wait
-        # between it and the response (COPY waits while the client is slow).
-        chunks = _ExportChunks(self._export_stall)
-        producer = asyncio.create_task(self._copy_out(compiled.string, args, chunks))
-        try:
-            while (chunk := await chunks.get()) is not None:
-                yield chunk
-            await producer  # a failed COPY fails the response: cut short, never ended as whole
-        finally:
-            if not producer.done():  # the client left mid-export
-                producer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await producer
+        # COPY runs in a task of its own, which holds the connection (_handed_over).
+        return _handed_over(partial(self._copy_out, compiled.string, args), self._export_stall)
 
-    async def _copy_out(self, sql: str, args: list[Any], chunks: _ExportChunks) -> None:
+    async def _copy_out(self, sql: str, args: list[Any], chunks: _Handoff[bytes]) -> None:
         # COPY lasts as long as the client reads, so the statement timeout does not bound it
-        # (an export that kept PostgreSQL busy longer was cut off, a 200 cut short); a client
-        # that reads nothing for the export's stall timeout ends it instead.
-        try:
-            async with self._db.connection() as connection:
-                try:
-                    await connection.execute(_EXPORT_BEGIN)
-                    await connection.copy_from_query(
-                        sql,
-                        *args,
-                        output=chunks.put,
-                        format="csv",
-                        header=True,
-                        timeout=_NO_CLIENT_TIMEOUT,
-                    )
-                    await connection.execute("COMMIT")
-                except BaseException:
-                    # Cut off (the client left or stopped reading) or failed. The server may
-                    # still be sending rows, which would reach the connection's next user
-                    # (asyncpg then fails it mid-answer): closed, not given back.
-                    connection.terminate()
-                    raise
-        except _ClientStalledError:
-            log.warning("export ended: its client read nothing", seconds=self._export_stall)
-            raise
-        finally:
-            chunks.end()
+        # (an export that kept PostgreSQL busy longer was cut off, a 200 cut short).
+        async with self._db.connection() as connection:
+            try:
+                await connection.execute(_EXPORT_BEGIN)
+                await connection.copy_from_query(
+                    sql,
+                    *args,
+                    output=lambda data: chunks.put(bytes(data)),  # asyncpg gives bytearrays
+                    format="csv",
+                    header=True,
+                    timeout=_NO_CLIENT_TIMEOUT,
+                )
+                await connection.execute("COMMIT")
+            except BaseException:
+                # Cut off (the client left or stopped reading) or failed. The server may
+                # still be sending rows, which would reach the connection's next user
+                # (asyncpg then fails it mid-answer): closed, not given back.
+                connection.terminate()
+                raise
 
     def _list_statement(self, listing: Listing) -> tuple[str, list[Any]]:
         sql, names = _cached(self._lists, listing, lambda: listing.select())
@@ -506,17 +494,18 @@ class _ClientStalledError(Exception):
     """The export's client read nothing for the stall timeout."""
 
 
-class _ExportChunks:
-    """COPY's chunks on their way to the response: at most a few waiting (COPY waits while
-    the client is slow, up to ``stall`` seconds: a client that reads nothing for that long
-    fails the export), and an end that always gets through."""
+class _Handoff(Generic[T]):
+    """What an export's producer task makes, on its way to the response: at most a few
+    items waiting (the producer waits while the client is slow, up to ``stall`` seconds: a
+    client that reads nothing for that long fails the export), and an end that always gets
+    through."""
 
     def __init__(self, stall: float) -> None:
         self._stall = stall
-        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[T] | None] = asyncio.Queue()
         self._room = asyncio.Semaphore(_EXPORT_CHUNKS_WAITING)
 
-    async def put(self, chunk: bytes) -> None:
+    async def put(self, item: T) -> None:
         if self._room.locked():
             try:
                 await asyncio.wait_for(self._room.acquire(), self._stall)
@@ -524,15 +513,55 @@ class _ExportChunks:
                 raise _ClientStalledError from None
         else:
             await self._room.acquire()
-        self._queue.put_nowait(bytes(chunk))  # asyncpg hands out bytearrays
+        self._queue.put_nowait((item,))
 
     def end(self) -> None:
         self._queue.put_nowait(None)
 
-    async def get(self) -> bytes | None:
-        chunk = await self._queue.get()
+    async def get(self) -> tuple[T] | None:
+        got = await self._queue.get()
         self._room.release()
-        return chunk
+        return got
+
+
+async def _handed_over(
+    produce: Callable[[_Handoff[T]], Awaitable[None]], stall: float
+) -> AsyncIterator[T]:
+    """What ``produce`` puts, made in a task of its own that holds the database connection:
+    a client that stops reading (the response waits in its send) frees the connection after
+    ``stall`` seconds, not when it finally leaves. A failure of the producer fails the
+    response (cut short, never ended as if whole); a client that leaves cancels it."""
+    handoff: _Handoff[T] = _Handoff(stall)
+
+    async def run() -> None:
+        try:
+            await produce(handoff)
+        except _ClientStalledError:
+            log.warning("export ended: its client read nothing", seconds=stall)
+            raise
+        finally:
+            handoff.end()
+
+    producer = asyncio.create_task(run())
+    try:
+        while (got := await handoff.get()) is not None:
+            yield got[0]
+        await producer
+    finally:
+        if not producer.done():  # the client left mid-export
+            producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producer
+
+
+async def _pump(source: AsyncGenerator[T, None], handoff: _Handoff[T]) -> None:
+    """Every item of ``source`` into ``handoff``; ``source`` closed (its connection given
+    back) however it ends."""
+    try:
+        async for item in source:
+            await handoff.put(item)
+    finally:
+        await source.aclose()
 
 
 # --- the export's CSV cells in SQL, as the API writes the values ----------------------------
