@@ -145,6 +145,7 @@ class PostgresItemStore:
         self._counts: dict[Shape, tuple[str, tuple[str, ...]]] = {}
         self._capped_counts: dict[Shape, tuple[str, tuple[str, ...]]] = {}
         self._sampled_counts: dict[Shape, tuple[str, tuple[str, ...]]] = {}
+        self._exports: dict[Shape, tuple[str, tuple[str, ...]]] = {}
         self._updates: dict[tuple[str, ...], str] = {}
 
     # --- reads ----------------------------------------------------------------------------
@@ -272,12 +273,11 @@ class PostgresItemStore:
         return self._export_csv(listing)
 
     def _export_csv(self, listing: Listing) -> AsyncIterator[bytes]:
-        stmt = listing.select(_EXPORT_CELLS)
-        compiled = stmt.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+        sql, names = _cached(self._exports, listing, lambda: listing.select(_EXPORT_CELLS))
         params = listing.params()
-        args = [params[name] for name in compiled.positiontup or ()]
+        args = [params[name] for name in names]
         # COPY runs in a task of its own, which holds the connection (_handed_over).
-        return _handed_over(partial(self._copy_out, compiled.string, args), self._export_stall)
+        return _handed_over(partial(self._copy_out, sql, args), self._export_stall)
 
     async def _copy_out(self, sql: str, args: list[Any], chunks: _Handoff[bytes]) -> None:
         # COPY lasts as long as the client reads, so the statement timeout does not bound it
