@@ -215,7 +215,7 @@ async def test_statement_timeout_is_a_503_and_frees_the_connection(
 
 @pytest.mark.pgbouncer
 async def test_statement_timeout_and_jit_are_set_on_every_connection(database_url: str) -> None:
-    # JIT off: compiling a plan's expressions cost a 5,000,000-item export 400 ms before its
+    # JIT off: compiling a plan's expressions cost a 5,000,000-item export 60-170 ms before its
     # first row (issue #25); PostgreSQL's default is on.
     settings = make_settings(database_url, database_statement_timeout=2.5)
     application, lifespan = await start_app(settings)
