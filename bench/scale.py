@@ -47,7 +47,7 @@ import httpx
 from wrkrun import write_chart
 
 from stockroom.http import decode_cursor, encode_cursor
-from stockroom.items._totals import totals_answer
+from stockroom.items._totals import CUSTOM_SERIAL_PLANS, totals_answer
 from stockroom.items.repository import ItemFilter, Keyset, Listing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,14 +348,12 @@ async def explain_all(url: str, requests: list[tuple[str, Any]]) -> dict[str, li
     from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 
     dialect = asyncpg_dialect.dialect()  # type: ignore[no-untyped-call]
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    # JIT off, as on the app's connections.
+    connection = await asyncpg.connect(
+        url.replace("postgresql+asyncpg://", "postgresql://"), server_settings={"jit": "off"}
+    )
     found: dict[str, list[str]] = {}
     try:
-        # As the app plans them (items._totals.CUSTOM_SERIAL_PLANS, and JIT off).
-        await connection.execute(
-            "SET plan_cache_mode = force_custom_plan; SET max_parallel_workers_per_gather = 0; "
-            "SET jit = off"
-        )
         for name, target in requests:
             made = _listing_of(target) if isinstance(target, str) else None
             if made is None:
@@ -369,7 +367,12 @@ async def explain_all(url: str, requests: list[tuple[str, Any]]) -> dict[str, li
             for statement in statements:
                 compiled = statement.compile(dialect=dialect)
                 args = [params[n] for n in compiled.positiontup or ()]
-                plan = await connection.fetchval("EXPLAIN (FORMAT JSON) " + compiled.string, *args)
+                # Planned as the app plans these statements (items._postgresql._planned).
+                async with connection.transaction():
+                    await connection.execute(CUSTOM_SERIAL_PLANS)
+                    plan = await connection.fetchval(
+                        "EXPLAIN (FORMAT JSON) " + compiled.string, *args
+                    )
                 nodes = _nodes(json.loads(plan)[0]["Plan"])
                 shown = " > ".join(f"{t}({what})" if what else t for t, what, _ in nodes)
                 verdicts.append(f"{_verdict(nodes)}: {shown}")

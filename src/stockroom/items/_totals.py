@@ -22,7 +22,6 @@ __all__ = [
     "CUSTOM_SERIAL_PLANS",
     "FOLD",
     "TOTALS",
-    "count_from_totals",
     "estimate",
     "matches_in_totals",
     "sample_percent",
@@ -59,11 +58,6 @@ def summary_of(record: Any) -> Summary:
 def totals_answer(where: ItemFilter) -> bool:
     """Whether the totals know the number of matches (no filter, or one stock filter)."""
     return not where.plan_depends_on_values and (where.in_stock is None or where.low_stock is None)
-
-
-def count_from_totals(where: ItemFilter, totals: Summary) -> int | None:
-    """The number of matches if the totals know it (:func:`totals_answer`), else None."""
-    return matches_in_totals(where, totals) if totals_answer(where) else None
 
 
 def matches_in_totals(where: ItemFilter, totals: Summary) -> int:

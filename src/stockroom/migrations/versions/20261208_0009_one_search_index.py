@@ -32,7 +32,7 @@ def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
     # IF NOT EXISTS: an operator may have built it beforehand, CONCURRENTLY, without holding
-    # writes back (docs/operations.md, "Search indexes and totals").
+    # writes back (docs/operations.md, "One search index (migration 0009)").
     op.execute(
         f"CREATE INDEX IF NOT EXISTS {SEARCH_INDEX} ON items USING gin ({SEARCH_EXPRESSION})"
     )
